@@ -1,0 +1,49 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from fiboserver import access
+from fiboserver.cache import FiboCache
+from fiboserver.config import CONFIG_ENV, Config, load_config
+from fiboserver.routes import bp, json_response
+
+log = logging.getLogger("fiboserver.app")
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the app for `config`, by default the file named by $FIBOSERVER_CONFIG."""
+    if config is None:
+        config = load_config(os.environ[CONFIG_ENV])
+    app = Flask("fiboserver")
+    app.config.from_mapping(
+        FIBOSERVER=config,
+        FIBO_MAXSEQ=config.maxseq,
+        FIBO_CACHE_MAX_BYTES=config.cache_max_bytes,
+    )
+    access.init_app(app)
+    if config.cacheresult:
+        FiboCache(app)
+    app.register_blueprint(bp, url_prefix=config.prefix)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _internal_error)
+    return app
+
+
+def _http_error(exc: HTTPException) -> Response:
+    # Werkzeug's own response keeps headers such as Allow on a 405.
+    response = exc.get_response()
+    response.set_data(json_response({"error": (exc.name or "error").lower()}).get_data())
+    response.mimetype = "application/json"
+    return response
+
+
+def _internal_error(exc: Exception) -> Response:
+    # The traceback goes to the log as one record, never to the client.
+    log.error("unhandled exception", exc_info=exc)
+    return json_response({"error": "internal error"}, 500)

@@ -1,0 +1,85 @@
+"""Logging: every record is one JSON object on stdout.
+
+The same formatter serves the gunicorn master, its workers and the app, so a
+log pipeline sees one shape: `ts`, `level`, `logger`, `msg`, then the event's
+own keys. Records written while a request is served carry its `request_id`.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import time
+from contextvars import ContextVar
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
+
+# Set by the access hooks for the duration of a request (one context per thread).
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+# Keys the log pipeline adds itself (containerd, Fluent Bit, Elasticsearch);
+# an event key with one of these names is renamed rather than clobbered.
+PIPELINE_KEYS = frozenset({"time", "@timestamp", "log", "stream", "_p", "kubernetes"})
+
+
+def rfc3339_utc(created: float) -> str:
+    """`2026-11-26T19:00:00.123Z` for a `time.time()` value."""
+    seconds = int(created)
+    millis = int((created - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+class JsonFormatter(_LibraryJsonFormatter):
+    """python-json-logger with our key names and order, and the request id."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        # No `fmt` fields: add_fields below writes the common keys itself.
+        kwargs.setdefault("fmt", ())
+        super().__init__(**kwargs)
+
+    def add_fields(
+        self,
+        log_data: dict[str, Any],
+        record: logging.LogRecord,
+        message_dict: dict[str, Any],
+    ) -> None:
+        log_data["ts"] = rfc3339_utc(record.created)
+        log_data["level"] = record.levelname
+        log_data["logger"] = record.name
+        log_data["msg"] = record.message
+        request_id = request_id_var.get()
+        if request_id is not None:
+            log_data["request_id"] = request_id
+        super().add_fields(log_data, record, message_dict)
+        for key in PIPELINE_KEYS.intersection(log_data):
+            log_data["field_" + key.lstrip("@_")] = log_data.pop(key)
+
+
+def logconfig_dict(level: str) -> dict[str, Any]:
+    """A `logging.config.dictConfig` schema; gunicorn takes it as `logconfig_dict`."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {
+            # One stream for everything keeps records in order for readers.
+            "stdout": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            },
+        },
+        "root": {"level": level, "handlers": ["stdout"]},
+        "loggers": {
+            "gunicorn.error": {"level": level, "handlers": ["stdout"], "propagate": False},
+            # The app writes the access records (`start`, `end`) itself.
+            "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
+        },
+    }
+
+
+def configure_logging(level: str) -> None:
+    """JSON logging for a process that gunicorn has not configured (yet)."""
+    logging.config.dictConfig(logconfig_dict(level))
+    logging.captureWarnings(True)

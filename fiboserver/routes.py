@@ -1,0 +1,72 @@
+"""The HTTP API: one blueprint, registered under the environment's prefix."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from fiboserver.cache import EXTENSION_KEY, FiboCache
+from fiboserver.fibo import fibonacci_digits
+from fiboserver.lifecycle import is_draining
+
+bp = Blueprint("fibo", __name__)
+log = logging.getLogger("fiboserver.fibo")
+
+_PLAIN_INTEGER = re.compile(r"-?[0-9]+")
+JSON = "application/json"
+
+
+def json_response(payload: dict[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(payload), status=status, mimetype=JSON)
+
+
+def parse_n(raw: str | None, maxseq: int) -> int:
+    """The `n` query argument as an int in 0..maxseq; ValueError says what is wrong."""
+    if raw is None or raw == "":
+        raise ValueError("query parameter n is required, e.g. ?n=10")
+    if not _PLAIN_INTEGER.fullmatch(raw):
+        raise ValueError(f"n must be a plain base-10 integer, got {raw!r}")
+    if raw.startswith("-"):
+        raise ValueError(f"n must not be negative, got {raw}")
+    # Compare lengths first: int() refuses strings of over 4300 digits.
+    significant = raw.lstrip("0")
+    if len(significant) > len(str(maxseq)) or int(raw) > maxseq:
+        shown = raw if len(raw) <= 20 else raw[:17] + "..."
+        raise ValueError(f"n must be <= maxseq ({maxseq}), got {shown}")
+    return int(raw)
+
+
+@bp.get("/fibo")
+def fibo() -> Response:
+    try:
+        n = parse_n(request.args.get("n"), current_app.config["FIBO_MAXSEQ"])
+    except ValueError as exc:
+        log.warning("fibo calculate failed", extra={"errmsg": str(exc)})
+        return json_response({"error": str(exc)}, 400)
+    cache: FiboCache | None = current_app.extensions.get(EXTENSION_KEY)
+    digits = cache.get(n) if cache is not None else None
+    if digits is None:
+        digits = fibonacci_digits(n)
+        if cache is not None:
+            cache.put(n, digits)
+    # Written by hand: json.dumps would convert through int, which is both slow
+    # and limited to 4300 digits.
+    return Response('{"result": ' + digits + "}", mimetype=JSON)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    # Liveness: answers whenever the process can; stays 200 while draining,
+    # since restarting a pod that is finishing its requests helps nobody.
+    return json_response({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    if is_draining():
+        return json_response({"status": "draining"}, 503)
+    return json_response({"status": "ready"})
