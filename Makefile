@@ -32,3 +32,51 @@ lint: $(INSTALLED) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# --- image, TLS and Kubernetes deployment (issue 3; README "Deployment") ---------
+# podman or docker, whichever is installed (podman first).
+CONTAINER_ENGINE ?= $(shell command -v podman 2>/dev/null || command -v docker 2>/dev/null)
+IMAGE ?= fiboserver
+# The image tag is the project version; k8s/base/kustomization.yaml pins the same.
+TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# Empty: the Dockerfile's pinned default. CI passes a local debootstrap base.
+BASE_IMAGE ?=
+# dev, prod or all (all = k8s/: namespace, both environments and the Ingress).
+ENV ?= dev
+K8S_DIR = $(if $(filter all,$(ENV)),k8s,k8s/overlays/$(ENV))
+DEPLOYMENTS = $(if $(filter all,$(ENV)),fiboserver-dev fiboserver-prod,fiboserver-$(ENV))
+CHECKOV := .tools/checkov/bin/checkov
+
+.PHONY: image push certgen tls-secret deploy undeploy checkov
+
+image: ## build the image IMAGE:TAG (fiboserver:<version>) with podman or docker; BASE_IMAGE=... optional
+	@test -n "$(CONTAINER_ENGINE)" || { echo "make image: neither podman nor docker is installed" >&2; exit 1; }
+	$(CONTAINER_ENGINE) build $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMAGE):$(TAG) .
+
+push: ## push IMAGE:TAG to its registry (e.g. IMAGE=registry.example/fiboserver)
+	$(CONTAINER_ENGINE) push $(IMAGE):$(TAG)
+
+certgen: ## local CA + server certificate for `cloudnative` in tls/ (kept unless FORCE=1)
+	FORCE=$(FORCE) tls/certgen.sh
+
+tls-secret: ## create or update Secret `cloudnative` in namespace `cloudnative` from tls/
+	kubectl apply -f k8s/namespace.yaml
+	kubectl create secret tls cloudnative --namespace cloudnative \
+	  --cert=tls/tls.crt --key=tls/tls.key --dry-run=client -o yaml | kubectl apply -f -
+
+deploy: ## kubectl apply -k the environment: ENV=dev (default), prod or all
+	@case "$(ENV)" in dev|prod|all) ;; *) echo "ENV must be dev, prod or all, not '$(ENV)'" >&2; exit 2;; esac
+	kubectl apply -f k8s/namespace.yaml
+	kubectl apply -k $(K8S_DIR)
+	for d in $(DEPLOYMENTS); do kubectl -n cloudnative rollout status deployment/$$d --timeout=5m || exit 1; done
+
+undeploy: ## kubectl delete -k the environment: ENV=dev (default), prod or all (all deletes the namespace)
+	@case "$(ENV)" in dev|prod|all) ;; *) echo "ENV must be dev, prod or all, not '$(ENV)'" >&2; exit 2;; esac
+	kubectl delete -k $(K8S_DIR) --ignore-not-found
+
+$(CHECKOV):
+	$(PYTHON) -m venv .tools/checkov
+	.tools/checkov/bin/pip install --quiet --upgrade pip
+	.tools/checkov/bin/pip install --quiet 'checkov==3.3.30'
+
+checkov: $(CHECKOV) ## install checkov into its own venv .tools/checkov (tests/test_k8s.py runs it)
