@@ -7,6 +7,7 @@ import os
 
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
+from werkzeug.sansio.response import Response as BaseResponse
 
 from fiboserver import access
 from fiboserver.cache import FiboCache
@@ -35,7 +36,7 @@ def create_app(config: Config | None = None) -> Flask:
     return app
 
 
-def _http_error(exc: HTTPException) -> Response:
+def _http_error(exc: HTTPException) -> BaseResponse:
     # Werkzeug's own response keeps headers such as Allow on a 405.
     response = exc.get_response()
     response.set_data(json_response({"error": (exc.name or "error").lower()}).get_data())

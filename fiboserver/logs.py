@@ -56,12 +56,27 @@ class JsonFormatter(_LibraryJsonFormatter):
             log_data["field_" + key.lstrip("@_")] = log_data.pop(key)
 
 
+class GunicornMetricFields(logging.Filter):
+    """Renames the `value` of gunicorn's statsd-style records to `metric_value`.
+
+    gunicorn attaches `metric`, `value` and `mtype` to a few records, with a
+    number in `value`; our `cache fibo` record has a string there. A field has
+    one type in Elasticsearch, so one of them has to move.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if hasattr(record, "mtype") and hasattr(record, "value"):
+            record.metric_value = record.__dict__.pop("value")
+        return True
+
+
 def logconfig_dict(level: str) -> dict[str, Any]:
     """A `logging.config.dictConfig` schema; gunicorn takes it as `logconfig_dict`."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
+        "filters": {"gunicorn_metrics": {"()": GunicornMetricFields}},
         "handlers": {
             # One stream for everything keeps records in order for readers.
             "stdout": {
@@ -72,7 +87,12 @@ def logconfig_dict(level: str) -> dict[str, Any]:
         },
         "root": {"level": level, "handlers": ["stdout"]},
         "loggers": {
-            "gunicorn.error": {"level": level, "handlers": ["stdout"], "propagate": False},
+            "gunicorn.error": {
+                "level": level,
+                "handlers": ["stdout"],
+                "filters": ["gunicorn_metrics"],
+                "propagate": False,
+            },
             # The app writes the access records (`start`, `end`) itself.
             "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
         },

@@ -1,0 +1,102 @@
+"""gunicorn's gthread worker, taught to drain its listen queue on SIGTERM.
+
+The kernel completes TCP handshakes on a listening socket by itself and queues
+the connections until someone calls accept(). Closing the socket then resets
+every connection still queued: clients that connected successfully get
+ECONNRESET instead of an answer. gthread stops accepting as soon as SIGTERM
+arrives and closes the socket when its last request is done, so under load
+every connection made in between is lost.
+
+This worker instead, on SIGTERM:
+1. marks the process as draining, so `/readyz` answers 503;
+2. attaches a socket filter that drops new SYNs on the listener (so new
+   clients see a refused or timed-out connect, never a reset), letting
+   handshakes already under way complete;
+3. keeps accepting for DRAIN_LINGER seconds, serving everything that was queued
+   or was mid-handshake; then stops accepting and lets gthread finish the
+   requests in flight within `graceful_timeout`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import select
+import socket
+import struct
+import time
+from types import FrameType
+from typing import Any
+
+from gunicorn.workers.gthread import ThreadWorker
+
+from fiboserver.lifecycle import begin_draining
+
+# Long enough for any handshake that began before the filter to complete
+# (a round trip inside a cluster is well under a millisecond), short enough
+# that an idle worker still exits in a fraction of a second.
+DRAIN_LINGER = 0.2
+
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+# Classic BPF, run on each packet for the listener with the TCP header at 0:
+# drop a segment whose flags have SYN without ACK (a new connection), keep all else.
+_DROP_NEW_CONNECTIONS = [
+    (0x30, 0, 0, 13),  # ldb [13]           ; TCP flags
+    (0x54, 0, 0, 0x12),  # and #(SYN|ACK)
+    (0x15, 0, 1, 0x02),  # jeq #SYN, drop, keep
+    (0x06, 0, 0, 0),  # drop: ret #0
+    (0x06, 0, 0, 0xFFFFFFFF),  # keep: ret #-1
+]
+
+log = logging.getLogger("fiboserver.worker")
+
+
+def refuse_new_connections(sock: socket.socket) -> None:
+    """Make the kernel drop new SYNs for `sock` while queued connections stay."""
+    code = b"".join(struct.pack("HBBI", *insn) for insn in _DROP_NEW_CONNECTIONS)
+    program = ctypes.create_string_buffer(code, len(code))
+    # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+    fprog = struct.pack("HP", len(_DROP_NEW_CONNECTIONS), ctypes.addressof(program))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc]
+    """gthread worker whose SIGTERM loses no connection the kernel accepted."""
+
+    _drained = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        begin_draining()
+        super().handle_exit(sig, frame)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # gthread calls this with False once the run loop ends on SIGTERM.
+        if not enabled and not self.alive and not self._drained:
+            self._drained = True
+            self._drain_listeners()
+        super().set_accept_enabled(enabled)
+
+    def _drain_listeners(self) -> None:
+        listeners: list[Any] = list(self.sockets)
+        for listener in listeners:
+            try:
+                refuse_new_connections(listener.sock)
+            except OSError as exc:
+                # Without the filter, draining still serves what is queued now.
+                log.warning("cannot filter new connections", extra={"errmsg": str(exc)})
+        deadline = time.monotonic() + DRAIN_LINGER
+        while True:
+            for listener in listeners:
+                self._accept_queued(listener)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            select.select(listeners, [], [], remaining)
+
+    def _accept_queued(self, listener: Any) -> None:
+        """Accept until the listen queue is empty (accept() says EAGAIN)."""
+        while True:
+            before = self.nr_conns
+            self.accept(listener)
+            if self.nr_conns == before:
+                return
