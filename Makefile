@@ -80,3 +80,14 @@ $(CHECKOV):
 	.tools/checkov/bin/pip install --quiet 'checkov==3.3.30'
 
 checkov: $(CHECKOV) ## install checkov into its own venv .tools/checkov (tests/test_k8s.py runs it)
+
+# --- benchmarks (issue 6; README "Performance") -----------------------------------
+# Not part of `make test`: minutes of load on loopback; results in bench/results/.
+# BENCH_ARGS passes options to bench/run.py, e.g. BENCH_ARGS="--rounds 3 --duration 5".
+BENCH_ARGS ?=
+
+.PHONY: bench
+
+bench: $(INSTALLED) ## benchmark against the bare-WSGI ceiling (needs wrk: apt-get install wrk); writes bench/results/
+	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install -y wrk" >&2; exit 2; }
+	$(BIN)/python -m bench.run $(BENCH_ARGS)

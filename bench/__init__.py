@@ -1,0 +1,1 @@
+"""Benchmark harness for fiboserver: `make bench` (README "Performance")."""

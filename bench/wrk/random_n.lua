@@ -1,0 +1,23 @@
+-- wrk script: GET <prefix>/fibo?n=<random n in 0..maxseq> on every request.
+-- Arguments after `--`: maxseq prefix seed. A fixed seed gives the service and
+-- the ceiling the same sequence of n, so both do the same arithmetic.
+-- bench/run.py starts wrk from the repository root, hence the relative path.
+dofile("bench/wrk/summary.lua")
+
+local counter = 0
+function setup(thread)
+  counter = counter + 1
+  thread:set("thread_no", counter)
+end
+
+local maxseq, prefix
+
+function init(args)
+  maxseq = tonumber(args[1])
+  prefix = args[2]
+  math.randomseed(tonumber(args[3]) + (thread_no or 0))
+end
+
+function request()
+  return wrk.format("GET", prefix .. "/fibo?n=" .. math.random(0, maxseq))
+end
