@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -19,3 +23,40 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{reason} (CI=true: no test may skip for a missing tool)")
         pytest.skip(reason)
     return path
+
+
+class JsonCapture:
+    """Records of the `fiboserver` loggers as the service prints them: each one is
+    formatted by the service's own JSON formatter at emit time (so the request id
+    from the request context is included) and parsed back into a dict."""
+
+    def __init__(self) -> None:
+        from fiboserver.logs import JsonFormatter
+
+        self.records: list[dict[str, Any]] = []
+        formatter = JsonFormatter()
+        records = self.records
+
+        class _Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                records.append(json.loads(formatter.format(record)))
+
+        self.handler = _Handler(logging.DEBUG)
+
+    def find(self, msg: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("msg") == msg]
+
+
+@pytest.fixture
+def fibo_logs() -> Iterator[JsonCapture]:
+    """Capture `fiboserver.*` records at DEBUG (what a DEV process logs)."""
+    capture = JsonCapture()
+    logger = logging.getLogger("fiboserver")
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(capture.handler)
+    try:
+        yield capture
+    finally:
+        logger.removeHandler(capture.handler)
+        logger.setLevel(old_level)

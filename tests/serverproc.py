@@ -1,0 +1,282 @@
+"""Run the real fiboserver process (``gunicorn -c gunicorn.conf.py``) from tests and benchmarks.
+
+The process is started exactly as users start it: from the repository root, with
+``FIBOSERVER_CONFIG`` naming a YAML file, using the gunicorn next to ``sys.executable``
+(i.e. ``.venv/bin/gunicorn``). Every line it writes to stdout or stderr is collected by
+background threads; lines that parse as JSON objects become ``records``.
+
+Typical use::
+
+    from serverproc import ServerProcess  # tests/ is on sys.path under pytest
+
+    with ServerProcess({"env": "DEV", "maxseq": 100000}, tmp_path,
+                       env={"WEB_CONCURRENCY": "2"}) as srv:
+        srv.wait_for("server start")
+        status, headers, body = srv.get("/dev/fibo?n=10")
+        srv.terminate(signal.SIGTERM)
+        assert srv.wait(30) == 0
+    srv.records      # every JSON log record, in arrival order
+    srv.bad_lines    # lines that were not one JSON object (should stay empty)
+
+- ``config`` is a mapping (written as YAML to ``tmp_dir``; ``port`` is set to a free
+  loopback port unless the mapping has one), a ``Path`` used as is, or ``None`` to
+  leave ``FIBOSERVER_CONFIG`` unset. ``srv.port`` is the port in use.
+- ``env`` adds or overrides environment variables (``WEB_CONCURRENCY``, ...). The
+  inherited ``WEB_CONCURRENCY``, ``GUNICORN_CMD_ARGS`` and ``FIBOSERVER_CONFIG`` are
+  dropped first so a developer's shell cannot change what a test runs.
+- The server runs in its own session (process group); leaving the ``with`` block
+  (or ``close()``) SIGKILLs that group if anything is still running, so no worker
+  outlives a test. Signals from ``terminate()`` go to the master only, as a
+  container runtime would send them to PID 1.
+- Only 127.0.0.1 is ever contacted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = str(Path(sys.executable).parent / "gunicorn")
+HOST = "127.0.0.1"
+
+Record = dict[str, Any]
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def is_listening(port: int, timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on 127.0.0.1:port."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def child_pids(pid: int) -> set[int]:
+    """Direct children of `pid` (the gunicorn master's workers), from /proc."""
+    children: set[int] = set()
+    task_dir = Path(f"/proc/{pid}/task")
+    try:
+        tasks = list(task_dir.iterdir())
+    except FileNotFoundError:
+        return children
+    for task in tasks:
+        try:
+            text = (task / "children").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        children.update(int(p) for p in text.split())
+    return children
+
+
+class ServerProcess:
+    """One real fiboserver process; see the module docstring."""
+
+    def __init__(
+        self,
+        config: Mapping[str, object] | Path | None,
+        tmp_dir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+        name: str = "fiboserver.yaml",
+    ) -> None:
+        self.port: int = free_port()
+        self.config_path: Path | None
+        if isinstance(config, Path):
+            self.config_path = config
+        elif config is None:
+            self.config_path = None
+        else:
+            data = dict(config)
+            if "port" in data and isinstance(data["port"], int) and data["port"] > 0:
+                self.port = int(data["port"])
+            data.setdefault("port", self.port)
+            self.config_path = tmp_dir / name
+            self.config_path.write_text(yaml.safe_dump(data))
+        self._env = dict(os.environ)
+        for var in ("WEB_CONCURRENCY", "GUNICORN_CMD_ARGS", "FIBOSERVER_CONFIG"):
+            self._env.pop(var, None)
+        if self.config_path is not None:
+            self._env["FIBOSERVER_CONFIG"] = str(self.config_path)
+        self._env.update(env or {})
+        self._args = [GUNICORN, "-c", "gunicorn.conf.py", *args]
+        self._cond = threading.Condition()
+        self.lines: list[tuple[str, str]] = []  # (stream name, raw line)
+        self.records: list[Record] = []
+        self.bad_lines: list[tuple[str, str]] = []
+        self._readers: list[threading.Thread] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            self._args,
+            cwd=REPO_ROOT,
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # own process group: teardown can kill workers too
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        for stream_name, stream in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
+            t = threading.Thread(target=self._read, args=(stream_name, stream), daemon=True)
+            t.start()
+            self._readers.append(t)
+        return self
+
+    def _read(self, stream_name: str, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            record: Record | None = None
+            try:
+                parsed = json.loads(line)
+                if isinstance(parsed, dict):
+                    record = parsed
+            except ValueError:
+                pass
+            with self._cond:
+                self.lines.append((stream_name, line))
+                if record is not None:
+                    record["_stream"] = stream_name  # test-side only, not in the log line
+                    self.records.append(record)
+                else:
+                    self.bad_lines.append((stream_name, line))
+                self._cond.notify_all()
+        stream.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self, sig: int = signal.SIGTERM) -> None:
+        """Send `sig` to the master process only."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Exit status of the master (negative: killed by that signal); waits for log EOF."""
+        assert self.proc is not None
+        rc = self.proc.wait(timeout=timeout)
+        for t in self._readers:
+            t.join(timeout=5)
+        return rc
+
+    def close(self) -> None:
+        """Kill whatever is left of the process group (idempotent)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        for t in self._readers:
+            t.join(timeout=5)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- logs ----------------------------------------------------------------------
+    def find(
+        self,
+        msg: str | None = None,
+        where: Callable[[Record], bool] | None = None,
+        start: int = 0,
+    ) -> list[Record]:
+        """Records from index `start` on with this `msg` that satisfy `where`."""
+        with self._cond:
+            recs = list(self.records[start:])
+        return [
+            r for r in recs if (msg is None or r.get("msg") == msg) and (where is None or where(r))
+        ]
+
+    def wait_for(
+        self,
+        msg: str | None,
+        timeout: float = 15.0,
+        where: Callable[[Record], bool] | None = None,
+        start: int = 0,
+    ) -> Record:
+        """First record (index >= `start`) with this `msg` matching `where`; waits up to
+        `timeout` s. Fails with the log tail if it does not come or the process exits."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for r in self.records[start:]:
+                    if (msg is None or r.get("msg") == msg) and (where is None or where(r)):
+                        return r
+                left = deadline - time.monotonic()
+                exited = self.proc is not None and self.proc.poll() is not None
+                readers_done = not any(t.is_alive() for t in self._readers)
+                if left <= 0 or (exited and readers_done):
+                    tail = "\n".join(f"{s}: {ln}" for s, ln in self.lines[-30:])
+                    state = f"exited {self.proc.returncode}" if exited and self.proc else "running"
+                    raise AssertionError(
+                        f"no log record msg={msg!r} within {timeout}s ({state}); "
+                        f"last lines:\n{tail}"
+                    )
+                self._cond.wait(timeout=min(left, 0.2))
+
+    def output(self) -> str:
+        """All captured lines, stdout and stderr interleaved in arrival order."""
+        with self._cond:
+            return "\n".join(line for _, line in self.lines)
+
+    # -- HTTP ----------------------------------------------------------------------
+    def url(self, path: str) -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
+    def connection(self, timeout: float = 30.0) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+
+    def get(
+        self,
+        path: str,
+        headers: Mapping[str, str] | None = None,
+        method: str = "GET",
+        timeout: float = 30.0,
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """One request on a fresh connection (Connection: close): (status, headers, body)."""
+        conn = self.connection(timeout)
+        try:
+            conn.request(method, path, headers={"Connection": "close", **(headers or {})})
+            resp = conn.getresponse()
+            return resp.status, resp.headers, resp.read()
+        finally:
+            conn.close()

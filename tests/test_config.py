@@ -1,0 +1,324 @@
+"""Configuration (SPEC section 1): the pure rules, and bad files given to the real process.
+
+Each bad file is run as `gunicorn -c gunicorn.conf.py` with FIBOSERVER_CONFIG set:
+it must exit non-zero before listening, print only JSON lines and no traceback,
+and log an ERROR or CRITICAL record naming the file and the offending key. The
+processes run a few at a time in a module fixture; each case is its own test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from serverproc import Record, ServerProcess, free_port, is_listening
+
+from fiboserver.config import CONFIG_ENV, Config, ConfigError, load_config, parse_config
+
+# -- parse_config: the pure rules ------------------------------------------------
+
+
+def test_minimal_config_gets_the_defaults() -> None:
+    cfg = parse_config({"env": "PROD", "maxseq": 100}, "test.yaml")
+    assert isinstance(cfg, Config)
+    assert (cfg.env, cfg.maxseq) == ("PROD", 100)
+    assert cfg.cacheresult is True
+    assert cfg.port == 8080
+    assert cfg.loglevel == "INFO"
+    assert cfg.cache_max_bytes == 33554432
+    assert cfg.prefix == "/prod"
+
+
+@pytest.mark.parametrize("env", ["DEV", "dev", "Dev"])
+def test_dev_defaults_to_debug_in_any_case(env: str) -> None:
+    cfg = parse_config({"env": env, "maxseq": 0}, "test.yaml")
+    assert cfg.loglevel == "DEBUG"
+    assert cfg.prefix == "/dev"
+
+
+@pytest.mark.parametrize("env", ["PROD", "staging", "DEVELOP", "qa-2"])
+def test_other_envs_default_to_info(env: str) -> None:
+    cfg = parse_config({"env": env, "maxseq": 0}, "test.yaml")
+    assert cfg.loglevel == "INFO"
+    assert cfg.prefix == "/" + env.lower()
+
+
+def test_every_key_given() -> None:
+    data = {
+        "env": "Canary-1",
+        "maxseq": 100000,
+        "cacheresult": False,
+        "port": 65535,
+        "loglevel": "WARNING",
+        "cache_max_bytes": 1048576,
+    }
+    cfg = parse_config(data, "test.yaml")
+    assert cfg == Config(
+        env="Canary-1",
+        maxseq=100000,
+        cacheresult=False,
+        port=65535,
+        loglevel="WARNING",
+        cache_max_bytes=1048576,
+    )
+    assert cfg.prefix == "/canary-1"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("maxseq", 0),
+        ("maxseq", 100000),
+        ("port", 1),
+        ("port", 65535),
+        ("env", "A"),
+        ("env", "A" + "b" * 30),  # 31 characters, the longest allowed
+        ("loglevel", "DEBUG"),
+        ("loglevel", "ERROR"),
+        ("cacheresult", True),
+    ],
+)
+def test_boundaries_accepted(key: str, value: object) -> None:
+    data: dict[str, object] = {"env": "PROD", "maxseq": 10, key: value}
+    assert getattr(parse_config(data, "test.yaml"), key) == value
+
+
+BAD_VALUES: list[tuple[str, object]] = [
+    ("maxseq", "ten"),
+    ("maxseq", 1.5),
+    ("maxseq", True),
+    ("maxseq", None),
+    ("maxseq", -1),
+    ("maxseq", 100001),
+    ("cacheresult", "yes"),
+    ("cacheresult", 1),
+    ("port", True),
+    ("port", "8080"),
+    ("port", 0),
+    ("port", 65536),
+    ("env", 5),
+    ("env", ""),
+    ("env", "dev_1"),
+    ("env", "1dev"),
+    ("env", "D" * 32),
+    ("env", "dev/x"),
+    ("loglevel", "TRACE"),
+    ("loglevel", 10),
+    ("cache_max_bytes", -1),
+    ("cache_max_bytes", "32MB"),
+    ("cache_max_bytes", False),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_VALUES, ids=[f"{k}={v!r}" for k, v in BAD_VALUES])
+def test_bad_value_names_key_and_path(key: str, value: object) -> None:
+    data: dict[str, object] = {"env": "PROD", "maxseq": 10, key: value}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "conf/x.yaml")
+    assert err.value.key == key
+    assert err.value.path == "conf/x.yaml"
+    assert isinstance(err.value.reason, str) and err.value.reason
+    assert key in str(err.value) and "conf/x.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize("missing", ["env", "maxseq"])
+def test_missing_required_key(missing: str) -> None:
+    data: dict[str, object] = {"env": "PROD", "maxseq": 10}
+    del data[missing]
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "x.yaml")
+    assert err.value.key == missing
+
+
+def test_unknown_key() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"env": "PROD", "maxseq": 10, "maxSeq": 5}, "x.yaml")
+    assert err.value.key == "maxSeq"
+
+
+@pytest.mark.parametrize("data", [None, [], ["env", "DEV"], "env: DEV", 42])
+def test_top_level_must_be_a_mapping(data: object) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "x.yaml")
+    assert err.value.path == "x.yaml"
+
+
+def test_load_config_reads_the_shipped_files() -> None:
+    root = Path(__file__).resolve().parent.parent
+    dev = load_config(str(root / "k8s/overlays/dev/config.yaml"))
+    prod = load_config(str(root / "k8s/overlays/prod/config.yaml"))
+    assert (dev.env.upper(), dev.port, dev.maxseq, dev.loglevel) == ("DEV", 8080, 100000, "DEBUG")
+    assert (prod.env.upper(), prod.port, prod.maxseq, prod.loglevel) == (
+        "PROD",
+        8080,
+        100000,
+        "INFO",
+    )
+
+
+def test_load_config_file_faults(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(str(tmp_path / "absent.yaml"))
+    assert err.value.path == str(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError):
+        load_config(str(tmp_path))  # a directory
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("env: [DEV\n")
+    with pytest.raises(ConfigError):
+        load_config(str(bad))
+
+
+# -- bad files given to the real process ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    # Writes the file (or not) into the case directory; returns its path, None: unset.
+    make: Callable[[Path, int], Path | None]
+    key: str | None  # the key the error must name (None: a fault of the whole file)
+    port_valid: bool = True
+
+
+def text_file(text: str | bytes) -> Callable[[Path, int], Path]:
+    def make(d: Path, port: int) -> Path:
+        path = d / "fiboserver.yaml"
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text.replace("PORT", str(port)))
+        return path
+
+    return make
+
+
+def good_with(**change: Any) -> Callable[[Path, int], Path]:
+    """A valid file with some keys changed (value None: key removed)."""
+
+    def make(d: Path, port: int) -> Path:
+        data: dict[str, Any] = {"env": "DEV", "maxseq": 100, "port": port}
+        for k, v in change.items():
+            if v is None:
+                data.pop(k, None)
+            else:
+                data[k] = v
+        path = d / "fiboserver.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return make
+
+
+def missing_file(d: Path, port: int) -> Path:
+    return d / "no-such-file.yaml"
+
+
+def directory(d: Path, port: int) -> Path:
+    # Unreadable even for root (CI runs as root, where chmod 000 changes nothing).
+    path = d / "config.yaml"
+    path.mkdir()
+    return path
+
+
+CASES = [
+    Case("missing-file", missing_file, None),
+    Case("directory", directory, None),
+    Case("not-utf8", text_file(b"env: DEV\nmaxseq: \xff\xfe10\n"), None),
+    Case("invalid-yaml", text_file("env: [DEV\nmaxseq: 10\nport: PORT\n"), None),
+    Case("yaml-tab-indent", text_file("env: DEV\n\tmaxseq: 10\n"), None),
+    Case("top-level-list", text_file("- env\n- DEV\n"), None),
+    Case("top-level-scalar", text_file("DEV\n"), None),
+    Case("empty-file", text_file(""), None),
+    Case("unknown-key", good_with(bogus_key=1), "bogus_key"),
+    Case("maxseq-string", good_with(maxseq="ten"), "maxseq"),
+    Case("maxseq-float", good_with(maxseq=1.5), "maxseq"),
+    Case("cacheresult-string", good_with(cacheresult="yes"), "cacheresult"),
+    Case("port-bool", good_with(port=True), "port", port_valid=False),
+    Case("env-int", good_with(env=5), "env"),
+    Case("maxseq-negative", good_with(maxseq=-1), "maxseq"),
+    Case("maxseq-too-big", good_with(maxseq=100001), "maxseq"),
+    Case("port-zero", good_with(port=0), "port", port_valid=False),
+    Case("port-too-big", good_with(port=65536), "port", port_valid=False),
+    Case("env-underscore", good_with(env="dev_1"), "env"),
+    Case("env-empty", good_with(env=""), "env"),
+    Case("env-32-chars", good_with(env="D" * 32), "env"),
+    Case("loglevel-trace", good_with(loglevel="TRACE"), "loglevel"),
+    Case("cache-max-bytes-negative", good_with(cache_max_bytes=-1), "cache_max_bytes"),
+    Case("missing-env", good_with(env=None), "env"),
+    Case("missing-maxseq", good_with(maxseq=None), "maxseq"),
+]
+
+
+@dataclass
+class Outcome:
+    path: Path | None
+    port: int
+    rc: int
+    records: list[Record]
+    bad_lines: list[tuple[str, str]]
+    output: str
+    listening_after: bool
+
+
+def run_case(base: Path, make: Callable[[Path, int], Path | None]) -> Outcome:
+    base.mkdir()
+    port = free_port()
+    path = make(base, port)
+    with ServerProcess(path, base) as srv:
+        try:
+            rc = srv.wait(timeout=30)  # generous: a config error stops at once
+        except Exception:
+            rc = -999  # still running after 30 s: reported by the test
+    return Outcome(
+        path, port, rc, srv.records, srv.bad_lines, srv.output(), is_listening(port, 0.2)
+    )
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
+    root = tmp_path_factory.mktemp("badconf")
+    cases: dict[str, Callable[[Path, int], Path | None]] = {c.id: c.make for c in CASES}
+    cases["env-var-unset"] = lambda d, p: None
+    # A few at a time: 2 shared cores, and each start costs an interpreter.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {cid: pool.submit(run_case, root / cid, make) for cid, make in cases.items()}
+        return {cid: f.result() for cid, f in futures.items()}
+
+
+def error_records(out: Outcome) -> list[Record]:
+    return [r for r in out.records if r.get("level") in ("ERROR", "CRITICAL")]
+
+
+def check_refused_start(out: Outcome) -> None:
+    assert out.rc != 0 and out.rc != -999, f"exit status {out.rc}\n{out.output}"
+    assert "Traceback" not in out.output, out.output
+    assert out.bad_lines == [], f"non-JSON lines: {out.bad_lines}"
+    assert out.records, "no log record at all"
+    assert not [r for r in out.records if r.get("msg") == "server start"]
+    assert error_records(out), out.output
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_file_stops_the_process(outcomes: dict[str, Outcome], case: Case) -> None:
+    out = outcomes[case.id]
+    check_refused_start(out)
+    assert out.path is not None
+    texts = [json.dumps(r) for r in error_records(out)]
+    naming_file = [t for t in texts if str(out.path) in t]
+    assert naming_file, f"no ERROR/CRITICAL record names {out.path}: {texts}"
+    if case.key is not None:
+        assert [t for t in naming_file if case.key in t], f"no record names key {case.key}"
+    if case.port_valid:
+        assert not out.listening_after
+
+
+def test_unset_variable_stops_the_process(outcomes: dict[str, Outcome]) -> None:
+    out = outcomes["env-var-unset"]
+    check_refused_start(out)
+    assert any(CONFIG_ENV in json.dumps(r) for r in error_records(out)), out.output

@@ -1,0 +1,195 @@
+"""Graceful stop of the real process: SIGTERM under load, when idle, and /readyz draining.
+
+A request whose TCP connection was established must get a complete, correct 200,
+even when SIGTERM arrives while it waits in the kernel's listen queue. A connect
+that is refused or times out after the signal is expected (the server no longer
+takes new connections); a reset, an EOF or a truncated body after connect is a
+failure.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+from serverproc import HOST, ServerProcess
+
+GRACEFUL_TIMEOUT = 20  # gunicorn.conf.py, SPEC section 5
+CLIENTS = 16
+PER_CLIENT_MAX = 400  # bounds every client loop in count...
+LOAD_DEADLINE = 60.0  # ...and in time
+# Mix of cheap and expensive n; the cache is off so each one is computed.
+N_VALUES = [0, 10, 93, 1000, 5000, 30000, 60000, 100000]
+
+
+def reference(values: list[int]) -> dict[int, Decimal]:
+    keep = set(values)
+    out: dict[int, Decimal] = {}
+    a, b = 0, 1
+    for n in range(max(values) + 1):
+        if n in keep:
+            out[n] = Decimal(a)  # Decimal: no int/str digit limit involved
+        a, b = b, a + b
+    return out
+
+
+@dataclass
+class Counts:
+    sent: int = 0  # connection established, request sent
+    ok: int = 0  # complete 200 with the right result
+    refused: int = 0  # connect refused or timed out (expected once stopping)
+    failed: int = 0  # anything else after the connection was established
+    after_signal_ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def one_request(
+    port: int, n: int, expected: Decimal, counts: Counts, signalled: threading.Event
+) -> bool:
+    """One GET on a fresh connection; False once connecting no longer works."""
+    try:
+        sock = socket.create_connection((HOST, port), timeout=3)
+    except OSError:  # refused, or SYN dropped while draining: the expected end
+        with counts.lock:
+            counts.refused += 1
+        return False
+    sock.settimeout(GRACEFUL_TIMEOUT + 10)
+    conn = http.client.HTTPConnection(HOST, port)
+    conn.sock = sock  # use exactly this connection, never a silent reconnect
+    try:
+        with counts.lock:
+            counts.sent += 1
+        conn.request("GET", f"/prod/fibo?n={n}", headers={"Connection": "close"})
+        resp = conn.getresponse()
+        body = resp.read()  # IncompleteRead if truncated
+        if resp.status != 200:
+            raise AssertionError(f"status {resp.status}: {body[:200]!r}")
+        result = json.loads(body, parse_int=Decimal)["result"]
+        if result != expected:
+            raise AssertionError(f"n={n}: wrong result")
+        with counts.lock:
+            counts.ok += 1
+            if signalled.is_set():
+                counts.after_signal_ok += 1
+    except Exception as exc:  # reset, EOF, truncation, bad body: all failures
+        with counts.lock:
+            counts.failed += 1
+            counts.failures.append(f"n={n}: {type(exc).__name__}: {exc}")
+    finally:
+        conn.close()
+    return True
+
+
+def test_sigterm_under_load_loses_no_request(tmp_path: Path) -> None:
+    ref = reference(N_VALUES)
+    counts = Counts()
+    signalled = threading.Event()
+    with ServerProcess(
+        {"env": "PROD", "maxseq": 100000, "cacheresult": False},
+        tmp_path,
+        env={"WEB_CONCURRENCY": "2"},
+    ) as srv:
+        srv.wait_for("server start", timeout=30)
+        start = time.monotonic()
+
+        def client(seed: int) -> None:
+            rnd = random.Random(seed)
+            for _ in range(PER_CLIENT_MAX):
+                if time.monotonic() - start > LOAD_DEADLINE:
+                    return
+                n = rnd.choice(N_VALUES)
+                if not one_request(srv.port, n, ref[n], counts, signalled):
+                    if signalled.is_set():
+                        return
+                    time.sleep(0.05)  # not stopping yet: a transient, try again
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        # Let the load build up, then signal in the middle of it.
+        deadline = time.monotonic() + 30
+        while counts.ok < 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert counts.ok >= 100, f"no load reached the server: {counts}"
+        signalled.set()
+        t_signal = time.monotonic()
+        srv.terminate(signal.SIGTERM)
+        rc = srv.wait(GRACEFUL_TIMEOUT + 10)
+        stop_seconds = time.monotonic() - t_signal
+        for t in threads:
+            t.join(timeout=LOAD_DEADLINE)
+        assert not any(t.is_alive() for t in threads)
+
+    print(
+        f"\ngraceful under load: sent={counts.sent} ok={counts.ok} "
+        f"refused={counts.refused} failed={counts.failed} "
+        f"ok_after_signal={counts.after_signal_ok} stop_s={stop_seconds:.2f}"
+    )
+    assert counts.failures == [], counts.failures[:10]
+    assert counts.failed == 0 and counts.ok == counts.sent
+    assert rc == 0
+    assert stop_seconds < GRACEFUL_TIMEOUT
+    msgs = [r["msg"] for r in srv.records]
+    assert "graceful stopping server" in msgs and "server stopped" in msgs
+    assert msgs.index("graceful stopping server") < msgs.index("server stopped")
+    assert msgs[-1] == "server stopped"
+    (stopping,) = srv.find("graceful stopping server")
+    assert stopping["level"] == "INFO" and stopping["graceful_timeout"] == GRACEFUL_TIMEOUT
+    assert srv.bad_lines == []
+
+
+def test_idle_sigterm_exits_at_once(tmp_path: Path) -> None:
+    with ServerProcess(
+        {"env": "DEV", "maxseq": 100}, tmp_path, env={"WEB_CONCURRENCY": "2"}
+    ) as srv:
+        srv.wait_for("server start", timeout=30)
+        status, _, _ = srv.get("/dev/fibo?n=10")
+        assert status == 200
+        t_signal = time.monotonic()
+        srv.terminate(signal.SIGTERM)
+        rc = srv.wait(GRACEFUL_TIMEOUT + 10)
+        elapsed = time.monotonic() - t_signal
+    print(f"\nidle SIGTERM to exit: {elapsed:.2f}s")
+    assert rc == 0
+    assert elapsed < 3, f"idle stop took {elapsed:.2f}s (SPEC: under a second)"
+    msgs = [r["msg"] for r in srv.records]
+    assert msgs.index("graceful stopping server") < msgs.index("server stopped")
+
+
+def test_readyz_answers_503_on_open_connection_after_sigterm(tmp_path: Path) -> None:
+    with ServerProcess(
+        {"env": "DEV", "maxseq": 100}, tmp_path, env={"WEB_CONCURRENCY": "1"}
+    ) as srv:
+        srv.wait_for("server start", timeout=30)
+        conn = http.client.HTTPConnection(HOST, srv.port, timeout=10)
+        try:
+            conn.request("GET", "/dev/readyz")
+            resp = conn.getresponse()
+            assert resp.status == 200 and json.loads(resp.read()) == {"status": "ready"}
+            sock = conn.sock
+            assert sock is not None, "the server closed a keep-alive connection"
+
+            srv.terminate(signal.SIGTERM)
+            srv.wait_for("graceful stopping server", timeout=5)
+            time.sleep(0.3)  # let the worker get the signal from the master
+            conn.request("GET", "/dev/readyz", headers={"X-Request-ID": "drain-1"})
+            assert conn.sock is sock, "must be the connection opened before SIGTERM"
+            resp = conn.getresponse()
+            body = resp.read()
+            assert resp.status == 503, body
+            assert resp.headers["Content-Type"].startswith("application/json")
+            assert resp.headers["X-Request-ID"] == "drain-1"
+            assert json.loads(body) == {"status": "draining"}
+        finally:
+            conn.close()
+        assert srv.wait(GRACEFUL_TIMEOUT + 10) == 0
+    assert srv.find("server stopped")
