@@ -27,12 +27,9 @@ FROM ${BASE_IMAGE}
 # were byte-compiled at install time. PYTHONUNBUFFERED: every JSON log line leaves
 # at once, none is lost in a buffer when the process stops.
 # FIBOSERVER_CONFIG: where the Deployment mounts the ConfigMap (key config.yaml).
-# HOME=/tmp: the one writable place on a read-only root (an emptyDir in the pod);
-# gunicorn puts its control socket under $HOME/.gunicorn.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    HOME=/tmp \
     FIBOSERVER_CONFIG=/etc/fiboserver/config.yaml
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
