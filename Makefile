@@ -91,3 +91,32 @@ BENCH_ARGS ?=
 bench: $(INSTALLED) ## benchmark against the bare-WSGI ceiling (needs wrk: apt-get install wrk); writes bench/results/
 	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install -y wrk" >&2; exit 2; }
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# --- logs to Kibana (issue 5; README "Logs in Kibana") ------------------------------
+# KIBANA_URL: e.g. after `kubectl -n logging port-forward svc/kibana 5601:5601`.
+# KIBANA_CURL_ARGS: extra curl options, e.g. -u elastic:<password> or --cacert ca.crt.
+KIBANA_URL ?= http://127.0.0.1:5601
+KIBANA_CURL_ARGS ?=
+KIBANA_OBJECTS := k8s/logging/kibana/saved-objects.ndjson
+
+.PHONY: deploy-logging undeploy-logging kibana-import
+
+deploy-logging: ## Fluent Bit DaemonSet to namespace logging; DEMO=1 first applies the demo Elasticsearch + Kibana
+	$(if $(filter 1,$(DEMO)),kubectl apply -k k8s/logging/elastic)
+	kubectl apply -k k8s/logging
+	kubectl -n logging rollout status daemonset/fluent-bit --timeout=5m
+
+undeploy-logging: ## remove Fluent Bit, keep namespace logging; DEMO=1 deletes the whole namespace, demo data included
+	kubectl delete -k k8s/logging -l app.kubernetes.io/name=fluent-bit --ignore-not-found
+	$(if $(filter 1,$(DEMO)),kubectl delete -k k8s/logging/elastic --ignore-not-found)
+
+kibana-import: ## load the data view and saved searches into Kibana at KIBANA_URL (import API, overwrite)
+	@out=$$(curl --silent --show-error --fail-with-body -X POST \
+	  "$(KIBANA_URL)/api/saved_objects/_import?overwrite=true" \
+	  -H 'kbn-xsrf: true' $(KIBANA_CURL_ARGS) --form file=@$(KIBANA_OBJECTS)) \
+	  || { echo "kibana-import: request failed: $$out" >&2; exit 1; }; \
+	if printf '%s' "$$out" | grep -Eq '"success"[[:space:]]*:[[:space:]]*true'; then \
+	  echo "kibana-import: $$out"; \
+	else \
+	  echo "kibana-import: Kibana did not import everything: $$out" >&2; exit 1; \
+	fi

@@ -354,3 +354,12 @@ def test_output_routing(pipeline: Any) -> None:
     for t, expected in cases.items():
         matched = [prefix for prefix, rx in routes if rx.search(t)]
         assert matched == [expected], (t, matched)
+
+
+def test_undeploy_label_spares_the_namespace(logging_objs: list[Obj]) -> None:
+    # `make undeploy-logging` deletes by app.kubernetes.io/name=fluent-bit: that
+    # must be every Fluent Bit object and not the namespace (Elasticsearch may live there).
+    for o in logging_objs:
+        labels = o["metadata"].get("labels", {})
+        is_ours = labels.get("app.kubernetes.io/name") == "fluent-bit"
+        assert is_ours == (o["kind"] != "Namespace"), f"{o['kind']}/{o['metadata']['name']}"
