@@ -78,7 +78,8 @@ def test_data_view_covers_our_indices(data_view: dict[str, Any]) -> None:
     assert attrs["timeFieldName"] == "@timestamp"
     # Fluent Bit's es output for namespace cloudnative writes <prefix>-YYYY.MM.DD.
     outputs = yaml.safe_load(PIPELINE.read_text())["pipeline"]["outputs"]
-    (ours,) = [o for o in outputs if "cloudnative" in o["match_regex"].split("(?!")[0]]
+    app_tag = "kube.var.log.containers.fiboserver-prod-6b5f4-x2x9q_cloudnative_fiboserver-0.log"
+    (ours,) = [o for o in outputs if re.search(o["match_regex"], app_tag)]
     assert attrs["title"] == f"{ours['logstash_prefix']}-*"
     assert data_view["references"] == []
 
