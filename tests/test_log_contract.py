@@ -81,8 +81,28 @@ INT64 = (-(2**63), 2**63 - 1)
 CUSTOM_ID = "contract-test.0001_A"
 
 
+# Elasticsearch's default dynamic_date_formats: strict_date_optional_time
+# (exactly four year digits), "yyyy/MM/dd HH:mm:ss Z" and "yyyy/MM/dd Z". A new
+# string field whose first value matches becomes a `date` field, and later
+# non-date strings in it are rejected; strings that parse as numbers are exempt
+# (elastic/elasticsearch#22171).
+ES_DATE = re.compile(
+    r"\d{4}(-\d{2}(-\d{2}(T\d{2}(:\d{2}(:\d{2}([.,]\d{1,9})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?)?)?)?"
+    r"|\d{4}/\d{2}/\d{2}( \d{2}:\d{2}:\d{2})? [+-]\d{4}"
+)
+
+
+def looks_like_es_date(text: str) -> bool:
+    try:
+        float(text)
+        return False
+    except ValueError:
+        return ES_DATE.fullmatch(text) is not None
+
+
 def json_type(value: object) -> str:
-    """Elasticsearch-relevant JSON type: bool, int and float are three types."""
+    """Elasticsearch-relevant JSON type: bool, int and float are three types, and a
+    string that dynamic date detection takes for a date is a `date`."""
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
@@ -90,7 +110,7 @@ def json_type(value: object) -> str:
     if isinstance(value, float):
         return "float"
     if isinstance(value, str):
-        return "string"
+        return "date" if looks_like_es_date(value) else "string"
     if isinstance(value, dict):
         return "object"
     if isinstance(value, list):
@@ -267,6 +287,7 @@ def test_every_line_merges(
     for record in merged:
         assert record["_p"] == "F" and record["stream"] in {"stdout", "stderr"}
         assert {"ts", "level", "logger", "msg"} <= set(record), record
+        assert json_type(record["ts"]) == "date", record  # one `date` field in ES
         assert record["level"] in LEVELS, record
 
 
@@ -335,6 +356,10 @@ def test_the_checks_catch_what_elasticsearch_rejects() -> None:
     lines = ['{"n": 1}', '{"n": 1.5}', '{"b": true}', '{"b": 0}', '{"o": {"k": 1}}', '{"o": "s"}']
     assert set(type_conflicts([one_line(x) for x in lines])) == {"n", "b", "o"}
     assert type_conflicts([one_line('{"n": 1}'), one_line('{"n": null}')]) == {}
+    # A string field first seen holding a date is a date field from then on.
+    dates = ['{"d": "2026-11-26T19:00:00.123Z"}', '{"d": "2026-11"}', '{"d": "soon"}']
+    assert set(type_conflicts([one_line(x) for x in dates])) == {"d"}
+    assert type_conflicts([one_line('{"d": "2026"}'), one_line('{"d": "x"}')]) == {}
     assert len(int64_overflows([one_line('{"n": 9223372036854775808}')])) == 1
     assert int64_overflows([one_line('{"n": -9223372036854775808}')]) == []
 
