@@ -41,6 +41,9 @@ IMAGE ?= fiboserver
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 # Empty: the Dockerfile's pinned default. CI passes a local debootstrap base.
 BASE_IMAGE ?=
+# Extra build options, e.g. BUILD_FLAGS='--network host' where the default
+# build network cannot reach PyPI.
+BUILD_FLAGS ?=
 # dev, prod or all (all = k8s/: namespace, both environments and the Ingress).
 ENV ?= dev
 K8S_DIR = $(if $(filter all,$(ENV)),k8s,k8s/overlays/$(ENV))
@@ -51,7 +54,7 @@ CHECKOV := .tools/checkov/bin/checkov
 
 image: ## build the image IMAGE:TAG (fiboserver:<version>) with podman or docker; BASE_IMAGE=... optional
 	@test -n "$(CONTAINER_ENGINE)" || { echo "make image: neither podman nor docker is installed" >&2; exit 1; }
-	$(CONTAINER_ENGINE) build $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMAGE):$(TAG) .
+	$(CONTAINER_ENGINE) build $(BUILD_FLAGS) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMAGE):$(TAG) .
 
 push: ## push IMAGE:TAG to its registry (e.g. IMAGE=registry.example/fiboserver)
 	$(CONTAINER_ENGINE) push $(IMAGE):$(TAG)
