@@ -26,6 +26,7 @@ import yaml
 from conftest import require_tool
 from kubernetes_validate.utils import all_versions
 
+from fiboserver.cgroup import workers_for
 from fiboserver.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -500,8 +501,6 @@ def test_resources_and_qos(env: str, expected_qos: str, expected: Obj | None) ->
     # and check that the printed worker count is derived from the same rule.
     cpu = parse_quantity(resources["limits"]["cpu"])
     assert cpu >= 1 and cpu == int(cpu)
-    from fiboserver.cgroup import workers_for
-
     assert workers_for(cpu, usable_cpus=64) == int(cpu)
 
 
