@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import queue
 import select
+import signal
 import socket
 import struct
 import time
@@ -64,6 +66,28 @@ class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc]
     """gthread worker whose SIGTERM loses no connection the kernel accepted."""
 
     _drained = False
+
+    def init_signals(self) -> None:
+        # From fork() until here the child still runs the master's handlers, which
+        # only queue a signal for the master's loop, a loop this process never runs:
+        # a SIGTERM that reached a booting worker was lost, and the worker lived on
+        # until the master killed it at graceful_timeout. Act on what they queued in
+        # this process's copy of the master.
+        inherited = signal.getsignal(signal.SIGTERM)
+        super().init_signals()
+        pending = getattr(getattr(inherited, "__self__", None), "SIG_QUEUE", None)
+        if not isinstance(pending, queue.SimpleQueue):
+            return
+        caught: set[object] = set()
+        while True:
+            try:
+                caught.add(pending.get_nowait())
+            except queue.Empty:
+                break
+        if caught & {signal.SIGINT, signal.SIGQUIT}:
+            self.handle_quit(signal.SIGQUIT, None)
+        elif signal.SIGTERM in caught:
+            self.handle_exit(signal.SIGTERM, None)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         begin_draining()
