@@ -1,0 +1,126 @@
+"""The request hot path without the network: microseconds per WSGI call, and its profile.
+
+Calls the PROD app's WSGI callable in a loop with logging configured exactly as
+gunicorn configures it (fiboserver.logs.logconfig_dict), records going to a
+file, and the bare ceiling app the same way. Far less noisy than wrk on a
+shared machine, so it is what each optimisation was judged by; the wrk pairs in
+bench/run.py are what the targets are judged by.
+
+    .venv/bin/python -m bench.hotpath            # us per request, service and ceiling
+    .venv/bin/python -m bench.hotpath --profile  # plus the top of a cProfile
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import logging.config
+import os
+import pstats
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PROD_CONFIG = ROOT / "k8s" / "overlays" / "prod" / "config.yaml"
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def environ_for(path: str, query: str) -> dict[str, Any]:
+    """What gunicorn's gthread worker hands the app for a keep-alive GET from wrk."""
+    return {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "RAW_URI": f"{path}?{query}",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8080",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "40000",
+        "HTTP_HOST": "127.0.0.1:8080",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": sys.stderr,
+        "wsgi.version": (1, 0),
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+
+
+def per_call_us(app: WsgiApp, path: str, query: str, calls: int) -> float:
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        pass
+
+    best = float("inf")
+    for _ in range(3):  # best of three: the least disturbed by other load
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            body = app(environ_for(path, query), start_response)
+            for _chunk in body:
+                pass
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        best = min(best, (time.perf_counter() - t0) / calls * 1e6)
+    return best
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--calls", type=int, default=20000)
+    p.add_argument("--n", type=int, default=30)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "prod.yaml"
+        config_path.write_text(yaml.safe_dump(yaml.safe_load(PROD_CONFIG.read_text())))
+        os.environ["FIBOSERVER_CONFIG"] = str(config_path)
+        from bench import ceiling
+        from fiboserver.app import create_app
+        from fiboserver.config import load_config
+        from fiboserver.logs import logconfig_dict
+
+        config = load_config(str(config_path))
+        log_path = Path(tmp) / "records.log"
+        with open(log_path, "w") as records:
+            # As under gunicorn: the JSON handler on stdout, stdout a file (here).
+            saved, sys.stdout = sys.stdout, records
+            try:
+                logging.config.dictConfig(logconfig_dict(config.loglevel))
+                app = create_app(config)
+                path, query = f"{config.prefix}/fibo", f"n={args.n}"
+                service_us = per_call_us(app, path, query, args.calls)
+                ceiling_us = per_call_us(ceiling.app, path, query, args.calls)
+                profile_text = ""
+                if args.profile:
+                    prof = cProfile.Profile()
+                    prof.enable()
+                    per_call_us(app, path, query, args.calls // 4)
+                    prof.disable()
+                    out = io.StringIO()
+                    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
+                    profile_text = out.getvalue()
+            finally:
+                sys.stdout = saved
+        lines = len(log_path.read_bytes().splitlines())
+    # per_call_us makes three passes; the profile another three of a quarter each.
+    requests = 3 * args.calls + (3 * (args.calls // 4) if args.profile else 0)
+    print(f"service {service_us:.1f} us/request, ceiling {ceiling_us:.1f} us/request")
+    print(f"({lines / requests:.2f} JSON log lines per service request)")
+    if profile_text:
+        print(profile_text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Where a worker's time goes under wrk load: py-spy on the service as deployed.
+
+Starts the PROD service the way bench/run.py does, loads it with wrk (cached
+n=30 by default), records one worker with py-spy (`.venv/bin/pip install -e ".[bench]"`) and
+prints the share of samples by self time and by inclusive time of the layers
+of the hot path (gunicorn, Flask/Werkzeug, logging, the app's own code).
+
+    .venv/bin/python -m bench.profile [--seconds 10] [--uncached]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from bench.run import PROD_CONFIG, ROOT, SUMMARY_LUA, Bench, running
+
+# Inclusive buckets: a sample counts for the first pattern found in its stack (leaf first).
+LAYERS = (
+    ("logging: JSON formatting", ("pythonjsonlogger", "logs.py")),
+    ("logging: write + flush", ("emit (logging/__init__.py", "flush (logging/__init__.py")),
+    ("logging: records (makeRecord, handlers)", ("logging/__init__.py",)),
+    ("request id (uuid4)", ("uuid.py",)),
+    ("app code (fiboserver/)", ("fiboserver/",)),
+    ("Flask / Werkzeug", ("flask/", "werkzeug/")),
+    ("gunicorn", ("gunicorn/",)),
+)
+
+
+def layer_of(stack: list[str]) -> str:
+    for frame in reversed(stack):  # the leaf first
+        for name, patterns in LAYERS:
+            if any(p in frame for p in patterns):
+                return name
+    return "other (interpreter, stdlib)"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=int, default=10)
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--uncached", action="store_true")
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument(
+        "--all-threads",
+        action="store_true",
+        help="sample every running thread (default: only the one holding the GIL, i.e. CPU)",
+    )
+    args = p.parse_args()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("py-spy is not installed: .venv/bin/pip install -e '.[bench]'", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="fiboserver-profile-") as tmp:
+        bench_args = argparse.Namespace()
+        bench = Bench(bench_args, Path(tmp), yaml.safe_load(PROD_CONFIG.read_text()))
+        overrides = {"cacheresult": False} if args.uncached else {}
+        server = bench.server("profiled", bench.config("profiled", **overrides))
+        raw = Path(tmp) / "stacks.txt"
+        with running(server):
+            pid = server.wait_workers(int(server.print_config()["workers"]))[0]
+            if args.uncached:
+                script = ["-s", "bench/wrk/random_n.lua"]
+                url = f"http://127.0.0.1:{server.port}{server.prefix}/fibo"
+                extra = ["--", str(bench.prod["maxseq"]), server.prefix, "1"]
+            else:
+                script = ["-s", SUMMARY_LUA]
+                url = f"http://127.0.0.1:{server.port}{server.prefix}/fibo?n=30"
+                extra = []
+            wrk = subprocess.Popen(
+                [
+                    "wrk",
+                    "-t1",
+                    f"-c{args.connections}",
+                    f"-d{args.seconds + 3}s",
+                    *script,
+                    url,
+                    *extra,
+                ],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+            )
+            subprocess.run(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--duration",
+                    str(args.seconds),
+                    "--rate",
+                    "1000",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raw),
+                    "--nonblocking",
+                    *([] if args.all_threads else ["--gil"]),
+                ],
+                check=True,
+                capture_output=True,
+            )
+            wrk.wait()
+        self_time: collections.Counter[str] = collections.Counter()
+        inclusive: collections.Counter[str] = collections.Counter()
+        layers: collections.Counter[str] = collections.Counter()
+        total = 0
+        for line in raw.read_text().splitlines():
+            stack_text, _, count_text = line.rpartition(" ")
+            count = int(count_text)
+            stack = stack_text.split(";")
+            # Idle threads wait in the poller or the pool's queue: not CPU time.
+            leaf = stack[-1]
+            if any(
+                w in leaf
+                for w in ("select (selectors.py", "wait (threading.py", "_worker (concurrent")
+            ):
+                continue
+            total += count
+            self_time[leaf] += count
+            for frame in set(f.split(":")[0] + ")" for f in stack):
+                inclusive[frame] += count
+            layers[layer_of(stack)] += count
+    print(f"{total} busy samples of one worker")
+    print("\nBy layer (a sample counts for the innermost layer it is in):")
+    for name, count in layers.most_common():
+        print(f"  {100 * count / total:5.1f}%  {name}")
+    print(f"\nTop {args.top} functions by inclusive time (self + callees):")
+    for frame, count in inclusive.most_common(args.top):
+        print(f"  {100 * count / total:5.1f}%  {frame}")
+    print(f"\nTop {args.top} functions by self time:")
+    for frame, count in self_time.most_common(args.top):
+        print(f"  {100 * count / total:5.1f}%  {frame}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
