@@ -367,9 +367,9 @@ def test_config_map_generated_mounted_and_accepted(env: str) -> None:
 def test_replicas_and_rolling_update(env: str) -> None:
     objs = render("k8s")
     spec = one(objs, "Deployment", f"fiboserver-{env}")["spec"]
+    # 3 from the first apply on; in PROD the HPA may scale out from there.
+    assert spec["replicas"] == 3
     if env == "prod":
-        # The HPA owns the count (floor 3); a manifest `replicas` would fight it.
-        assert "replicas" not in spec
         hpa = one(objs, "HorizontalPodAutoscaler", "fiboserver-prod")
         assert hpa["apiVersion"] == "autoscaling/v2"
         assert hpa["spec"]["scaleTargetRef"] == {
@@ -384,7 +384,6 @@ def test_replicas_and_rolling_update(env: str) -> None:
         # Utilization is relative to the request: there must be one.
         assert "cpu" in container_of(env)["resources"]["requests"]
     else:
-        assert spec["replicas"] == 3
         assert not find(objs, "HorizontalPodAutoscaler", f"fiboserver-{env}")
     assert spec["strategy"]["type"] == "RollingUpdate"
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
@@ -507,7 +506,7 @@ def test_resources_and_qos(env: str, expected_qos: str, expected: Obj | None) ->
 @pytest.mark.parametrize("env", ENVS)
 def test_pod_disruption_budget(env: str) -> None:
     pdb = one(render("k8s"), "PodDisruptionBudget", f"fiboserver-{env}")["spec"]
-    replicas = 3  # dev's replicas, prod's HPA floor (checked above)
+    replicas = 3  # the Deployment's replicas and prod's HPA floor (checked above)
     allowed = pdb.get("maxUnavailable", replicas - pdb.get("minAvailable", replicas))
     # At least one voluntary eviction allowed (node drains can proceed), and at
     # least two pods keep serving.
