@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 from fiboserver import logs
 from fiboserver.cgroup import default_workers
 from fiboserver.config import CONFIG_ENV, ConfigError, load_config
+from fiboserver.worker import refuse_new_connections
 
 log = logging.getLogger("fiboserver.server")
 
@@ -98,6 +99,16 @@ def _log_sigterm(server: Any) -> None:
 
     def graceful_stop() -> None:
         log.info("graceful stopping server", extra={"graceful_timeout": graceful_timeout})
+        # New connections are refused here, by the master, and only when the whole
+        # server stops: the listening socket is shared by all workers, so a filter
+        # set by one worker that exits alone (max_requests, its own SIGTERM) would
+        # leave the running service dropping every new connection.
+        for listener in server.LISTENERS:
+            try:
+                refuse_new_connections(listener.sock)
+            except OSError as exc:
+                # Without the filter, the workers still serve what is queued.
+                log.warning("cannot filter new connections", extra={"errmsg": str(exc)})
         handle_term()
 
     server.handle_term = graceful_stop

@@ -9,9 +9,9 @@ every connection made in between is lost.
 
 This worker instead, on SIGTERM:
 1. marks the process as draining, so `/readyz` answers 503;
-2. attaches a socket filter that drops new SYNs on the listener (so new
-   clients see a refused or timed-out connect, never a reset), letting
-   handshakes already under way complete;
+2. relies on the master having attached, on a server-wide stop, a socket filter
+   that drops new SYNs on the listener (so new clients see a refused or timed-out
+   connect, never a reset), letting handshakes already under way complete;
 3. keeps accepting for DRAIN_LINGER seconds, serving everything that was queued
    or was mid-handshake; then stops accepting and lets gthread finish the
    requests in flight within `graceful_timeout`.
@@ -101,13 +101,9 @@ class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc]
         super().set_accept_enabled(enabled)
 
     def _drain_listeners(self) -> None:
+        # The master has already made the shared listener drop new SYNs when the
+        # server stops (gunicorn.conf.py); a worker exiting alone must not.
         listeners: list[Any] = list(self.sockets)
-        for listener in listeners:
-            try:
-                refuse_new_connections(listener.sock)
-            except OSError as exc:
-                # Without the filter, draining still serves what is queued now.
-                log.warning("cannot filter new connections", extra={"errmsg": str(exc)})
         deadline = time.monotonic() + DRAIN_LINGER
         while True:
             for listener in listeners:
