@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -73,3 +76,43 @@ def validate_strict(
             if obj.get("kind") not in allow_kinds_without_schema:
                 errors.append(f"{name}: {exc.message}")
     assert not errors, f"invalid for Kubernetes {version}:\n" + "\n".join(errors)
+
+
+def checkov_binary() -> str:
+    """checkov from `make checkov` (its own venv), else from PATH."""
+    local = REPO_ROOT / ".tools" / "checkov" / "bin" / "checkov"
+    return str(local) if local.exists() else require_tool("checkov")
+
+
+def assert_checkov_fails_only_skips(
+    objects: Sequence[Obj], skips_file: Path, workdir: Path
+) -> None:
+    """checkov over `objects` fails exactly the (check, resource) pairs in `skips_file`.
+
+    The skip list maps a check id to `resources` (checkov's `Kind.namespace.name`)
+    and a `reason`. A new failure breaks the test, and so does a skip that no
+    longer fails, so the list never outlives its reasons.
+    """
+    skips = yaml.safe_load(skips_file.read_text())
+    for check_id, entry in skips.items():
+        assert re.fullmatch(r"CKV2?_K8S_\d+", check_id), check_id
+        assert entry["resources"], f"{check_id}: no resources"
+        assert len(entry["reason"].split()) >= 10, f"{check_id}: no real reason"
+    (workdir / "rendered.yaml").write_text(yaml.safe_dump_all(objects))
+    out = subprocess.run(
+        [checkov_binary(), "--directory", str(workdir), "--framework", "kubernetes",
+         "--output", "json", "--quiet", "--compact"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},  # offline: no guideline download
+        check=False,
+    )  # fmt: skip
+    assert out.returncode in (0, 1), out.stderr
+    report = json.loads(out.stdout)
+    assert report["summary"]["parsing_errors"] == 0
+    assert report["summary"]["passed"] > 100, report["summary"]  # it really looked
+    failed = {(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]}
+    allowed = {(cid, res) for cid, entry in skips.items() for res in entry["resources"]}
+    assert not failed - allowed, f"failures not in {skips_file.name}: {sorted(failed - allowed)}"
+    assert not allowed - failed, f"skips that no longer fail: {sorted(allowed - failed)}"

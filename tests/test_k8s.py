@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import os
 import re
 import subprocess
@@ -23,7 +22,6 @@ import kube
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import require_tool
 from kubernetes_validate.utils import all_versions
 
 from fiboserver.cgroup import workers_for
@@ -633,44 +631,6 @@ def test_gateway_and_routes() -> None:
 # --- checkov ----------------------------------------------------------------------
 
 
-def checkov_binary() -> str:
-    local = ROOT / ".tools" / "checkov" / "bin" / "checkov"
-    if local.exists():
-        return str(local)
-    return require_tool("checkov")  # skips outside CI, fails in CI
-
-
 def test_checkov_fails_only_the_listed_checks(tmp_path: Path) -> None:
-    skips = yaml.safe_load((K8S / "checkov-skips.yaml").read_text())
-    for check_id, reason in skips.items():
-        assert re.fullmatch(r"CKV2?_K8S_\d+", check_id), check_id
-        assert isinstance(reason, str) and len(reason.split()) >= 5, f"{check_id}: no reason"
-    checkov = checkov_binary()
-    for rel in ("k8s", "k8s/gateway"):
-        docs = render(rel)
-        (tmp_path / f"{rel.replace('/', '_')}.yaml").write_text(yaml.safe_dump_all(docs))
-    out = subprocess.run(
-        [checkov, "--directory", str(tmp_path), "--framework", "kubernetes",
-         "--output", "json", "--quiet", "--compact"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        # No network here: do not fetch the Prisma guideline mappings.
-        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
-        check=False,
-    )  # fmt: skip
-    assert out.returncode in (0, 1), out.stderr
-    report = json.loads(out.stdout)
-    assert report["check_type"] == "kubernetes"
-    summary = report["summary"]
-    assert summary["parsing_errors"] == 0
-    assert summary["passed"] > 100, summary  # it really looked at the manifests
-    failed = {c["check_id"] for c in report["results"]["failed_checks"]}
-    details = sorted(
-        f"{c['check_id']} {c['check_name']} ({c['resource']})"
-        for c in report["results"]["failed_checks"]
-        if c["check_id"] not in skips
-    )
-    assert not details, "checkov failures not in k8s/checkov-skips.yaml:\n" + "\n".join(details)
-    stale = set(skips) - failed
-    assert not stale, f"k8s/checkov-skips.yaml lists checks that no longer fail: {stale}"
+    objects = render("k8s") + render("k8s/gateway")
+    kube.assert_checkov_fails_only_skips(objects, K8S / "checkov-skips.yaml", tmp_path)

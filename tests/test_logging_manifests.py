@@ -8,17 +8,20 @@ exactly what a cluster would get.
 from __future__ import annotations
 
 import fnmatch
-import json
-import os
 import re
-import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
-from conftest import require_tool
-from kube import REPO_ROOT, Obj, render, schema_versions, validate_strict
+from kube import (
+    REPO_ROOT,
+    Obj,
+    assert_checkov_fails_only_skips,
+    render,
+    schema_versions,
+    validate_strict,
+)
 
 LOGGING = REPO_ROOT / "k8s" / "logging"
 ELASTIC = LOGGING / "elastic"
@@ -372,38 +375,11 @@ def test_undeploy_label_spares_the_namespace(logging_objs: list[Obj]) -> None:
 # --- checkov ------------------------------------------------------------------------------
 
 
-def checkov_binary() -> str:
-    local = REPO_ROOT / ".tools" / "checkov" / "bin" / "checkov"  # `make checkov`
-    return str(local) if local.exists() else require_tool("checkov")
-
-
 def test_checkov_fails_only_the_listed_checks(
     tmp_path: Path, logging_objs: list[Obj], elastic_objs: list[Obj]
 ) -> None:
-    skips = yaml.safe_load((LOGGING / "checkov-skips.yaml").read_text())
-    for check_id, entry in skips.items():
-        assert re.fullmatch(r"CKV2?_K8S_\d+", check_id), check_id
-        assert entry["resources"] and len(entry["reason"].split()) >= 10, check_id
-    checkov = checkov_binary()
-    (tmp_path / "logging.yaml").write_text(yaml.safe_dump_all(logging_objs))
-    (tmp_path / "elastic.yaml").write_text(yaml.safe_dump_all(elastic_objs))
-    out = subprocess.run(
-        [checkov, "--directory", str(tmp_path), "--framework", "kubernetes",
-         "--output", "json", "--quiet", "--compact"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},  # offline: no guideline download
-        check=False,
-    )  # fmt: skip
-    assert out.returncode in (0, 1), out.stderr
-    report = json.loads(out.stdout)
-    assert report["summary"]["parsing_errors"] == 0
-    assert report["summary"]["passed"] > 100, report["summary"]  # it really looked
-    failed = {(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]}
-    allowed = {(cid, res) for cid, entry in skips.items() for res in entry["resources"]}
-    assert not failed - allowed, f"failures not in checkov-skips.yaml: {sorted(failed - allowed)}"
-    assert not allowed - failed, f"skips that no longer fail: {sorted(allowed - failed)}"
+    objects = logging_objs + elastic_objs
+    assert_checkov_fails_only_skips(objects, LOGGING / "checkov-skips.yaml", tmp_path)
 
 
 def test_unauthenticated_elasticsearch_is_fenced(elastic_objs: list[Obj]) -> None:
