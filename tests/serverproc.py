@@ -24,6 +24,9 @@ Typical use::
 - ``env`` adds or overrides environment variables (``WEB_CONCURRENCY``, ...). The
   inherited ``WEB_CONCURRENCY``, ``GUNICORN_CMD_ARGS`` and ``FIBOSERVER_CONFIG`` are
   dropped first so a developer's shell cannot change what a test runs.
+- ``on_line(stream, line)`` is called from the reader thread for each line as it
+  arrives, for tests that must react within milliseconds (e.g. signal a worker
+  while it boots).
 - The server runs in its own session (process group); leaving the ``with`` block
   (or ``close()``) SIGKILLs that group if anything is still running, so no worker
   outlives a test. Signals from ``terminate()`` go to the master only, as a
@@ -102,6 +105,7 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         args: Sequence[str] = (),
         name: str = "fiboserver.yaml",
+        on_line: Callable[[str, str], None] | None = None,
     ) -> None:
         self.port: int = free_port()
         self.config_path: Path | None
@@ -123,6 +127,7 @@ class ServerProcess:
             self._env["FIBOSERVER_CONFIG"] = str(self.config_path)
         self._env.update(env or {})
         self._args = [GUNICORN, "-c", "gunicorn.conf.py", *args]
+        self._on_line = on_line
         self._cond = threading.Condition()
         self.lines: list[tuple[str, str]] = []  # (stream name, raw line)
         self.records: list[Record] = []
@@ -151,6 +156,8 @@ class ServerProcess:
     def _read(self, stream_name: str, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
             line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            if self._on_line is not None:
+                self._on_line(stream_name, line)  # in this reader thread, at once
             record: Record | None = None
             try:
                 parsed = json.loads(line)

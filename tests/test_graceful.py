@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import random
+import re
 import signal
 import socket
 import threading
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from serverproc import HOST, ServerProcess
+from serverproc import HOST, ServerProcess, child_pids
 
 GRACEFUL_TIMEOUT = 20  # gunicorn.conf.py, SPEC section 5
 CLIENTS = 16
@@ -193,3 +195,47 @@ def test_readyz_answers_503_on_open_connection_after_sigterm(tmp_path: Path) -> 
             conn.close()
         assert srv.wait(GRACEFUL_TIMEOUT + 10) == 0
     assert srv.find("server stopped")
+
+
+def test_sigterm_to_a_booting_worker_is_not_lost(tmp_path: Path) -> None:
+    # Until a new worker installs its own handlers it runs the master's, which only
+    # queue the signal for a loop the worker never runs. Signal each worker the
+    # moment it logs gunicorn's "Booting worker with pid: N", i.e. inside that
+    # window: each must still stop (and be replaced), not live on until the
+    # master kills it at graceful_timeout.
+    signalled: list[int] = []
+
+    def on_line(_stream: str, line: str) -> None:
+        found = re.search(r"Booting worker with pid: (\d+)", line)
+        if found and len(signalled) < 3:
+            pid = int(found.group(1))
+            os.kill(pid, signal.SIGTERM)
+            signalled.append(pid)
+
+    with ServerProcess(
+        {"env": "PROD", "maxseq": 100},
+        tmp_path,
+        env={"WEB_CONCURRENCY": "3"},
+        on_line=on_line,
+    ) as srv:
+        srv.wait_for("server start", timeout=30)
+        deadline = time.monotonic() + 30
+        while len(signalled) < 3:
+            assert time.monotonic() < deadline, srv.output()[-2000:]
+            time.sleep(0.05)
+        deadline = time.monotonic() + 5  # a stopping idle worker needs well under 1 s
+        while child_pids(srv.pid) & set(signalled):
+            alive = child_pids(srv.pid) & set(signalled)
+            assert time.monotonic() < deadline, f"workers ignored SIGTERM at boot: {alive}"
+            time.sleep(0.05)
+        # The master replaced them and the service answers.
+        deadline = time.monotonic() + 30
+        while len(child_pids(srv.pid)) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        status, _, body = srv.get("/prod/fibo?n=10", timeout=10)
+        assert status == 200 and json.loads(body) == {"result": 55}
+        t_signal = time.monotonic()
+        srv.terminate(signal.SIGTERM)
+        assert srv.wait(GRACEFUL_TIMEOUT + 10) == 0
+        assert time.monotonic() - t_signal < 3

@@ -179,14 +179,19 @@ def test_killed_worker_is_replaced(tmp_path: Path) -> None:
         {"env": "PROD", "maxseq": 100000}, tmp_path, env={"WEB_CONCURRENCY": "2"}
     ) as srv:
         srv.wait_for("server start", timeout=30)
+        master = srv.pid
+
+        def worker_pid(r: Record) -> bool:
+            # Worker lifecycle records carry the worker's `pid` (the master's is not one).
+            return isinstance(r.get("pid"), int) and r["pid"] != master
+
         deadline = time.monotonic() + 30
-        while len(srv.find(where=lambda r: isinstance(r.get("pid"), int))) < 2:
+        while len({r["pid"] for r in srv.find(where=worker_pid)}) < 2:
             assert time.monotonic() < deadline, srv.output()[-2000:]
             time.sleep(0.1)
-        workers = child_pids(srv.pid)
+        workers = child_pids(master)
         assert len(workers) == 2, workers
-        booted = {r["pid"] for r in srv.find(where=lambda r: isinstance(r.get("pid"), int))}
-        assert booted == workers
+        assert {r["pid"] for r in srv.find(where=worker_pid)} == workers
 
         victim = min(workers)
         mark = len(srv.records)
@@ -198,13 +203,13 @@ def test_killed_worker_is_replaced(tmp_path: Path) -> None:
         srv.wait_for(None, where=lambda r: r.get("pid") == victim, start=mark, timeout=30)
         newcomer = srv.wait_for(
             None,
-            where=lambda r: isinstance(r.get("pid"), int) and r["pid"] not in workers,
+            where=lambda r: worker_pid(r) and r["pid"] not in workers,
             start=mark,
             timeout=30,
         )
         deadline = time.monotonic() + 30
-        while child_pids(srv.pid) != (workers - {victim}) | {newcomer["pid"]}:
-            assert time.monotonic() < deadline, (child_pids(srv.pid), workers, newcomer)
+        while child_pids(master) != (workers - {victim}) | {newcomer["pid"]}:
+            assert time.monotonic() < deadline, (child_pids(master), workers, newcomer)
             time.sleep(0.1)
         for i in range(20):
             status, _, body = srv.get(f"/prod/fibo?n={10 + i % 2}", timeout=10)
@@ -213,3 +218,28 @@ def test_killed_worker_is_replaced(tmp_path: Path) -> None:
         srv.terminate(signal.SIGTERM)
         assert srv.wait(30) == 0
     check_log_shape(srv)
+
+
+def test_worker_exiting_alone_keeps_the_service_answering(tmp_path: Path) -> None:
+    # A worker that leaves on its own (here gunicorn's max_requests recycle,
+    # settable through GUNICORN_CMD_ARGS) must not take the shared listening
+    # socket down with it: every later request is still answered.
+    with ServerProcess(
+        {"env": "PROD", "maxseq": 100},
+        tmp_path,
+        env={"WEB_CONCURRENCY": "1", "GUNICORN_CMD_ARGS": "--max-requests 4"},
+    ) as srv:
+        srv.wait_for("server start", timeout=30)
+        deadline = time.monotonic() + 30
+        for i in range(100):  # bounded; three recycles take about 15 requests
+            status, _, body = srv.get(f"/prod/fibo?n={i % 50}", timeout=10)
+            assert status == 200, (i, body)
+            if len(child_pids(srv.pid) | {r["pid"] for r in srv.find("worker booted")}) >= 4:
+                break
+            assert time.monotonic() < deadline
+            # Paced: a retiring worker still takes what arrives while it drains.
+            time.sleep(0.1)
+        booted = {r["pid"] for r in srv.find("worker booted")}
+        assert len(booted) >= 3, booted
+        srv.terminate(signal.SIGTERM)
+        assert srv.wait(30) == 0
