@@ -79,6 +79,9 @@ control_socket_disable = True
 loglevel = _config.loglevel.lower()
 logconfig_dict = logs.logconfig_dict(_config.loglevel)
 accesslog = None  # the app logs `start` and `end` for each request
+# ...and this logger class spares gunicorn building an access record per request
+# that nobody sees (bench, README "Performance").
+logger_class = "fiboserver.logs.GunicornLogger"
 errorlog = "-"
 
 # --- server hooks -------------------------------------------------------------
