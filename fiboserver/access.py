@@ -1,4 +1,4 @@
-"""Request ids and the `start` / `end` access records, as Flask request hooks."""
+"""Request ids and the `start` / `end` access records, as WSGI middleware."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, g, request
+from flask import Flask
 
 from fiboserver.logs import request_id_var
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # An incoming id is echoed only when it is safe to put in logs and headers.
@@ -25,42 +30,57 @@ def choose_request_id(incoming: str | None) -> str:
     return str(uuid.uuid4())
 
 
-def _client() -> str:
-    environ = request.environ
-    return f"{environ.get('REMOTE_ADDR', '')}:{environ.get('REMOTE_PORT', '')}"
+def _path(environ: WSGIEnvironment) -> str:
+    """The request path as Flask's `request.path` shows it."""
+    path: str = environ.get("PATH_INFO") or ""
+    if not path.isascii():
+        # WSGI carries the raw bytes as latin-1; Werkzeug decodes them as UTF-8.
+        path = path.encode("latin-1").decode(errors="replace")
+    return "/" + path.lstrip("/")
 
 
-def _start() -> None:
-    request_id = choose_request_id(request.headers.get(REQUEST_ID_HEADER))
-    g.request_id = request_id
-    g.request_id_token = request_id_var.set(request_id)
-    g.started = time.perf_counter()
-    log.info("start", extra={"method": request.method, "path": request.path, "client": _client()})
+class AccessLog:
+    """WSGI middleware around the Flask app: request id, `start` and `end` records.
 
+    It works on the WSGI environ directly rather than through Flask's request
+    hooks: the hooks and the `request`/`g` proxies they read cost about a
+    fifth of a cached request. The request id is set in `request_id_var` for
+    the whole call, so every record the app writes meanwhile carries it, and
+    `X-Request-ID` is added to every response, errors included.
+    """
 
-def _end(response: Response) -> Response:
-    response.headers[REQUEST_ID_HEADER] = g.request_id
-    duration_ms = round((time.perf_counter() - g.started) * 1000, 3)
-    log.info(
-        "end",
-        extra={
-            "method": request.method,
-            "path": request.path,
-            "client": _client(),
-            "status": response.status_code,
-            "duration_ms": duration_ms,
-        },
-    )
-    return response
+    def __init__(self, wsgi_app: WSGIApplication) -> None:
+        self.wsgi_app = wsgi_app
 
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
+        request_id = choose_request_id(environ.get("HTTP_X_REQUEST_ID"))
+        token = request_id_var.set(request_id)
+        try:
+            fields: dict[str, Any] = {
+                "method": environ.get("REQUEST_METHOD", "GET").upper(),
+                "path": _path(environ),
+                "client": f"{environ.get('REMOTE_ADDR', '')}:{environ.get('REMOTE_PORT', '')}",
+            }
+            log.info("start", extra=fields)
+            status = ""
 
-def _forget(_exc: BaseException | None) -> None:
-    token = g.pop("request_id_token", None)
-    if token is not None:
-        request_id_var.reset(token)
+            def start_response_with_id(
+                status_line: str, headers: list[tuple[str, str]], exc_info: Any = None
+            ) -> Callable[[bytes], object]:
+                nonlocal status
+                status = status_line
+                headers.append((REQUEST_ID_HEADER, request_id))
+                return start_response(status_line, headers, exc_info)
+
+            body = self.wsgi_app(environ, start_response_with_id)
+            fields["status"] = int(status[:3])
+            fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            log.info("end", extra=fields)
+            return body
+        finally:
+            request_id_var.reset(token)
 
 
 def init_app(app: Flask) -> None:
-    app.before_request(_start)
-    app.after_request(_end)
-    app.teardown_request(_forget)
+    app.wsgi_app = AccessLog(app.wsgi_app)  # type: ignore[method-assign]
