@@ -12,7 +12,7 @@ DEV_CONFIG := k8s/overlays/dev/config.yaml
 .PHONY: help install run test lint
 
 help: ## list the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,19 @@ $(CHECKOV):
 	.tools/checkov/bin/pip install --quiet 'checkov==3.3.30'
 
 checkov: $(CHECKOV) ## install checkov into its own venv .tools/checkov (tests/test_k8s.py runs it)
+
+# --- end to end with podman and nginx (issue 4; README "End to end") --------------
+# Needs root, podman (runc), debootstrap, nginx and curl: `.ci/run` installs them.
+# tests/e2e/containers.conf is handed to podman through CONTAINERS_CONF: /etc stays as is.
+E2E_CONTAINERS_CONF := $(CURDIR)/tests/e2e/containers.conf
+
+.PHONY: e2e base-image
+
+e2e: $(INSTALLED) ## end to end: image, podman kube play, TLS edge (nginx) and rollout drill
+	$(BIN)/pytest -m e2e tests/e2e
+
+base-image: ## Debian bookworm python3 base image for podman via debootstrap (kept unless FORCE=1)
+	CONTAINERS_CONF=$(E2E_CONTAINERS_CONF) FORCE=$(FORCE) bash tests/e2e/base-image.sh
 
 # --- benchmarks (issue 6; README "Performance") -----------------------------------
 # Not part of `make test`: minutes of load on loopback; results in bench/results/.

@@ -27,5 +27,6 @@ rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache
 tar -C "$root" -c . | podman import --quiet \
     --change 'CMD ["/usr/bin/python3"]' \
     --change 'ENV LANG=C.UTF-8' \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     - "$image" >/dev/null
 echo "base-image: imported $image in $((SECONDS - start)) s"
