@@ -145,6 +145,7 @@ def render_nginx_conf(
     https_port: int,
     control_port: int,
     generation: int,
+    retry: bool = True,
 ) -> str:
     """nginx.conf for `plan`. `backends`: Service name -> "127.0.0.1:port" list (its
     endpoints); `secrets`: TLS Secret name -> (certificate file, key file)."""
@@ -200,6 +201,7 @@ def render_nginx_conf(
         "@HTTPS_PORT@": str(https_port),
         "@CONTROL_PORT@": str(control_port),
         "@GENERATION@": str(generation),
+        "@NEXT_UPSTREAM@": "error timeout" if retry else "off",
     }.items():
         text = text.replace(k, v)
     return text
@@ -224,6 +226,8 @@ class Nginx:
         self.https_port = free_port()
         self.control_port = free_port()
         self.generation = 0
+        # False: no retry on the next replica (proxy_next_upstream off).
+        self.retry = True
         self.proc: subprocess.Popen[bytes] | None = None
         for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (prefix / "tmp" / d).mkdir(parents=True, exist_ok=True)
@@ -246,6 +250,7 @@ class Nginx:
                 https_port=self.https_port,
                 control_port=self.control_port,
                 generation=self.generation,
+                retry=self.retry,
             )
         )
         subprocess.run(
@@ -413,7 +418,7 @@ class Load:
             resp = conn.getresponse()
             body = resp.read()
             if resp.status != 200:
-                err = f"status {resp.status}: {body[:120]!r}"
+                err = f"status {resp.status}"
             elif json.loads(body).get("result") != self._expected[n]:
                 err = f"wrong result for n={n}"
             sock = conn.sock
@@ -430,7 +435,7 @@ class Load:
                 self.report.ok += 1
             else:
                 self.report.failed += 1
-                if len(self.report.failures) < 10:
+                if len(self.report.failures) < 5:
                     t = time.monotonic() - self._t0
                     self.report.failures.append(f"t={t:.2f}s {err}")
         return session
