@@ -253,14 +253,14 @@ class Nginx:
                 retry=self.retry,
             )
         )
-        subprocess.run(
-            [self.nginx, "-t", "-q", "-p", str(self.prefix), "-c", str(self.conf)],
-            check=True,
-            capture_output=True,
-        )
+        subprocess.run(self._cmd("-t", "-q"), check=True, capture_output=True)
 
     def _cmd(self, *extra: str) -> list[str]:
-        return [self.nginx, "-p", str(self.prefix), "-c", str(self.conf), *extra]
+        # -e: the startup error log too, else nginx tries /var/log/nginx first.
+        return [
+            self.nginx, "-p", str(self.prefix), "-e", str(self.prefix / "error.log"),
+            "-c", str(self.conf), *extra,
+        ]  # fmt: skip
 
     def start(self, backends: Mapping[str, Sequence[str]]) -> Nginx:
         self._write(backends)
