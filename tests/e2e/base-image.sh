@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Build the local Python base image the e2e tests pass to the Dockerfile as BASE_IMAGE.
 # No container registry is reachable here, so the base is Debian bookworm made with
-# debootstrap (python3 + python3-venv, the same Python 3.11 the service is tested on)
+# debootstrap (python3 + python3-venv: Debian's Python 3.11, as SPEC section 6 asks)
 # and imported into podman. Cached: does nothing when the image already exists
-# (FORCE=1 rebuilds).
+# (FORCE=1 rebuilds). MIRROR=... picks another Debian mirror.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"
@@ -21,7 +21,8 @@ start=$SECONDS
 echo "base-image: debootstrap $suite into $root"
 # minbase: no init, no docs tooling; the image only needs an interpreter, venv and CAs.
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-    "$suite" "$root" >"$root.log" 2>&1 || { tail -30 "$root.log"; exit 1; }
+    "$suite" "$root" "${MIRROR:-http://deb.debian.org/debian}" >"$root.log" 2>&1 \
+    || { tail -30 "$root.log"; exit 1; }
 # Shrink: package lists and caches are not needed at run time.
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb
 tar -C "$root" -c . | podman import --quiet \

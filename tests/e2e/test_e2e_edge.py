@@ -246,8 +246,10 @@ def test_rollout_drill(
         for _, res, report, _ in results:
             assert res.steps == 10
             assert res.exit_codes == [0] * 10, res.exit_codes
-            # The load really ran through every replacement (not a near-idle drill).
-            assert report.sent >= 20 * res.seconds, report.line()
+            # The load really ran through every replacement (not a near-idle drill):
+            # 100 req/s offered, about 50 seen without preStop (1 s connect stalls);
+            # 10 is a generous floor for a busy machine.
+            assert report.sent >= 10 * res.seconds, report.line()
         # The bar: a rolling update with preStop loses nothing.
         assert results[0][2].failed == 0, results[0][2].failures
     finally:
