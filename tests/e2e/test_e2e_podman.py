@@ -63,7 +63,7 @@ def _remove_leftovers(binary: str) -> None:
 @pytest.fixture(scope="module")
 def image(
     tools: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, float]]:
+) -> Iterator[tuple[str, float, str]]:
     """The service image, built once per run from the project's Dockerfile."""
     _remove_leftovers(tools["podman"])
     built = build_image(tools["podman"], tmp_path_factory.mktemp("build"))
@@ -109,9 +109,10 @@ def check_json_only(text: str) -> list[Record]:
 
 
 def test_image_runs_as_10001_without_compiler(
-    tools: dict[str, str], image: tuple[str, float], capsys: pytest.CaptureFixture[str]
+    tools: dict[str, str], image: tuple[str, float, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    tag, seconds = image
+    tag, seconds, base_note = image
+    say(capsys, base_note)
     say(capsys, f"image: built {tag} from Dockerfile on the debootstrap base in {seconds:.0f} s")
     user = podman(tools["podman"], "image", "inspect", "--format", "{{.Config.User}}", tag)
     assert user.stdout.strip().split(":")[0] == "10001", user.stdout
@@ -142,7 +143,7 @@ def container(tools: dict[str, str]) -> Iterator[str]:
 
 def test_container_with_the_deployments_constraints(
     tools: dict[str, str],
-    image: tuple[str, float],
+    image: tuple[str, float, str],
     container: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -318,7 +319,7 @@ def kube(tools: dict[str, str]) -> Iterator[list[Played]]:
 def test_kube_play_the_rendered_deployment(
     env: str,
     tools: dict[str, str],
-    image: tuple[str, float],
+    image: tuple[str, float, str],
     kube: list[Played],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
