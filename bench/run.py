@@ -244,12 +244,23 @@ class WrkSettings:
     rounds: int
     timeout_s: int = 10
     # A lopsided run (see balanced()) is measured again, at most this often in all.
-    attempts: int = 4
+    attempts: int = 8
 
 
 def run_wrk(
-    url: str, ws: WrkSettings, duration_s: float, script: str, script_args: Sequence[str] = ()
+    url: str,
+    ws: WrkSettings,
+    duration_s: float,
+    script: str,
+    script_args: Sequence[str] = (),
+    watch_pids: Sequence[int] = (),
 ) -> dict[str, Any]:
+    """Run wrk; with `watch_pids` (the workers), stop it early if the run is lopsided.
+
+    Whether one worker got every connection shows in the first second (see
+    balanced()); stopping then (wrk reports on SIGINT) saves the rest of a run
+    that pair() would discard anyway.
+    """
     cmd = [
         "wrk",
         f"-t{ws.threads}",
@@ -263,10 +274,20 @@ def run_wrk(
     if script_args:
         cmd += ["--", *script_args]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=duration_s + 60, check=True
-    ).stdout
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    stopped_early = False
+    if watch_pids and duration_s > 3:
+        time.sleep(0.5)  # connections made, requests flowing
+        ticks0 = [proc_cpu_ticks(p) for p in watch_pids]
+        time.sleep(1.0)
+        ticks = [proc_cpu_ticks(p) - t for p, t in zip(watch_pids, ticks0, strict=True)]
+        if not balanced(ticks):
+            proc.send_signal(signal.SIGINT)
+            stopped_early = True
+    out, _ = proc.communicate(timeout=duration_s + 60)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode not in (0, -signal.SIGINT):
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {out}")
     for line in out.splitlines():
         if line.startswith("BENCH_JSON "):
             result: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
@@ -275,6 +296,7 @@ def run_wrk(
         raise RuntimeError(f"no summary from wrk: {out}")
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     result["client_cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    result["stopped_early"] = stopped_early
     return result
 
 
@@ -286,7 +308,7 @@ def measured_wrk(
     pids = server.worker_pids()
     workers_t0 = [proc_cpu_ticks(p) for p in pids]
     result = run_wrk(
-        f"http://127.0.0.1:{server.port}{path}", ws, ws.duration_s, script, script_args
+        f"http://127.0.0.1:{server.port}{path}", ws, ws.duration_s, script, script_args, pids
     )
     server_s = (server.cpu_ticks() - server_t0) / CLK_TCK
     workers_s = [(proc_cpu_ticks(p) - t0) / CLK_TCK for p, t0 in zip(pids, workers_t0, strict=True)]
@@ -311,8 +333,9 @@ def balanced(worker_cores: Sequence[float]) -> bool:
     wrk opens its connections in one burst; the worker whose accept loop runs
     first may take them all, and keep-alive keeps them there, so the other
     worker idles for the whole run. It happens to the service and the ceiling
-    alike, about one run in four here; such a run measures one worker, not the
-    stack, so pair() measures it again (and keeps the discarded run in the JSON).
+    alike, in a quarter to half of the runs here; such a run measures one worker,
+    not the stack, so pair() measures it again (and keeps the discarded run in
+    the JSON).
     """
     total = sum(worker_cores)
     return len(worker_cores) < 2 or total == 0 or min(worker_cores) / total >= 0.25
@@ -332,7 +355,7 @@ def pair(
         for server in order:
             for attempt in range(1, ws.attempts + 1):
                 r = measured_wrk(server, path, ws, script, args)
-                r["balanced"] = balanced(r["worker_cores"])
+                r["balanced"] = balanced(r["worker_cores"]) and not r["stopped_early"]
                 log(
                     f"{label} round {i + 1}/{ws.rounds} {server.name}: {r['rps']:.0f} req/s "
                     f"p50 {r['p50_us'] / 1000:.2f} ms p99 {r['p99_us'] / 1000:.2f} ms "
