@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kube import render
+from serverproc import free_port
+
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
 TEMPLATE = HERE / "nginx.conf.tmpl"
@@ -39,29 +42,12 @@ HOST = "127.0.0.1"
 Manifest = dict[str, Any]
 
 
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def rendered_objects(kubectl: str, path: Path) -> list[Manifest]:
-    """Every object `kubectl kustomize <path>` renders."""
-    import yaml  # the service's own dependency, in the venv
-
-    out = subprocess.run(
-        [kubectl, "kustomize", str(path)], check=True, capture_output=True, text=True
-    ).stdout
-    return [doc for doc in yaml.safe_load_all(out) if isinstance(doc, dict)]
-
-
-def rendered_ingress(kubectl: str, path: Path = REPO_ROOT / "k8s") -> Manifest:
+def rendered_ingress(path: Path = REPO_ROOT / "k8s") -> Manifest:
     """The single Ingress object of the rendered top-level kustomization."""
-    ingresses = [o for o in rendered_objects(kubectl, path) if o.get("kind") == "Ingress"]
+    ingresses = [o for o in render(path) if o.get("kind") == "Ingress"]
     assert len(ingresses) == 1, f"expected one Ingress in {path}, got {len(ingresses)}"
-    return ingresses[0]
+    ingress: Manifest = ingresses[0]
+    return ingress
 
 
 @dataclass(frozen=True)

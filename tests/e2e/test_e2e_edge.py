@@ -48,7 +48,7 @@ def tls_files(tools: dict[str, str]) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def plan(tools: dict[str, str]) -> EdgePlan:
-    ingress = rendered_ingress(tools["kubectl"])
+    ingress = rendered_ingress()
     plan = plan_from_ingress(ingress)
     assert plan.hosts == [HOST]
     assert {(r.path, r.service) for r in plan.routes} == {

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import require_tool
-from edge import free_port, rendered_objects
+from kube import render
 from podmanlib import (
     NAME_PREFIX,
     REPO_ROOT,
@@ -31,6 +31,7 @@ from podmanlib import (
     podman,
     wait_http,
 )
+from serverproc import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -71,9 +72,9 @@ def image(
     _remove_leftovers(tools["podman"])
 
 
-def overlay(kubectl: str, env: str) -> tuple[Manifest, Manifest]:
+def overlay(env: str) -> tuple[Manifest, Manifest]:
     """(Deployment, its ConfigMap) of `kubectl kustomize k8s/overlays/<env>`."""
-    objs = rendered_objects(kubectl, REPO_ROOT / "k8s" / "overlays" / env)
+    objs = render(REPO_ROOT / "k8s" / "overlays" / env)
     (deploy,) = [o for o in objs if o["kind"] == "Deployment"]
     assert deploy["metadata"]["name"] == f"fiboserver-{env}"
     cm_name = next(
@@ -149,7 +150,7 @@ def test_container_with_the_deployments_constraints(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     pm = tools["podman"]
-    deploy, cm = overlay(tools["kubectl"], "dev")
+    deploy, cm = overlay("dev")
     pod = deploy["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     limits = c["resources"]["limits"]
@@ -325,7 +326,7 @@ def test_kube_play_the_rendered_deployment(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     pm = tools["podman"]
-    deploy, cm = overlay(tools["kubectl"], env)
+    deploy, cm = overlay(env)
     port = free_port()
     path = tmp_path / f"{env}.yaml"
     path.write_text(play_copy(deploy, cm, image[0], port))
