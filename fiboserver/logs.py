@@ -68,6 +68,14 @@ class JsonFormatter(_LibraryJsonFormatter):
                 ensure_ascii=self.json_ensure_ascii,
             )
 
+        self._plain = not (
+            self.defaults
+            or self.static_fields
+            or self.rename_fields
+            or self.timestamp
+            or self._required_fields
+        )
+
     def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
         if self._encoder is None:
             return str(super().jsonify_log_record(log_data))
@@ -86,7 +94,18 @@ class JsonFormatter(_LibraryJsonFormatter):
         request_id = request_id_var.get()
         if request_id is not None:
             log_data["request_id"] = request_id
-        super().add_fields(log_data, record, message_dict)
+        if self._plain:
+            # What the library's add_fields comes to when nothing is renamed,
+            # defaulted, static or timestamped: the message dict, then the
+            # record's extra attributes in their order. Its general version
+            # costs a tenth of a record.
+            log_data.update(message_dict)
+            skip = self._skip_fields
+            for key, value in record.__dict__.items():
+                if key not in skip and not (isinstance(key, str) and key.startswith("_")):
+                    log_data[key] = value
+        else:
+            super().add_fields(log_data, record, message_dict)
         for key in PIPELINE_KEYS.intersection(log_data):
             log_data["field_" + key.lstrip("@_")] = log_data.pop(key)
 
