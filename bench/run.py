@@ -113,6 +113,8 @@ class Server:
     prefix: str
     log_path: Path
     app: str | None = None
+    # The checkout to run from (bench/compare.py runs an older commit's tree).
+    cwd: Path = ROOT
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     ready_s: float = float("nan")
@@ -136,7 +138,7 @@ class Server:
     def print_config(self) -> dict[str, str]:
         out = subprocess.run(
             self.argv("--print-config"),
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env(),
             capture_output=True,
             text=True,
@@ -155,7 +157,7 @@ class Server:
         stream = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
         self.started_at = time.perf_counter()
         self.proc = subprocess.Popen(
-            self.argv(), cwd=ROOT, env=self.env(), stdout=stream, stderr=subprocess.STDOUT
+            self.argv(), cwd=self.cwd, env=self.env(), stdout=stream, stderr=subprocess.STDOUT
         )
         stream.close()
         deadline = self.started_at + timeout
