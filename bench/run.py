@@ -41,6 +41,7 @@ RESULTS = ROOT / "bench" / "results"
 PROD_CONFIG = ROOT / "k8s" / "overlays" / "prod" / "config.yaml"
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 CEILING_APP = "bench.ceiling:app"
+FLASK_FLOOR_APP = "bench.flask_floor:app"
 SUMMARY_LUA = "bench/wrk/summary.lua"
 RANDOM_LUA = "bench/wrk/random_n.lua"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -344,16 +345,24 @@ def balanced(worker_cores: Sequence[float]) -> bool:
 
 
 def pair(
-    label: str, a: Server, b: Server, path: str, ws: WrkSettings, script: str, args: Sequence[str]
+    label: str,
+    a: Server,
+    b: Server,
+    path: str,
+    ws: WrkSettings,
+    script: str,
+    args: Sequence[str],
+    others: Sequence[Server] = (),
 ) -> dict[str, Any]:
-    """Warm both up, then A, B, A, B, ... for ws.rounds rounds; medians and paired ratios."""
-    for server in (a, b):
+    """Warm all up, then A, B(, others), reversed, ... for ws.rounds rounds; medians, A/B ratios."""
+    servers = [a, b, *others]
+    for server in servers:
         run_wrk(f"http://127.0.0.1:{server.port}{path}", ws, ws.warmup_s, script, args)
-    runs: dict[str, list[dict[str, Any]]] = {a.name: [], b.name: []}
-    lopsided: dict[str, list[dict[str, Any]]] = {a.name: [], b.name: []}
+    runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
+    lopsided: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
     for i in range(ws.rounds):
-        # Swap the order every round so neither always runs second.
-        order = (a, b) if i % 2 == 0 else (b, a)
+        # Reverse the order every round so none always runs first.
+        order = servers if i % 2 == 0 else servers[::-1]
         for server in order:
             for attempt in range(1, ws.attempts + 1):
                 r = measured_wrk(server, path, ws, script, args)
@@ -382,7 +391,8 @@ def pair(
             "errors": sum(r["errors"] for r in rs),
         }
 
-    sa, sb = summary(a.name), summary(b.name)
+    summaries = {s.name: summary(s.name) for s in servers}
+    sa, sb = summaries[a.name], summaries[b.name]
     rps_ratios = [x["rps"] / y["rps"] for x, y in zip(runs[a.name], runs[b.name], strict=True)]
     p99_ratios = [
         x["p99_us"] / y["p99_us"] for x, y in zip(runs[a.name], runs[b.name], strict=True)
@@ -391,8 +401,7 @@ def pair(
         "path": path,
         "script": script,
         "script_args": list(args),
-        a.name: sa,
-        b.name: sb,
+        **summaries,
         # Median of the per-round ratios: each pair ran back to back, so drift cancels.
         "rps_ratio": median(rps_ratios),
         "p99_ratio": median(p99_ratios),
@@ -481,6 +490,13 @@ def section_throughput(bench: Bench, cached: bool) -> dict[str, Any]:
     a = bench.server("fiboserver", cfg_a, log_name=f"{label}-fiboserver")
     b = bench.server("ceiling", cfg_b, CEILING_APP, log_name=f"{label}-ceiling")
     settings = check_same_settings(a, b)
+    # The plain-Flask floor rides along in the cached case: it splits the gap into
+    # what Flask costs and what the service's features cost.
+    others = []
+    if cached:
+        cfg_c = bench.config(f"{label}-flask", **overrides)
+        others.append(bench.server("flask floor", cfg_c, FLASK_FLOOR_APP, log_name="flask-floor"))
+        check_same_settings(a, others[0])
     prefix = a.prefix
     ws = bench.wrk_settings()
     if cached:
@@ -488,12 +504,13 @@ def section_throughput(bench: Bench, cached: bool) -> dict[str, Any]:
     else:
         path, script = f"{prefix}/fibo", RANDOM_LUA
         args = [str(prod["maxseq"]), prefix, str(bench.args.seed)]
-    with running(a, b):
+    with running(a, b, *others):
         for n in (0, 30, 1000, prod["maxseq"]):
-            check_same_response(a, b, f"{prefix}/fibo?n={n}")
+            for other in (b, *others):
+                check_same_response(a, other, f"{prefix}/fibo?n={n}")
         expected = int(settings["workers"])
-        workers = (len(a.wait_workers(expected)), len(b.wait_workers(expected)))
-        result = pair(label, a, b, path, ws, script, args)
+        workers = [len(s.wait_workers(expected)) for s in (a, b, *others)]
+        result = pair(label, a, b, path, ws, script, args, others)
     result["gunicorn"] = settings
     result["worker_processes"] = workers[0]
     result["service_end_records"] = count_end_records(a.log_path)
@@ -819,14 +836,16 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [
             f"## {title}",
             "",
-            f"gunicorn for both: worker_class {g['worker_class']}, workers {g['workers']}, "
+            f"gunicorn for all: worker_class {g['worker_class']}, workers {g['workers']}, "
             f"threads {g['threads']}, keepalive {g['keepalive']}. Other load on the machine during "
             f"the runs: at most {r['other_cores_max']:.2f} cores.",
             "",
             "| | req/s | p50 ms | p99 ms | server CPU us/req | errors |",
             "|---|---|---|---|---|---|",
         ]
-        for name in ("fiboserver", "ceiling"):
+        for name in ("fiboserver", "flask floor", "ceiling"):
+            if name not in r:
+                continue
             s = r[name]
             lines.append(
                 f"| {name} | {s['rps']:.0f} | {fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])} | "
@@ -835,6 +854,23 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [
             f"| **ratio** | **{r['rps_ratio']:.2f}** | | {r['p99_ratio']:.2f} x | | |",
             "",
+        ]
+        if "flask floor" in r:
+            floor, ceil, svc = r["flask floor"], r["ceiling"], r["fiboserver"]
+            cpu_key = "server_cpu_us_per_req"
+            flask_us = floor[cpu_key] - ceil[cpu_key]
+            features_us = svc[cpu_key] - floor[cpu_key]
+            lines += [
+                "Ratio is fiboserver / ceiling (median of the rounds' ratios). The Flask floor "
+                "(bench/flask_floor.py: a plain Flask app, same gunicorn settings, no logging) "
+                f"reaches {floor['rps'] / ceil['rps']:.2f} of the ceiling by itself; "
+                f"fiboserver reaches {svc['rps'] / floor['rps']:.2f} of the floor. Server CPU per "
+                f"request: Flask adds {flask_us:.0f} us to the ceiling's {ceil[cpu_key]:.0f} us, "
+                "the service's features (request id, two JSON records, validation, cache) "
+                f"another {features_us:.0f} us.",
+                "",
+            ]
+        lines += [
             "Runs measured again because the kernel handed one worker (nearly) every "
             f"connection: {len(r['lopsided_runs']['fiboserver'])} of the service's, "
             f"{len(r['lopsided_runs']['ceiling'])} of the ceiling's (bench/run.py `balanced`).",
