@@ -817,7 +817,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"Command: `{res['command']}`. wrk: {st['wrk_threads']} thread, "
         f"{st['connections']} connections, {st['duration_s']:g} s per run after "
         f"{st['warmup_s']:g} s warm-up, {st['rounds']} rounds "
-        "alternating fiboserver and ceiling; medians.",
+        "alternating fiboserver, ceiling (and, cached, the Flask floor); medians. "
+        "The load average includes the benchmark's own processes; "
+        "'other load' below is what the rest of the machine used during the runs.",
         "",
     ]
     rows = targets(res)
