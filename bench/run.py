@@ -976,7 +976,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--out", default=str(RESULTS), help="directory for latest.json/latest.md")
     p.add_argument("--tag", default="", help="also keep a timestamped copy named with this tag")
+    p.add_argument(
+        "--render", metavar="JSON", help="only rewrite the Markdown next to a results JSON"
+    )
     args = p.parse_args(argv)
+    if args.render:
+        source = Path(args.render)
+        source.with_suffix(".md").write_text(markdown(json.loads(source.read_text())) + "\n")
+        return 0
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install -y wrk (README, Performance)", file=sys.stderr)
         return 2
