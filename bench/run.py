@@ -803,6 +803,28 @@ def samples_row(what: str, samples: Sequence[float]) -> str:
     return f"| {what} | {median(samples):.3f} | {shown} |"
 
 
+def notes(res: dict[str, Any]) -> list[str]:
+    """What a reader of an unmet target needs next to it."""
+    out = []
+    c = res.get("cached")
+    if c and c["rps_ratio"] < 0.5:
+        line = (
+            f"Cached throughput is {c['rps_ratio']:.2f} of the ceiling, short of 0.5. "
+            "Where a worker's time goes: bench/results/profile-cached.txt "
+            "(`.venv/bin/python -m bench.profile`)."
+        )
+        floor = c.get("flask floor")
+        if floor:
+            floor_ratio = floor["rps"] / c["ceiling"]["rps"]
+            line += (
+                f" A plain Flask app with no logging reaches {floor_ratio:.2f}"
+                " on its own, so 0.5 would leave the service's features (request id, two JSON"
+                " records, validation, cache) almost nothing; README, Performance."
+            )
+        out.append(line)
+    return out
+
+
 def markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     st = res["settings"]
@@ -932,8 +954,9 @@ def markdown(res: dict[str, Any]) -> str:
                     f"{w['rss_baseline'] / 2**20:.1f} | {walks} | {w['growth'] / 2**20:.1f} |"
                 )
         lines.append("")
-    if res.get("notes"):
-        lines += ["## Notes", "", *[f"- {n}" for n in res["notes"]], ""]
+    all_notes = [*res.get("notes", []), *notes(res)]
+    if all_notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in all_notes], ""]
     return "\n".join(lines)
 
 
