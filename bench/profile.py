@@ -114,6 +114,8 @@ def main() -> int:
         total = 0
         for line in raw.read_text().splitlines():
             stack_text, _, count_text = line.rpartition(" ")
+            if not count_text.isdigit():
+                continue  # not a stack line
             count = int(count_text)
             stack = stack_text.split(";")
             # Idle threads wait in the poller or the pool's queue: not CPU time.
