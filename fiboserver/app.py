@@ -21,7 +21,8 @@ def create_app(config: Config | None = None) -> Flask:
     """Build the app for `config`, by default the file named by $FIBOSERVER_CONFIG."""
     if config is None:
         config = load_config(os.environ[CONFIG_ENV])
-    app = Flask("fiboserver")
+    # No static route: nothing is served outside the environment's prefix.
+    app = Flask("fiboserver", static_folder=None)
     app.config.from_mapping(
         FIBOSERVER=config,
         FIBO_MAXSEQ=config.maxseq,
