@@ -302,7 +302,9 @@ def test_request_id_generated_when_absent(api: Api) -> None:
 
 def test_dev_uncached_request_logs_in_order_with_request_id(fibo_logs: JsonCapture) -> None:
     app = make_app(env="DEV", maxseq=100000)
-    resp = app.test_client().get("/dev/fibo?n=1000")
+    # buffered: the client closes the response as a WSGI server does after
+    # sending it, which is when `end` is written.
+    resp = app.test_client().get("/dev/fibo?n=1000", buffered=True)
     assert resp.status_code == 200
     rid = resp.headers["X-Request-ID"]
     sequence = [
@@ -334,8 +336,9 @@ def test_cache_fibo_short_value_is_whole(fibo_logs: JsonCapture) -> None:
 
 
 def test_end_record_for_errors_carries_status(api: Api, fibo_logs: JsonCapture) -> None:
-    api.client.get(f"{api.prefix}/fibo?n=-1", headers={"X-Request-ID": "neg"})
-    api.client.get("/elsewhere", headers={"X-Request-ID": "nf"})
+    # buffered: closed after reading, as a server does; `end` is written then.
+    api.client.get(f"{api.prefix}/fibo?n=-1", headers={"X-Request-ID": "neg"}, buffered=True)
+    api.client.get("/elsewhere", headers={"X-Request-ID": "nf"}, buffered=True)
     ends = {r["request_id"]: r for r in fibo_logs.find("end")}
     assert ends["neg"]["status"] == 400
     assert ends["nf"]["status"] == 404

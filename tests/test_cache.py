@@ -38,7 +38,9 @@ def fib_table(upto: int, keep: set[int]) -> dict[int, str]:
 
 
 def result_digits(app_client: Any, path: str) -> str:
-    resp = app_client.get(path)
+    # buffered: the client closes the response as a WSGI server does after
+    # sending it, which is when the `end` record is written.
+    resp = app_client.get(path, buffered=True)
     assert resp.status_code == 200, resp.get_data(as_text=True)[:200]
     text: str = resp.get_data(as_text=True)
     # {"result": <digits>} -- read the digits without converting through int.
