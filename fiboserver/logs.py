@@ -42,8 +42,9 @@ _last_second: tuple[int, str] = (-1, "")
 def rfc3339_utc(created: float) -> str:
     """`2026-11-26T19:00:00.123Z` for a `time.time()` value."""
     global _last_second
-    seconds = int(created)
-    millis = int((created - seconds) * 1000)
+    # Whole milliseconds first: `created - int(created)` loses digits to float
+    # error (1764183600.123 would print as .122).
+    seconds, millis = divmod(round(created * 1000), 1000)
     cached_second, text = _last_second
     if cached_second != seconds:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
