@@ -31,6 +31,7 @@ if not _config_path:
     _refuse_to_start(
         "invalid configuration", errmsg=f"environment variable {CONFIG_ENV} is not set"
     )
+# Underscored names: gunicorn takes a public name that matches a setting as one.
 try:
     _config = load_config(_config_path)
 except ConfigError as exc:
@@ -75,7 +76,6 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 control_socket_disable = True
 
 # Every record, gunicorn's own included, is JSON on stdout (fiboserver.logs).
-# (`_config` is underscored: gunicorn reads every public name here as a setting.)
 loglevel = _config.loglevel.lower()
 logconfig_dict = logs.logconfig_dict(_config.loglevel)
 accesslog = None  # the app logs `start` and `end` for each request
@@ -92,10 +92,10 @@ def when_ready(server: Any) -> None:
     logging.captureWarnings(True)
     addresses = ",".join(str(listener) for listener in server.LISTENERS)
     log.info("server start", extra={"addr": addresses})
-    _log_sigterm(server)
+    _stop_gracefully_on_sigterm(server)
 
 
-def _log_sigterm(server: Any) -> None:
+def _stop_gracefully_on_sigterm(server: Any) -> None:
     # gunicorn has no hook for SIGTERM in the master; wrap its handler, which
     # runs in the main loop (not in signal context), so logging is safe.
     handle_term = server.handle_term
