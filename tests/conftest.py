@@ -60,3 +60,13 @@ def fibo_logs() -> Iterator[JsonCapture]:
     finally:
         logger.removeHandler(capture.handler)
         logger.setLevel(old_level)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Any]:
+    """The local Kubernetes cluster for tests/cluster (marker `cluster`): the one
+    `make cluster-up` started, or with CI=true one brought up and down for this run;
+    otherwise the tests skip, saying how to run them (tests/cluster/clusterlib.py)."""
+    from clusterlib import session
+
+    yield from session()

@@ -87,28 +87,30 @@ def pip_conf_for_build(tmp: Path) -> Path:
     return path
 
 
+def build_flags(tmp: Path) -> list[str]:
+    """`podman build` options for this host (also handed to `make image` as
+    BUILD_FLAGS by tests/cluster): no registry, the base is local; pip reaches the
+    package index through the host network with the host's CA bundle."""
+    pip_conf = pip_conf_for_build(tmp)
+    return [
+        "--network", "host", "--pull=never",
+        "-v", "/etc/ssl/certs:/etc/ssl/certs:ro", "-v", f"{pip_conf}:/etc/pip.conf:ro",
+    ]  # fmt: skip
+
+
 def build_image(binary: str, tmp: Path, tag: str = TEST_IMAGE) -> tuple[str, float, str]:
     """`podman build` of the project's Dockerfile on the local base;
     (tag, seconds, what the base image builder said)."""
     base_note = ensure_base_image()
     base = BASE_IMAGE
     previous = image_id(binary, tag)
-    pip_conf = pip_conf_for_build(tmp)
     t0 = time.monotonic()
     podman(
         binary,
         "build",
         "--build-arg",
         f"BASE_IMAGE={base}",
-        # No registry: the base is local; pip reaches the package index through the
-        # host network with the host's CA bundle.
-        "--network",
-        "host",
-        "--pull=never",
-        "-v",
-        "/etc/ssl/certs:/etc/ssl/certs:ro",
-        "-v",
-        f"{pip_conf}:/etc/pip.conf:ro",
+        *build_flags(tmp),
         "-t",
         tag,
         "-f",
