@@ -112,7 +112,14 @@ CONTAINERD = Component(
 # crictl: the kubelet's view of containers (host PIDs, sandboxes) for tests and for
 # `make cluster-down`, which removes every pod sandbox through the CRI.
 CRITOOLS = Component("cri-tools", "v1.34.0", {"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"})
-COMPONENTS = (KUBERNETES, ETCD, CONTAINERD, CRITOOLS)
+# The edge: a real Ingress controller run as a host process (tests/cluster/edges.py).
+TRAEFIK = Component(
+    "traefik",
+    "v3.6.12",
+    {"traefik": "github.com/traefik/traefik/v3/cmd/traefik"},
+    ldflags=("-X github.com/traefik/traefik/v3/pkg/version.Version=v3.6.12",),
+)
+COMPONENTS = (KUBERNETES, ETCD, CONTAINERD, CRITOOLS, TRAEFIK)
 
 # Debian packages the cluster uses as they are (.ci/run installs them):
 # runc (the OCI runtime podman uses here too), containernetworking-plugins (bridge,

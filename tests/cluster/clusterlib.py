@@ -13,6 +13,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -24,9 +25,18 @@ from typing import Any
 import pytest
 from binaries import CRITOOLS
 from conftest import IN_CI, require_tool
-from layout import API_PORT, CONTAINERD_SOCK, KUBECONFIG, PKI, REPO_ROOT, ROUTE_LOCALNET
+from layout import (
+    API_PORT,
+    CONTAINERD_SOCK,
+    KUBECONFIG,
+    NODE_NAME,
+    PKI,
+    REPO_ROOT,
+    ROUTE_LOCALNET,
+)
 
 NS = "cloudnative"
+K8S = REPO_ROOT / "k8s"
 HOW_TO = "make cluster-up && make cluster-e2e"
 Obj = dict[str, Any]
 
@@ -42,7 +52,10 @@ class Cluster:
     owned: bool  # brought up by this test session (CI), so it takes it down too
     route_localnet_before: str = ""
     down_done: bool = False
-    _deployed: subprocess.CompletedProcess[str] | None = field(default=None, repr=False)
+    _deployed: list[tuple[str, subprocess.CompletedProcess[str]]] = field(
+        default_factory=list, repr=False
+    )
+    _manifests: Path | None = field(default=None, repr=False)
 
     # --- kubectl ----------------------------------------------------------------
     def kubectl(self, *args: str, check: bool = True, timeout: float = 120,
@@ -86,14 +99,37 @@ class Cluster:
             time.sleep(1)
 
     # --- the app ------------------------------------------------------------------
-    def deploy(self) -> subprocess.CompletedProcess[str]:
-        """`kubectl apply --server-side -k k8s`, once per session; its result."""
-        if self._deployed is None:
-            self._deployed = self.kubectl("apply", "--server-side", "-k", "k8s", check=False)
-            if self._deployed.returncode == 0:
+    def deploy(self) -> list[tuple[str, subprocess.CompletedProcess[str]]]:
+        """`kubectl apply --server-side -k k8s`, once per session: [(command, result)].
+
+        On a node without the CPUs for prod's whole-CPU pods (CI: 2 CPUs), k8s/
+        goes through the API server's admission (Pod Security included) with
+        --dry-run=server, and `fit_node()`'s overlay of it is what gets applied:
+        applying k8s/ there would leave a prod pod Pending, and a later change
+        stuck behind it (maxUnavailable 0)."""
+        if not self._deployed:
+            target = self.manifests()
+            cmds = [("apply", "--server-side", "-k", str(target))]
+            if target != K8S:
+                cmds.append(("apply", "--server-side", "--dry-run=server", "-k", "k8s"))
+            for cmd in cmds:
+                self._deployed.append((" ".join(cmd), self.kubectl(*cmd, check=False)))
+            if all(r.returncode == 0 for _, r in self._deployed):
                 for env in ("dev", "prod"):
                     self.rollout_status(f"fiboserver-{env}")
         return self._deployed
+
+    def apply(self, path: Path) -> str:
+        out = self.kubectl("apply", "--server-side", "-k", str(path))
+        assert out.stderr.strip() == "", out.stderr
+        return out.stdout
+
+    def manifests(self) -> Path:
+        """What the tests apply: k8s/, or on a small node `fit_node()`'s overlay of it."""
+        if self._manifests is None:
+            alloc = self.get("node", NODE_NAME)["status"]["allocatable"]["cpu"]
+            self._manifests = fit_node(cpu_quantity(alloc), Path(tempfile.mkdtemp()))
+        return self._manifests
 
     def api(self, method: str, path: str, body: Obj | None = None) -> tuple[int, Obj]:
         """One API request with the admin client certificate (to 127.0.0.1)."""
@@ -109,6 +145,44 @@ class Cluster:
                 return resp.status, json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
+
+
+def cpu_quantity(q: str) -> float:
+    return int(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+# prod's pods ask for a whole CPU each (k8s/overlays/prod): 3 replicas + 1 surge
+# pod during a rollout = 4 CPUs, and dev's 4 x 100m beside them.
+PROD_CPUS_NEEDED = 4 * 1.0 + 4 * 0.1
+
+
+def fit_node(node_cpus: float, tmp: Path) -> Path:
+    """k8s/ as it is when the node has the CPUs for it; else an overlay of k8s/ that
+    only lowers prod's CPU (requests == limits still: Guaranteed) to what fits,
+    so 3 pods plus a rollout's surge pod can run (CI's node has 2 CPUs)."""
+    if node_cpus >= PROD_CPUS_NEEDED:
+        return K8S
+    per_pod = int((node_cpus - 4 * 0.1) / 4 * 1000) // 50 * 50
+    assert per_pod >= 100, f"a {node_cpus}-CPU node is too small for these tests"
+    cpu = f"{per_pod}m"
+    (tmp / "kustomization.yaml").write_text(f"""# k8s/ with prod's CPU fitted to a {node_cpus:g}-CPU node
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - {os.path.relpath(K8S, tmp)}
+patches:
+  - target:
+      kind: Deployment
+      name: fiboserver-prod
+    patch: |-
+      - op: replace
+        path: /spec/template/spec/containers/0/resources/requests/cpu
+        value: {cpu}
+      - op: replace
+        path: /spec/template/spec/containers/0/resources/limits/cpu
+        value: {cpu}
+""")
+    return tmp
 
 
 def is_ready(pod: Obj) -> bool:

@@ -7,14 +7,16 @@ upstreams pointed at each Service's ClusterIP, so every request crosses kube-pro
 from __future__ import annotations
 
 import contextlib
+import http.client
+import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from clusterlib import NS, Cluster
 from conftest import require_tool
-from edge import Load, Nginx, plan_from_ingress, rendered_ingress
+from edge import Load, Nginx, _TLSConnection, plan_from_ingress, rendered_ingress
 from layout import REPO_ROOT
 
 HOST = "cloudnative"  # the Ingress's host, also the certificate's name
@@ -26,6 +28,19 @@ class Edge:
     https_port: int
     http_port: int
     cafile: Path
+
+    def get(
+        self, path: str, headers: Mapping[str, str] | None = None, method: str = "GET"
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """One HTTPS request through the edge (like ServerProcess.get)."""
+        ctx = ssl.create_default_context(cafile=str(self.cafile))
+        conn = _TLSConnection(HOST, self.https_port, ctx, None)
+        try:
+            conn.request(method, path, headers={"Connection": "close", **(headers or {})})
+            resp = conn.getresponse()
+            return resp.status, resp.headers, resp.read()
+        finally:
+            conn.close()
 
     def load(self, path: str, *, threads: int = 4, rate: float = 25.0) -> Load:
         """edge.Load against this edge: HTTPS to 127.0.0.1 with SNI `cloudnative`."""

@@ -13,11 +13,14 @@ pytestmark = pytest.mark.cluster
 
 
 def test_apply_server_side_is_accepted_without_warnings(cluster: Cluster) -> None:
-    result = cluster.deploy()
-    assert result.returncode == 0, result.stderr
-    # kubectl prints admission warnings (Pod Security among them) on stderr.
-    assert result.stderr.strip() == "", result.stderr
-    say("kubectl apply --server-side -k k8s:\n" + result.stdout.strip())
+    for cmd, result in cluster.deploy():
+        assert result.returncode == 0, (cmd, result.stderr)
+        # kubectl prints admission warnings (Pod Security among them) on stderr.
+        assert result.stderr.strip() == "", (cmd, result.stderr)
+        say(f"kubectl {cmd}:\n" + result.stdout.strip())
+    # Pods are created by the ReplicaSets, where Pod Security enforces: none refused.
+    events = cluster.get("-n", NS, "events", "--field-selector", "reason=FailedCreate")
+    assert events["items"] == [], [e["message"] for e in events["items"]]
     ns = cluster.get("namespace", NS)["metadata"]["labels"]
     assert ns["pod-security.kubernetes.io/enforce"] == "restricted"
 

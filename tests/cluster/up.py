@@ -145,6 +145,8 @@ def _control_plane(ip: str) -> None:
         "--kubelet-client-certificate", PKI / "apiserver-kubelet-client.crt",
         "--kubelet-client-key", PKI / "apiserver-kubelet-client.key",
         "--kubelet-certificate-authority", PKI / "ca.crt",
+        # The node name is not in DNS; its InternalIP is in the kubelet's certificate.
+        "--kubelet-preferred-address-types", "InternalIP",
         "--service-account-issuer", "https://kubernetes.default.svc",
         "--service-account-key-file", PKI / "service-account.pub",
         "--service-account-signing-key-file", PKI / "service-account.key",

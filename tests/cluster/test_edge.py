@@ -14,6 +14,7 @@ from clusterlib import NS, Cluster, say
 from conftest import require_tool
 from edge import curl
 from edges import HOST, Edge, nginx_edge
+from podmanlib import wait_http
 
 pytestmark = pytest.mark.cluster
 
@@ -39,7 +40,10 @@ def nodeport(cluster: Cluster) -> Iterator[int]:
     cluster.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(probe))
     try:
         got = cluster.get("-n", NS, "service", "fiboserver-dev-nodeport")
-        yield int(got["spec"]["ports"][0]["nodePort"])
+        port = int(got["spec"]["ports"][0]["nodePort"])
+        # kube-proxy writes the rules within a second or so of the Service's creation.
+        wait_http(f"http://127.0.0.1:{port}/dev/healthz", timeout=30)
+        yield port
     finally:
         cluster.kubectl("delete", "-n", NS, "service", "fiboserver-dev-nodeport",
                         "--ignore-not-found")  # fmt: skip
