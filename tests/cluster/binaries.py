@@ -101,9 +101,8 @@ CONTAINERD = Component(
     "containerd",
     "v2.0.14",
     {
-        "containerd": "github.com/containerd/containerd/v2/cmd/containerd",
-        "containerd-shim-runc-v2": "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
-        "ctr": "github.com/containerd/containerd/v2/cmd/ctr",
+        name: f"github.com/containerd/containerd/v2/cmd/{name}"
+        for name in ("containerd", "containerd-shim-runc-v2", "ctr")
     },
     ldflags=("-X github.com/containerd/containerd/v2/version.Version=v2.0.14",),
     # No btrfs/devmapper/zfs snapshotters (overlayfs is used); no cgo needed.
@@ -124,7 +123,8 @@ COMPONENTS = (KUBERNETES, ETCD, CONTAINERD, CRITOOLS, TRAEFIK)
 # Debian packages the cluster uses as they are (.ci/run installs them):
 # runc (the OCI runtime podman uses here too), containernetworking-plugins (bridge,
 # host-local, loopback, portmap), catatonit (the pause process), iptables and
-# conntrack (kube-proxy), openssl (certificates), podman (builds the images).
+# conntrack (kube-proxy), openssl (certificates), podman and debootstrap (the
+# images), iproute2 (addresses and routes), kubectl (on the CI machine).
 DEBIAN_TOOLS = {
     "runc": "runc",
     "iptables": "iptables",
@@ -132,9 +132,9 @@ DEBIAN_TOOLS = {
     "catatonit": "catatonit",
     "openssl": "openssl",
     "podman": "podman",
-    "ip": "iproute2",
-    "nsenter": "util-linux",
     "debootstrap": "debootstrap",
+    "ip": "iproute2",
+    "kubectl": "kubectl",
 }
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")

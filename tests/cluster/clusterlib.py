@@ -43,14 +43,16 @@ Obj = dict[str, Any]
 
 def say(text: str) -> None:
     """A line in the test log past pytest's capture (figures for the CI log)."""
-    sys.__stdout__.write(f"\n[cluster] {text}")
-    sys.__stdout__.flush()
+    out = sys.__stdout__
+    if out is not None:
+        out.write(f"\n[cluster] {text}")
+        out.flush()
 
 
 @dataclass
 class Cluster:
     owned: bool  # brought up by this test session (CI), so it takes it down too
-    route_localnet_before: str = ""
+    host_before: dict[str, object] = field(default_factory=dict)
     down_done: bool = False
     _deployed: list[tuple[str, subprocess.CompletedProcess[str]]] = field(
         default_factory=list, repr=False
@@ -109,7 +111,7 @@ class Cluster:
         stuck behind it (maxUnavailable 0)."""
         if not self._deployed:
             target = self.manifests()
-            cmds = [("apply", "--server-side", "-k", str(target))]
+            cmds: list[tuple[str, ...]] = [("apply", "--server-side", "-k", str(target))]
             if target != K8S:
                 cmds.append(("apply", "--server-side", "--dry-run=server", "-k", "k8s"))
             for cmd in cmds:
@@ -165,7 +167,8 @@ def fit_node(node_cpus: float, tmp: Path) -> Path:
     per_pod = int((node_cpus - 4 * 0.1) / 4 * 1000) // 50 * 50
     assert per_pod >= 100, f"a {node_cpus}-CPU node is too small for these tests"
     cpu = f"{per_pod}m"
-    (tmp / "kustomization.yaml").write_text(f"""# k8s/ with prod's CPU fitted to a {node_cpus:g}-CPU node
+    (tmp / "kustomization.yaml").write_text(f"""\
+# k8s/ with prod's CPU fitted to a {node_cpus:g}-CPU node
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
@@ -227,20 +230,27 @@ def run_make(target: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 def session() -> Iterator[Cluster]:
-    """The `cluster` fixture (tests/conftest.py): a cluster that is up is used as it
-    is; with CI=true one is brought up (and down at the end); otherwise skip."""
-    if api_ready():
+    """The `cluster` fixture (tests/conftest.py): with CI=true the run brings the
+    cluster up (`make cluster-up` keeps one this clone already runs) and down at the
+    end; otherwise a cluster that is up is used as it is, or the tests skip."""
+    if api_ready() and not IN_CI:
         yield Cluster(owned=False)
         return
     if not IN_CI:
         pytest.skip(f"no local cluster is up; run them with `{HOW_TO}` (the first "
                     "start compiles Kubernetes: README 'Run it on a real cluster')")  # fmt: skip
-    before = ROUTE_LOCALNET.read_text().strip()
+    from up import host_dirs
+
+    # The host as it was, for test_teardown.py to compare with after the down.
+    before: dict[str, object] = {
+        "route_localnet": ROUTE_LOCALNET.read_text().strip(),
+        "host_dirs": host_dirs(),
+    }
     up = run_make("cluster-up", timeout=3600)
     if up.returncode != 0:
         run_make("cluster-down", timeout=600)
         pytest.fail(f"make cluster-up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
-    cluster = Cluster(owned=True, route_localnet_before=before)
+    cluster = Cluster(owned=True, host_before=before)
     os.environ["KUBECONFIG"] = str(KUBECONFIG)
     try:
         yield cluster

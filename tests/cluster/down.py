@@ -26,9 +26,9 @@ from layout import (
     CLUSTER_CIDR,
     CNI_NETWORK,
     CONTAINERD_SOCK,
+    HOST_DIRS,
     KUBECONFIG,
     OWNER,
-    HOST_DIRS,
     ROUTE_LOCALNET,
     RUN,
     SERVICE_CIDR,
@@ -48,8 +48,8 @@ def _run(*argv: str | Path, timeout: float = 120) -> subprocess.CompletedProcess
 def _remove_pods() -> None:
     if pid_of("containerd") is None or not CRITOOLS.cached():
         return
-    crictl = [CRITOOLS.path("crictl"), "--runtime-endpoint", f"unix://{CONTAINERD_SOCK}",
-              "--timeout", "60s"]  # fmt: skip
+    crictl: list[str | Path] = [CRITOOLS.path("crictl"), "--runtime-endpoint",
+                                f"unix://{CONTAINERD_SOCK}", "--timeout", "60s"]  # fmt: skip
     _run(*crictl, "rmp", "--all", "--force", timeout=180)
     _run(*crictl, "rm", "--all", "--force")
 

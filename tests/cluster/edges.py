@@ -1,23 +1,35 @@
 """The edge in front of the cluster, listening on 127.0.0.1 only.
 
-`nginx_edge()`: tests/e2e/edge.py's nginx, rendered from the same Ingress, its
-upstreams pointed at each Service's ClusterIP, so every request crosses kube-proxy.
+- `traefik_edge()`: a real Ingress controller, Traefik v3.6 (built like the
+  cluster's parts, binaries.TRAEFIK), run as a host process with the cluster's
+  kubeconfig. Its kubernetesIngressNGINX provider serves Ingresses of class `nginx`
+  (the IngressClass that installing ingress-nginx creates, created here) the way
+  ingress-nginx does: TLS from the Ingress's Secret, the ssl-redirect annotation,
+  requests sent to the Service's ready endpoints (pod IPs) as EndpointSlices list
+  them, terminating pods fenced off.
+- `nginx_edge()`: tests/e2e/edge.py's nginx, rendered from the same Ingress, its
+  upstreams pointed at each Service's ClusterIP, so every request crosses kube-proxy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import json
+import os
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from binaries import TRAEFIK
 from clusterlib import NS, Cluster
 from conftest import require_tool
 from edge import Load, Nginx, _TLSConnection, plan_from_ingress, rendered_ingress
-from layout import REPO_ROOT
+from layout import KUBECONFIG, REPO_ROOT
+from serverproc import free_port
 
 HOST = "cloudnative"  # the Ingress's host, also the certificate's name
 
@@ -69,3 +81,61 @@ def nginx_edge(cluster: Cluster, prefix: Path) -> Iterator[Edge]:
                    ngx.https_port, ngx.http_port, files["ca.crt"])  # fmt: skip
     finally:
         ngx.stop()
+
+
+# What installing ingress-nginx creates: the class `nginx` of k8s/ingress.yaml.
+INGRESS_CLASS = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "IngressClass",
+    "metadata": {"name": "nginx"},
+    "spec": {"controller": "k8s.io/ingress-nginx"},
+}
+
+
+@contextlib.contextmanager
+def traefik_edge(cluster: Cluster, prefix: Path) -> Iterator[Edge]:
+    files = tls_files()
+    cluster.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(INGRESS_CLASS))
+    http_port, https_port = free_port(), free_port()
+    conf = prefix / "traefik.yaml"
+    conf.write_text(json.dumps({
+        "entryPoints": {
+            "web": {"address": f"127.0.0.1:{http_port}"},
+            "websecure": {"address": f"127.0.0.1:{https_port}", "http": {"tls": {}}},
+        },
+        "providers": {"kubernetesIngressNGINX": {}},
+        "log": {"level": "INFO"},
+    }))  # fmt: skip
+    log = (prefix / "traefik.log").open("ab")
+    proc = subprocess.Popen(
+        [str(TRAEFIK.path("traefik")), f"--configFile={conf}"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        env={**os.environ, "KUBECONFIG": str(KUBECONFIG)},
+    )  # fmt: skip
+    edge = Edge(f"Traefik {TRAEFIK.version} (Ingress controller, kubernetesIngressNGINX "
+                "provider)", https_port, http_port, files["ca.crt"])  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (prefix / "traefik.log").read_text()[-3000:]
+            with contextlib.suppress(OSError):
+                if all(edge.get(f"{p}/readyz")[0] == 200 for p in ("/dev", "/prod")):
+                    break
+            assert time.monotonic() < deadline, (prefix / "traefik.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield edge
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def cluster_edge(cluster: Cluster, prefix: Path) -> contextlib.AbstractContextManager[Edge]:
+    """The edge the cluster tests use: Traefik (FIBOSERVER_EDGE=nginx picks nginx)."""
+    if os.environ.get("FIBOSERVER_EDGE") == "nginx":
+        return nginx_edge(cluster, prefix)
+    return traefik_edge(cluster, prefix)

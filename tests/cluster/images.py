@@ -24,7 +24,7 @@ CTR = CONTAINERD.path("ctr")
 
 def app_image_ref() -> str:
     """The image the Deployments run, as `kubectl apply -k k8s` applies them."""
-    refs = {
+    refs: set[str] = {
         c["image"]
         for o in render(REPO_ROOT / "k8s")
         if o["kind"] == "Deployment"
@@ -93,7 +93,7 @@ def import_image(podman: str, podman_ref: str, cri_ref: str) -> None:
         archive = Path(d) / "image.tar"
         _run(podman, "save", "--format", "docker-archive", "-o", archive, podman_ref,
              env=podman_env())  # fmt: skip
-        ctr = [CTR, "--address", CONTAINERD_SOCK, "-n", "k8s.io"]
+        ctr: list[str | Path] = [CTR, "--address", CONTAINERD_SOCK, "-n", "k8s.io"]
         _run(*ctr, "images", "import", archive)
         if podman_ref != cri_ref:
             _run(*ctr, "images", "tag", "--force", podman_ref, cri_ref)

@@ -84,7 +84,7 @@ def host_networks() -> list[ipaddress.IPv4Network]:
         dst = r.get("dst", "")
         if r.get("dev") == BRIDGE or dst in ("", "default") or r.get("type") == "local":
             continue
-        nets.append(ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False))
+        nets.append(ipaddress.IPv4Network(dst if "/" in dst else f"{dst}/32", strict=False))
     addrs = json.loads(
         subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True,
                        check=True).stdout
@@ -93,8 +93,8 @@ def host_networks() -> list[ipaddress.IPv4Network]:
         if link.get("ifname") == BRIDGE:
             continue
         for a in link.get("addr_info", []):
-            nets.append(ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False))
-    return [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
+            nets.append(ipaddress.IPv4Network(f"{a['local']}/{a['prefixlen']}", strict=False))
+    return nets
 
 
 def overlaps(nets: list[ipaddress.IPv4Network]) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from clusterlib import NS, Cluster, say
-from edges import Edge, nginx_edge
+from edges import Edge, cluster_edge
 from layout import POD_LOGS
 from test_log_contract import (  # noqa: F401 (pytest collects them here too)
     CUSTOM_ID,
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture(scope="module")
 def edge(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     cluster.deploy()
-    with nginx_edge(cluster, tmp_path_factory.mktemp("edge")) as e:
+    with cluster_edge(cluster, tmp_path_factory.mktemp("edge")) as e:
         yield e
 
 

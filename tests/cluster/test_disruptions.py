@@ -18,7 +18,7 @@ import pytest
 import yaml
 from clusterlib import NS, Cluster, say
 from edge import LoadReport
-from edges import Edge, nginx_edge
+from edges import Edge, cluster_edge
 from layout import REPO_ROOT
 
 pytestmark = pytest.mark.cluster
@@ -29,7 +29,7 @@ DEPLOYMENT = "fiboserver-dev"
 @pytest.fixture(scope="module")
 def edge(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     cluster.deploy()
-    with nginx_edge(cluster, tmp_path_factory.mktemp("edge")) as e:
+    with cluster_edge(cluster, tmp_path_factory.mktemp("edge")) as e:
         yield e
 
 

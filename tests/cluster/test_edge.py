@@ -1,5 +1,6 @@
 """On the real cluster: requests reach the pods through kube-proxy (a NodePort on
-127.0.0.1 in front of the Service's pods) and through the edge the Ingress describes
+127.0.0.1 in front of the Service's pods; nginx's upstreams at the Services'
+ClusterIPs) and through the edge the Ingress describes, a real Ingress controller
 (issue 9 item 3). The tests connect to 127.0.0.1 only."""
 
 from __future__ import annotations
@@ -13,16 +14,21 @@ import pytest
 from clusterlib import NS, Cluster, say
 from conftest import require_tool
 from edge import curl
-from edges import HOST, Edge, nginx_edge
+from edges import HOST, Edge, nginx_edge, traefik_edge
 from podmanlib import wait_http
 
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture(scope="module")
-def edge(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+@pytest.fixture(scope="module", params=["traefik", "nginx"])
+def edge(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Edge]:
+    """Both edges: Traefik, the Ingress controller (to the pods' endpoints), and the
+    nginx rendered from the Ingress (to the Services' ClusterIPs, through kube-proxy)."""
     cluster.deploy()
-    with nginx_edge(cluster, tmp_path_factory.mktemp("edge")) as e:
+    make = traefik_edge if request.param == "traefik" else nginx_edge
+    with make(cluster, tmp_path_factory.mktemp("edge")) as e:
         yield e
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from clusterlib import NS, Cluster, Obj, container_pid, say
@@ -51,11 +52,10 @@ def _stop_every_process(pid: int) -> list[int]:
     gunicorn master and its worker (stopping the master alone leaves the worker
     answering the probe). Sent from the host: inside its PID namespace the
     container's PID 1 ignores SIGSTOP-like signals it has no handler for."""
-    cgroup = next(
-        ln.split(":", 2)[2] for ln in open(f"/proc/{pid}/cgroup").read().splitlines()
-        if ln.split(":")[1] == "freezer"
-    )  # fmt: skip
-    pids = [int(p) for p in open(f"/sys/fs/cgroup/freezer{cgroup}/cgroup.procs").read().split()]
+    cgroups = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    cgroup = next(ln.split(":", 2)[2] for ln in cgroups if ln.split(":")[1] == "freezer")
+    procs = Path(f"/sys/fs/cgroup/freezer{cgroup}/cgroup.procs").read_text()
+    pids = [int(p) for p in procs.split()]
     for p in pids:
         os.kill(p, signal.SIGSTOP)
     return pids

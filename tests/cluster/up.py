@@ -13,7 +13,6 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 from binaries import CONTAINERD, ETCD, KUBERNETES, build_all, missing_tools
 from images import load_images
@@ -26,13 +25,13 @@ from layout import (
     ETCD_CLIENT,
     ETCD_DATA,
     ETCD_PEER,
+    HOST_DIRS,
     KUBECONFIG,
     KUBELET_ROOT,
     LOGS,
     NODE_NAME,
     OWNER,
     PKI,
-    HOST_DIRS,
     REPO_ROOT,
     ROUTE_LOCALNET,
     RUN,
@@ -194,9 +193,22 @@ def _node(ip: str) -> dict[str, str]:
         "--kubeconfig", PKI / "kubelet.kubeconfig",
         "--root-dir", KUBELET_ROOT, "--hostname-override", NODE_NAME, "--node-ip", ip,
     ])  # fmt: skip
-    wait_until("the node", lambda: "True" in kubectl(
-        "get", "node", NODE_NAME, "-o",
-        "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False), 120, "kubelet")
+    wait_until(
+        "the node",
+        lambda: (
+            "True"
+            in kubectl(
+                "get",
+                "node",
+                NODE_NAME,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+                check=False,
+            )
+        ),
+        120,
+        "kubelet",
+    )
     start("kube-proxy", [K("kube-proxy"), "--config", STATE / "kube-proxy.yaml"])
     wait_until("kube-proxy", lambda: _http_ok("http://127.0.0.1:10256/healthz"), 60, "kube-proxy")
     return images
