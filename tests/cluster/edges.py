@@ -2,11 +2,15 @@
 
 - `traefik_edge()`: a real Ingress controller, Traefik v3.6 (built like the
   cluster's parts, binaries.TRAEFIK), run as a host process with the cluster's
-  kubeconfig. Its kubernetesIngressNGINX provider serves Ingresses of class `nginx`
-  (the IngressClass that installing ingress-nginx creates, created here) the way
-  ingress-nginx does: TLS from the Ingress's Secret, the ssl-redirect annotation,
-  requests sent to the Service's ready endpoints (pod IPs) as EndpointSlices list
-  them, terminating pods fenced off.
+  kubeconfig. Its kubernetesIngress provider serves the Ingress unchanged: the
+  IngressClass `nginx` (k8s/ingress.yaml's one controller-specific field) is
+  created here naming Traefik as its controller, as a cluster admin would; TLS
+  comes from the Ingress's Secret; requests go to the Service's endpoints (pod
+  IPs) as the EndpointSlices list them, terminating pods fenced off from new
+  requests. The ssl-redirect annotation is ingress-nginx's: Traefik's entry point
+  redirect does the same. (Traefik's kubernetesIngressNGINX provider, which reads
+  the annotation, keeps sending new requests to terminating pods in v3.6:
+  traefik/traefik#13287, fixed in v3.7, which cannot be built here: docs/cluster.md.)
 - `nginx_edge()`: tests/e2e/edge.py's nginx, rendered from the same Ingress, its
   upstreams pointed at each Service's ClusterIP, so every request crosses kube-proxy.
 """
@@ -83,12 +87,12 @@ def nginx_edge(cluster: Cluster, prefix: Path) -> Iterator[Edge]:
         ngx.stop()
 
 
-# What installing ingress-nginx creates: the class `nginx` of k8s/ingress.yaml.
+# The class the Ingress names, served by Traefik's Ingress provider on this cluster.
 INGRESS_CLASS = {
     "apiVersion": "networking.k8s.io/v1",
     "kind": "IngressClass",
     "metadata": {"name": "nginx"},
-    "spec": {"controller": "k8s.io/ingress-nginx"},
+    "spec": {"controller": "traefik.io/ingress-controller"},
 }
 
 
@@ -100,10 +104,12 @@ def traefik_edge(cluster: Cluster, prefix: Path) -> Iterator[Edge]:
     conf = prefix / "traefik.yaml"
     conf.write_text(json.dumps({
         "entryPoints": {
-            "web": {"address": f"127.0.0.1:{http_port}"},
+            # Plain HTTP only redirects to HTTPS (the Ingress's ssl-redirect).
+            "web": {"address": f"127.0.0.1:{http_port}", "http": {"redirections": {
+                "entryPoint": {"to": "websecure", "scheme": "https", "permanent": True}}}},
             "websecure": {"address": f"127.0.0.1:{https_port}", "http": {"tls": {}}},
         },
-        "providers": {"kubernetesIngressNGINX": {}},
+        "providers": {"kubernetesIngress": {}},
         "log": {"level": "INFO"},
     }))  # fmt: skip
     log = (prefix / "traefik.log").open("ab")
@@ -112,8 +118,8 @@ def traefik_edge(cluster: Cluster, prefix: Path) -> Iterator[Edge]:
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         env={**os.environ, "KUBECONFIG": str(KUBECONFIG)},
     )  # fmt: skip
-    edge = Edge(f"Traefik {TRAEFIK.version} (Ingress controller, kubernetesIngressNGINX "
-                "provider)", https_port, http_port, files["ca.crt"])  # fmt: skip
+    edge = Edge(f"Traefik {TRAEFIK.version} (Ingress controller)", https_port, http_port,
+                files["ca.crt"])  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while True:

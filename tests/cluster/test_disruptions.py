@@ -154,9 +154,17 @@ def test_restart_without_prestop_loses_some(cluster: Cluster, edge: Edge) -> Non
         # it); the restart then ends pods that have none.
         cluster.rollout_status(DEPLOYMENT)
         cluster.wait_ready(DEPLOYMENT)
-        report = under_load(cluster, edge, "kubectl rollout restart, preStop patched out "
-                            "(control)", lambda: restart()(cluster))  # fmt: skip
-        assert report.failed > 0, "the control lost nothing: the test cannot see a loss"
+        # A loss needs a request to reach a stopping pod in the second or two before
+        # the edge drops it: likely in each restart of 3 pods, not certain. Up to 3
+        # restarts, each reported; one that loses something is the proof.
+        failed = 0
+        for attempt in range(1, 4):
+            report = under_load(cluster, edge, f"kubectl rollout restart, preStop patched "
+                                f"out (control, run {attempt})", lambda: restart()(cluster))  # fmt: skip
+            failed = report.failed
+            if failed:
+                break
+        assert failed > 0, "the control lost nothing in 3 restarts: the test cannot see a loss"
     finally:
         cluster.apply(cluster.manifests())
         cluster.rollout_status(DEPLOYMENT)
