@@ -159,8 +159,8 @@ def test_restart_without_prestop_loses_some(cluster: Cluster, edge: Edge) -> Non
         # restarts, each reported; one that loses something is the proof.
         failed = 0
         for attempt in range(1, 4):
-            report = under_load(cluster, edge, f"kubectl rollout restart, preStop patched "
-                                f"out (control, run {attempt})", lambda: restart()(cluster))  # fmt: skip
+            label = f"kubectl rollout restart, preStop patched out (control, run {attempt})"
+            report = under_load(cluster, edge, label, lambda: restart()(cluster))
             failed = report.failed
             if failed:
                 break
