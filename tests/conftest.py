@@ -63,10 +63,10 @@ def fibo_logs() -> Iterator[JsonCapture]:
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Any]:
+def cluster(pytestconfig: pytest.Config) -> Iterator[Any]:
     """The local Kubernetes cluster for tests/cluster (marker `cluster`): the one
     `make cluster-up` started, or with CI=true one brought up and down for this run;
     otherwise the tests skip, saying how to run them (tests/cluster/clusterlib.py)."""
     from clusterlib import session
 
-    yield from session()
+    yield from session(pytestconfig)

@@ -41,12 +41,15 @@ HOW_TO = "make cluster-up && make cluster-e2e"
 Obj = dict[str, Any]
 
 
+_reporter: Any = None  # pytest's terminal reporter, set by session()
+
+
 def say(text: str) -> None:
     """A line in the test log past pytest's capture (figures for the CI log)."""
-    out = sys.__stdout__
-    if out is not None:
-        out.write(f"\n[cluster] {text}")
-        out.flush()
+    if _reporter is not None:
+        _reporter.write_line(f"[cluster] {text}")
+    else:
+        print(f"[cluster] {text}", file=sys.stderr)
 
 
 @dataclass
@@ -229,10 +232,12 @@ def run_make(target: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def session() -> Iterator[Cluster]:
+def session(config: pytest.Config) -> Iterator[Cluster]:
     """The `cluster` fixture (tests/conftest.py): with CI=true the run brings the
     cluster up (`make cluster-up` keeps one this clone already runs) and down at the
     end; otherwise a cluster that is up is used as it is, or the tests skip."""
+    global _reporter
+    _reporter = config.pluginmanager.get_plugin("terminalreporter")
     if api_ready() and not IN_CI:
         yield Cluster(owned=False)
         return

@@ -56,12 +56,9 @@ def under_load(cluster: Cluster, edge: Edge, label: str, action: Callable[[], No
     return report
 
 
-def restart() -> Callable[[Cluster], None]:
-    def run(cluster: Cluster) -> None:
-        cluster.kubectl("-n", NS, "rollout", "restart", f"deployment/{DEPLOYMENT}")
-        cluster.rollout_status(DEPLOYMENT)
-
-    return run
+def rollout_restart(cluster: Cluster) -> None:
+    cluster.kubectl("-n", NS, "rollout", "restart", f"deployment/{DEPLOYMENT}")
+    cluster.rollout_status(DEPLOYMENT)
 
 
 def pod_names(cluster: Cluster) -> set[str]:
@@ -70,7 +67,7 @@ def pod_names(cluster: Cluster) -> set[str]:
 
 def test_rollout_restart_loses_nothing(cluster: Cluster, edge: Edge) -> None:
     before = pod_names(cluster)
-    report = under_load(cluster, edge, "kubectl rollout restart", lambda: restart()(cluster))
+    report = under_load(cluster, edge, "kubectl rollout restart", lambda: rollout_restart(cluster))
     assert not before & pod_names(cluster), "every pod was replaced"
     assert report.failed == 0, report.failures
 
@@ -160,7 +157,7 @@ def test_restart_without_prestop_loses_some(cluster: Cluster, edge: Edge) -> Non
         failed = 0
         for attempt in range(1, 4):
             label = f"kubectl rollout restart, preStop patched out (control, run {attempt})"
-            report = under_load(cluster, edge, label, lambda: restart()(cluster))
+            report = under_load(cluster, edge, label, lambda: rollout_restart(cluster))
             failed = report.failed
             if failed:
                 break

@@ -6,6 +6,7 @@ Then the images, the namespace and the TLS Secret (`make certgen`, `make tls-sec
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -103,7 +104,8 @@ def _write_configs(ip: str) -> None:
     for d in (STATE, RUN, KUBELET_ROOT, CNI_CONF_DIR, ETCD_DATA, LOGS, DOT):
         d.mkdir(parents=True, exist_ok=True)
     ETCD_DATA.chmod(0o700)
-    make_pki(PKI, NODE_NAME, ip, service_ip=str(next(iter(_service_hosts()))))
+    # The Service range's first address: the `kubernetes` Service's ClusterIP.
+    make_pki(PKI, NODE_NAME, ip, service_ip=str(ipaddress.IPv4Network(SERVICE_CIDR)[1]))
     server = f"https://127.0.0.1:{API_PORT}"
     for name in (*CLIENTS, "kubelet"):
         (PKI / f"{name}.kubeconfig").write_text(kubeconfig(PKI, name, server))
@@ -114,12 +116,6 @@ def _write_configs(ip: str) -> None:
     (STATE / "kubelet.yaml").write_text(kubelet_yaml(ip))
     (STATE / "kube-proxy.yaml").write_text(kube_proxy_yaml(PKI / "kube-proxy.kubeconfig"))
     (STATE / "kube-scheduler.yaml").write_text(scheduler_yaml(PKI / "scheduler.kubeconfig"))
-
-
-def _service_hosts() -> list[str]:
-    import ipaddress
-
-    return [str(h) for h in list(ipaddress.ip_network(SERVICE_CIDR).hosts())[:1]]
 
 
 def _control_plane(ip: str) -> None:
