@@ -120,21 +120,20 @@ TRAEFIK = Component(
 )
 COMPONENTS = (KUBERNETES, ETCD, CONTAINERD, CRITOOLS, TRAEFIK)
 
-# Debian packages the cluster uses as they are (.ci/run installs them):
-# runc (the OCI runtime podman uses here too), containernetworking-plugins (bridge,
-# host-local, loopback, portmap), catatonit (the pause process), iptables and
-# conntrack (kube-proxy), openssl (certificates), podman and debootstrap (the
-# images), iproute2 (addresses and routes), kubectl (on the CI machine).
-DEBIAN_TOOLS = {
-    "runc": "runc",
-    "iptables": "iptables",
-    "conntrack": "conntrack",
-    "catatonit": "catatonit",
-    "openssl": "openssl",
-    "podman": "podman",
-    "debootstrap": "debootstrap",
-    "ip": "iproute2",
-    "kubectl": "kubectl",
+# What the cluster uses as it is, and how to get it: Debian packages (.ci/run
+# installs them): runc (the OCI runtime podman uses here too), catatonit (the pause
+# process), iptables and conntrack (kube-proxy), openssl (certificates), podman and
+# debootstrap (the images), iproute2 (addresses and routes); and kubectl.
+TOOLS = {
+    "runc": "apt-get install runc",
+    "iptables": "apt-get install iptables",
+    "conntrack": "apt-get install conntrack",
+    "catatonit": "apt-get install catatonit",
+    "openssl": "apt-get install openssl",
+    "podman": "apt-get install podman",
+    "debootstrap": "apt-get install debootstrap",
+    "ip": "apt-get install iproute2",
+    "kubectl": "the Kubernetes command line client",
 }
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
@@ -147,11 +146,7 @@ def go_version() -> str:
 
 def missing_tools() -> list[str]:
     """What is missing to build and run the cluster, each with how to get it."""
-    missing = [
-        f"{tool} (apt-get install {pkg})"
-        for tool, pkg in DEBIAN_TOOLS.items()
-        if shutil.which(tool) is None
-    ]
+    missing = [f"{tool} ({how})" for tool, how in TOOLS.items() if shutil.which(tool) is None]
     if not all((CNI_BIN_DIR / p).is_file() for p in CNI_PLUGINS):
         missing.append(
             f"CNI plugins {', '.join(CNI_PLUGINS)} in {CNI_BIN_DIR} "

@@ -41,15 +41,19 @@ HOW_TO = "make cluster-up && make cluster-e2e"
 Obj = dict[str, Any]
 
 
-_reporter: Any = None  # pytest's terminal reporter, set by session()
+_config: pytest.Config | None = None  # set by session()
 
 
 def say(text: str) -> None:
-    """A line in the test log past pytest's capture (figures for the CI log)."""
-    if _reporter is not None:
-        _reporter.write_line(f"[cluster] {text}")
-    else:
+    """A line in the test log past pytest's capture (figures for the CI log), as
+    capsys.disabled() prints."""
+    if _config is None:
         print(f"[cluster] {text}", file=sys.stderr)
+        return
+    capman: Any = _config.pluginmanager.get_plugin("capturemanager")
+    reporter: Any = _config.pluginmanager.get_plugin("terminalreporter")
+    with capman.global_and_fixture_disabled():
+        reporter.write_line(f"[cluster] {text}")
 
 
 @dataclass
@@ -236,8 +240,8 @@ def session(config: pytest.Config) -> Iterator[Cluster]:
     """The `cluster` fixture (tests/conftest.py): with CI=true the run brings the
     cluster up (`make cluster-up` keeps one this clone already runs) and down at the
     end; otherwise a cluster that is up is used as it is, or the tests skip."""
-    global _reporter
-    _reporter = config.pluginmanager.get_plugin("terminalreporter")
+    global _config
+    _config = config
     if api_ready() and not IN_CI:
         yield Cluster(owned=False)
         return

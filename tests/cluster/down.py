@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -125,7 +126,8 @@ def _sweep_iptables() -> None:
                 continue
             target = re.search(r" -[jg] (\S+)", ln)
             if _ours(ln) or (target and target.group(1) in ours):
-                _run("iptables", "-t", table, "-D", *ln[3:].split())
+                # iptables-save quotes comments the way a shell does.
+                _run("iptables", "-t", table, "-D", *shlex.split(ln[3:]))
         for chain in ours:
             _run("iptables", "-t", table, "-F", chain)
         for chain in ours:
