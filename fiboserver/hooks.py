@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from fiboserver import servermetrics
 from fiboserver.listener import refuse_new_connections
 
 log = logging.getLogger("fiboserver.server")
@@ -20,6 +21,7 @@ def when_ready(server: Any) -> None:
     addresses = ",".join(str(listener) for listener in server.LISTENERS)
     log.info("server start", extra={"addr": addresses})
     stop_gracefully_on_sigterm(server)
+    servermetrics.server_ready(server)
 
 
 def stop_gracefully_on_sigterm(server: Any) -> None:
@@ -35,6 +37,7 @@ def stop_gracefully_on_sigterm(server: Any) -> None:
         log.info(
             "graceful stopping server", extra={"graceful_timeout": server.cfg.graceful_timeout}
         )
+        servermetrics.server_draining()
         # New connections are refused here, by the master, and only when the whole
         # server stops: the listening socket is shared by all workers, so a filter
         # set by one worker that exits alone (max_requests, its own SIGTERM) would
@@ -50,8 +53,14 @@ def stop_gracefully_on_sigterm(server: Any) -> None:
     server.handle_term = graceful_stop
 
 
+# Master, just before it forks a worker.
+def pre_fork(server: Any, worker: Any) -> None:
+    servermetrics.worker_forking(worker)
+
+
 # Worker, after it has loaded the app and before it serves.
 def post_worker_init(worker: Any) -> None:
+    servermetrics.worker_booted()
     log.info("worker booted", extra={"pid": worker.pid})
 
 
@@ -60,11 +69,18 @@ def worker_abort(worker: Any) -> None:
     log.error("worker aborted on timeout", extra={"pid": worker.pid})
 
 
+# Worker, on every exit it makes itself (not when killed by a signal).
+def worker_exit(server: Any, worker: Any) -> None:
+    servermetrics.worker_exiting(worker)
+
+
 # Master, after a worker has exited for any reason (even SIGKILL).
 def child_exit(server: Any, worker: Any) -> None:
-    log.info("worker exited", extra={"pid": worker.pid})
+    reason = servermetrics.worker_exited(worker)
+    log.info("worker exited", extra={"pid": worker.pid, "reason": reason})
 
 
 # Master, just before the process exits.
 def on_exit(server: Any) -> None:
+    servermetrics.server_exiting()
     log.info("server stopped")
