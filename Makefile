@@ -33,6 +33,17 @@ lint: $(INSTALLED) ## ruff and mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# --- metrics (issue 10; README "Metrics") -------------------------------------------
+# Debian's prometheus package (apt-get install prometheus) on 127.0.0.1:9090,
+# scraping `make run`'s /metrics (metrics_port 9464) with k8s/monitoring's rules.
+# Config, rules and data go to .monitor/ (git-ignored).
+MONITOR_ARGS ?=
+
+.PHONY: monitor
+
+monitor: $(INSTALLED) ## Prometheus on 127.0.0.1:9090 scraping `make run` (in another terminal), with the alert rules
+	$(BIN)/python tests/promlocal.py --dir .monitor $(MONITOR_ARGS)
+
 # --- image, TLS and Kubernetes deployment (issue 3; README "Deployment") ---------
 # podman or docker, whichever is installed (podman first).
 CONTAINER_ENGINE ?= $(shell command -v podman 2>/dev/null || command -v docker 2>/dev/null)

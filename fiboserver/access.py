@@ -129,14 +129,15 @@ class AccessLog:
             try:
                 fields["status"] = int(status[:3])
                 fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-                log.info("end", extra=fields)
                 if metrics is not None:
                     # The record's own values, the rounded duration included: a
-                    # request falls in the bucket a reader of the log would put it in.
+                    # request falls in the bucket a reader of the log would put it
+                    # in. Counted first: a request whose `end` is logged is counted.
                     metrics.finished(
                         fields["method"], fields["path"], fields["status"],
                         fields["duration_ms"] / 1000,
                     )  # fmt: skip
+                log.info("end", extra=fields)
             finally:
                 request_id_var.reset(token)
 

@@ -123,8 +123,9 @@ class _Server(ThreadingHTTPServer):
 class MetricsServer:
     """The /metrics listener on 0.0.0.0:`port` and the thread that serves it."""
 
-    def __init__(self, port: int, registry: Any) -> None:
+    def __init__(self, port: int, registry: Any, directory: str = "") -> None:
         self.port = port
+        self.directory = directory  # logged with the start, for whoever looks for the files
         self._registry = registry
         self._server: _Server | None = None
         self._stopped = threading.Event()
@@ -171,7 +172,7 @@ class MetricsServer:
     def _serve(self, server: _Server) -> None:
         self._server = server
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-        log.info("metrics server start", extra={"addr": self.addr})
+        log.info("metrics server start", extra={"addr": self.addr, "metrics_dir": self.directory})
 
     def stop(self) -> None:
         self._stopped.set()

@@ -18,10 +18,10 @@ log = logging.getLogger("fiboserver.server")
 # Master, once the listening sockets are open, before the workers start.
 def when_ready(server: Any) -> None:
     logging.captureWarnings(True)
+    servermetrics.server_ready(server)
     addresses = ",".join(str(listener) for listener in server.LISTENERS)
     log.info("server start", extra={"addr": addresses})
     stop_gracefully_on_sigterm(server)
-    servermetrics.server_ready(server)
 
 
 def stop_gracefully_on_sigterm(server: Any) -> None:

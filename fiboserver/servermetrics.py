@@ -94,7 +94,7 @@ def server_ready(server: Any) -> None:
         counter.inc(0)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(multiproc.Collector(directory.path))
-    metrics_server = MetricsServer(port, registry)
+    metrics_server = MetricsServer(port, registry, directory.path)
     if upgrading:
         metrics_server.start_when_free()  # the old master has it until it exits
     else:

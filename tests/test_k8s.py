@@ -128,45 +128,21 @@ def test_strict_validation_rejects_an_unknown_field(version: str) -> None:
         kubernetes_validate.validate(deployment, version, strict=True)
 
 
-def strict_schema(schema: Any) -> Any:
-    """CRD schemas leave unknown fields allowed (the API server prunes them); as a
-    linter we reject them: additionalProperties false wherever properties are
-    listed and the schema does not ask to keep unknown fields."""
-    if isinstance(schema, list):
-        return [strict_schema(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: strict_schema(v) for k, v in schema.items()}
-    if (
-        "properties" in out
-        and "additionalProperties" not in out
-        and not out.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
-
-
 @functools.cache
 def gateway_validators() -> dict[str, jsonschema.protocols.Validator]:
     validators = {}
     for name in ("gateways", "httproutes"):
-        crd = yaml.safe_load((GATEWAY_SCHEMAS / f"{name}.yaml").read_text())
-        annotations = crd["metadata"]["annotations"]
+        crd_file = GATEWAY_SCHEMAS / f"{name}.yaml"
+        annotations = yaml.safe_load(crd_file.read_text())["metadata"]["annotations"]
         assert annotations["gateway.networking.k8s.io/bundle-version"] == "v1.6.1"
         assert annotations["gateway.networking.k8s.io/channel"] == "standard"
-        (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-        assert v1["served"], f"{name}: v1 is not served"
-        schema = strict_schema(v1["schema"]["openAPIV3Schema"])
-        validators[crd["spec"]["names"]["kind"]] = jsonschema.Draft7Validator(schema)
+        kind, validator = kube.crd_validator(crd_file, "v1")
+        validators[kind] = validator
     return validators
 
 
 def gateway_errors(o: Obj) -> list[str]:
-    validator = gateway_validators()[o["kind"]]
-    return [
-        f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
-        for e in validator.iter_errors(o)
-    ]
+    return kube.schema_errors(gateway_validators()[o["kind"]], o)
 
 
 def test_gateway_api_objects_valid_against_v1_crds() -> None:
