@@ -151,9 +151,9 @@ def test_a_known_mix_is_counted_exactly_over_two_workers(tmp_path: Path) -> None
     for r in ends:
         route = r["path"] if r["path"] in ROUTES else "unmatched"
         by_labels[r["method"], route, str(r["status"])].append(r["duration_ms"] / 1000)
-    for (method, route, status), durations in by_labels.items():
+    for (method, route, code), durations in by_labels.items():
         labels = {"http_request_method": method, "http_route": route,
-                  "http_response_status_code": status}  # fmt: skip
+                  "http_response_status_code": code}  # fmt: skip
         for bound in REQUEST_BUCKETS:
             le = str(bound)
             want = sum(1 for d in durations if d <= bound)
@@ -477,9 +477,8 @@ def test_usr2_shares_the_directory_and_takes_the_port_over(tmp_path: Path) -> No
         srv.wait_for("metrics port in use, waiting for it", start=mark, timeout=30)
         new_master = srv.wait_for("server start", start=mark)
         wait_workers(srv, 2, start=0)  # the old one's and the new master's
-        old_master = srv.pid
-        new_pid = [p for p in child_pids(old_master) if not srv.find(
-            "worker booted", where=lambda r, p=p: r["pid"] == p)]  # fmt: skip
+        workers = {r["pid"] for r in srv.find("worker booted")}
+        new_pid = [p for p in child_pids(srv.pid) if p not in workers]  # the new master
         assert new_master and len(new_pid) == 1, new_pid
         # Both masters' files are in one directory, and nothing was emptied.
         during = samples(srv.scrape())
