@@ -332,7 +332,7 @@ def test_config_map_generated_mounted_and_accepted(env: str) -> None:
     env_vars = {e["name"]: e.get("value") for e in container["env"]}
     assert env_vars["FIBOSERVER_CONFIG"] == mount["mountPath"] + "/" + item["path"]
     # The container port is the port the config makes gunicorn bind.
-    (port,) = container["ports"]
+    (port,) = [p for p in container["ports"] if p["name"] == "http"]
     assert port == {"name": "http", "containerPort": config.port, "protocol": "TCP"}
     assert gunicorn_settings(env)["bind"] == repr([f"0.0.0.0:{config.port}"])
 

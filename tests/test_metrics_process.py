@@ -494,3 +494,24 @@ def test_usr2_shares_the_directory_and_takes_the_port_over(tmp_path: Path) -> No
         assert never_went_down(before, after) == []
         assert value(after, "fiboserver_workers") == 1
         os.kill(new_pid[0], signal.SIGTERM)
+
+
+def test_hup_keeps_every_count(tmp_path: Path) -> None:
+    """A reload replaces the workers in the same master: the directory, the port
+    and every count stay; the old workers' exits are `exited`."""
+    with server(tmp_path, 2) as srv:
+        wait_workers(srv, 2)
+        for method, path, status, _ in MIX:
+            assert srv.get(path, method=method)[0] == status
+        wait_records(srv, "end", len(MIX))
+        before = samples(srv.scrape())
+        mark = len(srv.records)
+        srv.terminate(signal.SIGHUP)
+        wait_workers(srv, 2, start=mark)
+        wait_records(srv, "worker exited", 2, start=mark)
+        after = samples(srv.scrape())
+    assert never_went_down(before, after) == []
+    assert request_counts(after) == request_counts(before)
+    assert value(after, "fiboserver_worker_exits_total", reason="exited") == 2
+    assert value(after, "fiboserver_workers") == 2
+    assert value(after, "fiboserver_cache_entries") == 0  # the new workers' caches are empty
