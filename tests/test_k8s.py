@@ -661,12 +661,12 @@ def test_network_policy_evaluator() -> None:
     """The evaluator above is not vacuous: it admits and refuses as Kubernetes does."""
     container = {"ports": [{"name": "http", "containerPort": 8080}]}
     by_name = {"kubernetes.io/metadata.name": "a"}
-    allow_a = {"ingress": [{"from": [{"namespaceSelector": {"matchLabels": by_name}}],
+    allow_a: Obj = {"ingress": [{"from": [{"namespaceSelector": {"matchLabels": by_name}}],
                             "ports": [{"port": "http"}]}]}  # fmt: skip
     assert admits(allow_a, container, "a", 8080)
     assert not admits(allow_a, container, "b", 8080)
     assert not admits(allow_a, container, "a", 9464)
-    allow_all_ns = {"ingress": [{"from": [{"namespaceSelector": {}}]}]}
+    allow_all_ns: Obj = {"ingress": [{"from": [{"namespaceSelector": {}}]}]}
     assert admits(allow_all_ns, container, "b", 9464)
     assert not admits({"ingress": []}, container, "a", 8080)
     expr = {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
