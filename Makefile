@@ -200,8 +200,13 @@ bench: $(INSTALLED) ## benchmark against the bare-WSGI ceiling (needs wrk: apt-g
 KIBANA_URL ?= http://127.0.0.1:5601
 KIBANA_CURL_ARGS ?=
 KIBANA_OBJECTS := k8s/logging/kibana/saved-objects.ndjson
+# ELASTICSEARCH_URL: e.g. after `kubectl -n logging port-forward svc/elasticsearch 9200`.
+# ES_CURL_ARGS: extra curl options for it, e.g. -u elastic:<password> --cacert ca.crt.
+ELASTICSEARCH_URL ?= http://127.0.0.1:9200
+ES_CURL_ARGS ?=
+ES_DIR := k8s/logging/elasticsearch
 
-.PHONY: deploy-logging undeploy-logging kibana-import
+.PHONY: deploy-logging undeploy-logging elasticsearch-setup kibana-import
 
 deploy-logging: ## Fluent Bit DaemonSet to namespace logging; DEMO=1 first applies the demo Elasticsearch + Kibana
 	$(if $(filter 1,$(DEMO)),kubectl apply -k k8s/logging/elastic)
@@ -212,7 +217,19 @@ undeploy-logging: ## remove Fluent Bit, keep namespace logging; DEMO=1 deletes t
 	kubectl delete -k k8s/logging -l app.kubernetes.io/name=fluent-bit --ignore-not-found
 	$(if $(filter 1,$(DEMO)),kubectl delete -k k8s/logging/elastic --ignore-not-found)
 
-kibana-import: ## load the data view and saved searches into Kibana at KIBANA_URL (import API, overwrite)
+# PUT <url> <file>: fails unless Elasticsearch answers {"acknowledged": true}.
+es_put = out=$$(curl --silent --show-error --fail-with-body -X PUT "$(ELASTICSEARCH_URL)$(1)" \
+	  -H 'Content-Type: application/json' $(ES_CURL_ARGS) --data-binary @$(2)) \
+	  || { echo "elasticsearch-setup: PUT $(1) failed: $$out" >&2; exit 1; }; \
+	printf '%s' "$$out" | grep -Eq '"acknowledged"[[:space:]]*:[[:space:]]*true' \
+	  || { echo "elasticsearch-setup: PUT $(1) not acknowledged: $$out" >&2; exit 1; }; \
+	echo "elasticsearch-setup: $(1): $$out"
+
+elasticsearch-setup: ## ILM policy (14-day retention) and the fiboserver-* index template into ELASTICSEARCH_URL
+	@$(call es_put,/_ilm/policy/fiboserver-logs,$(ES_DIR)/ilm-policy.json)
+	@$(call es_put,/_index_template/fiboserver,$(ES_DIR)/index-template.json)
+
+kibana-import: elasticsearch-setup ## Elasticsearch setup, then the data view and saved searches into Kibana at KIBANA_URL
 	@out=$$(curl --silent --show-error --fail-with-body -X POST \
 	  "$(KIBANA_URL)/api/saved_objects/_import?overwrite=true" \
 	  -H 'kbn-xsrf: true' $(KIBANA_CURL_ARGS) --form file=@$(KIBANA_OBJECTS)) \
