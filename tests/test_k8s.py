@@ -34,6 +34,8 @@ NAMESPACE = "cloudnative"
 ENVS = ("dev", "prod")
 RENDER_DIRS = ("k8s", "k8s/overlays/dev", "k8s/overlays/prod", "k8s/gateway")
 GATEWAY_API = "gateway.networking.k8s.io/v1"
+# Envoy Gateway's own API (k8s/gateway/envoy-gateway), checked by its own test.
+ENVOY_GATEWAY_API = "gateway.envoyproxy.io/v1alpha1"
 # 1.30 (preStop `sleep` is beta and on by default from there) and the newest the
 # validator ships, found from the package, so an upgrade widens the test.
 K8S_VERSIONS = kube.schema_versions()
@@ -100,7 +102,7 @@ def test_root_is_namespace_both_environments_and_the_ingress() -> None:
 def k8s_objects() -> Iterator[Obj]:
     for rel in ("k8s", "k8s/gateway"):
         for o in render(rel):
-            if o["apiVersion"] != GATEWAY_API:
+            if o["apiVersion"] not in (GATEWAY_API, ENVOY_GATEWAY_API):
                 yield o
 
 
@@ -170,7 +172,7 @@ def gateway_errors(o: Obj) -> list[str]:
 
 
 def test_gateway_api_objects_valid_against_v1_crds() -> None:
-    objs = render("k8s/gateway")
+    objs = tuple(o for o in render("k8s/gateway") if o["apiVersion"] != ENVOY_GATEWAY_API)
     assert {o["kind"] for o in objs} == {"Gateway", "HTTPRoute"}
     for o in objs:
         assert o["apiVersion"] == GATEWAY_API, key(o)
@@ -769,6 +771,45 @@ def test_gateway_and_routes() -> None:
         routes[match["path"]["value"]] = backend["name"]
     assert routes == ROUTES
     assert redirects == 1
+
+
+# Envoy Gateway's duration format (BackendTrafficPolicy CRD, gateway.envoyproxy.io).
+ENVOY_DURATION = re.compile(r"^([0-9]{1,5}(h|m|s|ms)){1,4}$")
+# ingress-nginx's default upstream keep-alive timeout (`upstream-keepalive-timeout`).
+INGRESS_NGINX_UPSTREAM_IDLE_S = 60
+
+
+def envoy_seconds(duration: str) -> float:
+    assert ENVOY_DURATION.match(duration), duration
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(int(n) * units[u] for n, u in re.findall(r"([0-9]+)(ms|h|m|s)", duration))
+
+
+def test_gateway_closes_idle_upstream_connections_first() -> None:
+    """The proxy, not gunicorn, closes an idle pooled connection: otherwise the next
+    request may go out on a connection gunicorn is closing (a 503 for the client).
+    Gateway API v1.6.1 standard has no such field; Envoy Gateway's
+    BackendTrafficPolicy sets it, for the Gateway of class `eg` only."""
+    objs = render("k8s/gateway")
+    gateway = one(objs, "Gateway")
+    policies = find(objs, "BackendTrafficPolicy")
+    assert (gateway["spec"]["gatewayClassName"] == "eg") == bool(policies)
+    (policy,) = policies
+    assert policy["apiVersion"] == ENVOY_GATEWAY_API
+    assert policy["metadata"]["namespace"] == gateway["metadata"]["namespace"]
+    spec = policy["spec"]
+    assert spec["targetRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+         "name": gateway["metadata"]["name"]}
+    ]  # fmt: skip
+    assert set(spec) == {"targetRefs", "timeout"} and list(spec["timeout"]) == ["http"]
+    idle = envoy_seconds(spec["timeout"]["http"]["connectionIdleTimeout"])
+    for env in ENVS:
+        keepalive = float(gunicorn_settings(env)["keepalive"])
+        # At least 10 s earlier: timers on both sides are not exact.
+        assert 0 < idle <= keepalive - 10, (env, idle, keepalive)
+        assert INGRESS_NGINX_UPSTREAM_IDLE_S <= keepalive - 10, env
+    assert envoy_seconds("1h30m") == 5400 and envoy_seconds("250ms") == 0.25
 
 
 # --- checkov ----------------------------------------------------------------------
