@@ -19,13 +19,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import require_tool
 from kube import render
 from podmanlib import (
     NAME_PREFIX,
     REPO_ROOT,
     Record,
-    build_image,
     http_get,
     json_records,
     podman,
@@ -46,30 +44,14 @@ def say(capsys: pytest.CaptureFixture[str], text: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def tools() -> dict[str, str]:
-    # runc: containers.conf selects it (crun fails on this host's cgroup layout).
-    found = {name: require_tool(name) for name in ("podman", "runc", "kubectl")}
-    require_tool("debootstrap")  # for the base image, when it is not cached yet
-    return found
-
-
-def _remove_leftovers(binary: str) -> None:
-    names = podman(
-        binary, "ps", "-a", "--filter", f"name=^{NAME_PREFIX}", "--format", "{{.Names}}"
-    ).stdout.split()
-    if names:
-        podman(binary, "rm", "-f", "-t", "0", *names, check=False)
+def tools(podman_tools: dict[str, str]) -> dict[str, str]:
+    return podman_tools
 
 
 @pytest.fixture(scope="module")
-def image(
-    tools: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, float, str]]:
-    """The service image, built once per run from the project's Dockerfile."""
-    _remove_leftovers(tools["podman"])
-    built = build_image(tools["podman"], tmp_path_factory.mktemp("build"))
-    yield built
-    _remove_leftovers(tools["podman"])
+def image(e2e_image: tuple[str, float, str]) -> tuple[str, float, str]:
+    """The session's one build of the service image (tests/conftest.py)."""
+    return e2e_image
 
 
 def overlay(env: str) -> tuple[Manifest, Manifest]:
