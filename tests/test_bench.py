@@ -8,6 +8,7 @@ gunicorn masters on loopback ports, as `make bench` does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -57,10 +58,14 @@ def test_service_logs_its_requests_as_deployed(servers: dict[str, Server]) -> No
     assert status == 200
     rid = headers["X-Request-ID"]
     assert service.log_path is not None
-    text = service.log_path.read_text()
     # PROD logging is on in the benchmarked service: both access records are there.
+    # `end` is written once the response is sent, so it may follow the client's read.
+    end = f'"msg": "end", "request_id": "{rid}"'
+    deadline = time.monotonic() + 10
+    while end not in (text := service.log_path.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert f'"msg": "start", "request_id": "{rid}"' in text
-    assert f'"msg": "end", "request_id": "{rid}"' in text
+    assert end in text
 
 
 @pytest.mark.parametrize("cached", [True, False])
