@@ -150,19 +150,26 @@ def test_container_with_the_deployments_constraints(
     for f in cfg_dir.iterdir():
         f.chmod(0o644)
     port = free_port()
+    metrics_port = free_port()
+    container_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     env = [f"--env={e['name']}={e['value']}" for e in c.get("env", [])]
     grace = int(pod["terminationGracePeriodSeconds"])
+    # The pod's memory emptyDirs (/tmp, the metrics directory) as tmpfs mounts.
+    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    tmpfs = [f"--tmpfs={m['mountPath']}" for m in c["volumeMounts"] if m["name"] in empty_dirs]
+    assert f"--tmpfs={mounts['tmp']['mountPath']}" in tmpfs
     podman(
         pm, "run", "--detach", "--name", container,
-        # readOnlyRootFilesystem; only /tmp writable (the emptyDir), nothing else
-        # that podman would otherwise add as tmpfs.
-        "--read-only", "--read-only-tmpfs=false", "--tmpfs", mounts["tmp"]["mountPath"],
+        # readOnlyRootFilesystem; only the emptyDirs writable, nothing else that
+        # podman would otherwise add as tmpfs.
+        "--read-only", "--read-only-tmpfs=false", *tmpfs,
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "--user", f"{sc['runAsUser']}:{sc['runAsGroup']}",
         "--memory", str(mem), "--cpus", str(cpus),
         "-v", f"{cfg_dir}:{mounts['config']['mountPath']}:ro",
         *env,
         "-p", f"127.0.0.1:{port}:{c['ports'][0]['containerPort']}",
+        "-p", f"127.0.0.1:{metrics_port}:{container_ports['metrics']}",
         image[0],
     )  # fmt: skip
     say(
@@ -175,6 +182,11 @@ def test_container_with_the_deployments_constraints(
     status, body = http_get(f"http://127.0.0.1:{port}/dev/fibo?n=10")
     assert status == 200 and json.loads(body)["result"] == 55, (status, body)
     say(capsys, f"container: ready in {ready:.1f} s; /dev/fibo?n=10 -> {body.decode()}")
+    # Metrics on the `metrics` port, their files in the pod's emptyDir.
+    status, body = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
+    assert status == 200, (status, body[:200])
+    assert b'fiboserver_cache_requests_total{result="miss"} 1.0' in body
+    say(capsys, f"container: /metrics on {container_ports['metrics']}, {len(body)} bytes")
 
     inspect = json.loads(podman(pm, "inspect", container).stdout)[0]
     hc = inspect["HostConfig"]
