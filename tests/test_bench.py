@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import require_tool
 
+from bench.metrics_cost import METRICS_OFF, METRICS_ON
 from bench.servers import (
     CEILING,
     FLASK_FLOOR,
@@ -84,3 +86,17 @@ def test_balanced() -> None:
     assert not balanced([1.0, 0.0])
     assert not balanced([0.0, 1.04])
     assert balanced([0.95])
+
+
+def test_metrics_pair_differs_in_metrics_only(tmp_path: Path) -> None:
+    """bench/metrics_cost.py: "on" serves /metrics and counts, "off" has no metrics
+    at all; gunicorn settings and answers are the same."""
+    bench = Bench(tmp_path)
+    on, off = bench.server("on", METRICS_ON), bench.server("off", METRICS_OFF)
+    check_same_settings([on, off])
+    with bench.running(on, off):
+        check_same_response(on, off, "/prod/fibo?n=30")
+        assert on.metrics_port and off.metrics_port == 0
+        assert "fiboserver_cache_requests_total" in on.scrape()
+        assert off.log_path is not None
+        assert "metrics server start" not in off.log_path.read_text()
