@@ -19,13 +19,10 @@ This worker instead, on SIGTERM:
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import queue
 import select
 import signal
-import socket
-import struct
 import time
 from types import FrameType
 from typing import Any
@@ -39,27 +36,7 @@ from fiboserver.lifecycle import begin_draining
 # that an idle worker still exits in a fraction of a second.
 DRAIN_LINGER = 0.2
 
-SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
-# Classic BPF, run on each packet for the listener with the TCP header at 0:
-# drop a segment whose flags have SYN without ACK (a new connection), keep all else.
-_DROP_NEW_CONNECTIONS = [
-    (0x30, 0, 0, 13),  # ldb [13]           ; TCP flags
-    (0x54, 0, 0, 0x12),  # and #(SYN|ACK)
-    (0x15, 0, 1, 0x02),  # jeq #SYN, drop, keep
-    (0x06, 0, 0, 0),  # drop: ret #0
-    (0x06, 0, 0, 0xFFFFFFFF),  # keep: ret #-1
-]
-
 log = logging.getLogger("fiboserver.worker")
-
-
-def refuse_new_connections(sock: socket.socket) -> None:
-    """Make the kernel drop new SYNs for `sock` while queued connections stay."""
-    code = b"".join(struct.pack("HBBI", *insn) for insn in _DROP_NEW_CONNECTIONS)
-    program = ctypes.create_string_buffer(code, len(code))
-    # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
-    fprog = struct.pack("HP", len(_DROP_NEW_CONNECTIONS), ctypes.addressof(program))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc]
@@ -102,7 +79,7 @@ class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def _drain_listeners(self) -> None:
         # The master has already made the shared listener drop new SYNs when the
-        # server stops (gunicorn.conf.py); a worker exiting alone must not.
+        # server stops (fiboserver.hooks); a worker exiting alone must not.
         listeners: list[Any] = list(self.sockets)
         deadline = time.monotonic() + DRAIN_LINGER
         while True:

@@ -1,7 +1,7 @@
 -- wrk script: GET <prefix>/fibo?n=<random n in 0..maxseq> on every request.
 -- Arguments after `--`: maxseq prefix seed. A fixed seed gives the service and
 -- the ceiling the same sequence of n, so both do the same arithmetic.
--- bench/run.py starts wrk from the repository root, hence the relative path.
+-- bench/wrk.py starts wrk from the repository root, hence the relative path.
 dofile("bench/wrk/summary.lua")
 
 local counter = 0

@@ -30,6 +30,7 @@ from layout import (
     CONTAINERD_SOCK,
     KUBECONFIG,
     NODE_NAME,
+    OWNER,
     PKI,
     REPO_ROOT,
     ROUTE_LOCALNET,
@@ -108,30 +109,55 @@ class Cluster:
             time.sleep(1)
 
     # --- the app ------------------------------------------------------------------
-    def deploy(self) -> list[tuple[str, subprocess.CompletedProcess[str]]]:
-        """`kubectl apply --server-side -k k8s`, once per session: [(command, result)].
+    def image(self) -> str:
+        """The app image `make cluster-up` built and imported (`make print-image`'s)."""
+        ref: str = json.loads(OWNER.read_text())["image"]
+        return ref
 
-        On a node without the CPUs for prod's whole-CPU pods (CI: 2 CPUs), k8s/
-        goes through the API server's admission (Pod Security included) with
-        --dry-run=server, and `fit_node()`'s overlay of it is what gets applied:
-        applying k8s/ there would leave a prod pod Pending, and a later change
+    def render(self, k8s_dir: Path = K8S) -> str:
+        """`make manifests ENV=all` (what `make deploy` applies) for the cluster's image;
+        `k8s_dir` replaces k8s/ (an overlay of it)."""
+        name, _, tag = self.image().rpartition(":")
+        out = subprocess.run(
+            ["make", "-s", "--no-print-directory", "manifests", "ENV=all", f"K8S_DIR={k8s_dir}",
+             f"IMAGE={name}", f"TAG={tag}"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def apply(self, k8s_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        """`make manifests ENV=all | kubectl apply --server-side -f -`: as `make deploy`
+        applies, server-side; stderr (warnings) is the caller's to check."""
+        cmd = ("apply", "--server-side", *extra, "-f", "-")
+        return self.kubectl(*cmd, stdin=self.render(k8s_dir), check=False)
+
+    def deploy(self) -> list[tuple[str, subprocess.CompletedProcess[str]]]:
+        """The app, once per session: [(what, result)]. Then both Deployments are
+        rolled out and at 3 Ready pods (prod's count comes from its HPA).
+
+        On a node without the CPUs for prod's whole-CPU pods (CI: 2 CPUs) the
+        manifests go through the API server's admission (Pod Security included)
+        with --dry-run=server, and `fit_node()`'s overlay of them is applied:
+        applying them there would leave a prod pod Pending, and a later change
         stuck behind it (maxUnavailable 0)."""
         if not self._deployed:
             target = self.manifests()
-            cmds: list[tuple[str, ...]] = [("apply", "--server-side", "-k", str(target))]
+            what = "make manifests ENV=all | kubectl apply --server-side -f -"
+            self._deployed.append((f"{what} (k8s/ as {target})", self.apply(target)))
             if target != K8S:
-                cmds.append(("apply", "--server-side", "--dry-run=server", "-k", "k8s"))
-            for cmd in cmds:
-                self._deployed.append((" ".join(cmd), self.kubectl(*cmd, check=False)))
+                self._deployed.append((f"{what} --dry-run=server", self.apply(K8S,
+                                       "--dry-run=server")))  # fmt: skip
             if all(r.returncode == 0 for _, r in self._deployed):
                 for env in ("dev", "prod"):
                     self.rollout_status(f"fiboserver-{env}")
+                    self.wait_ready(f"fiboserver-{env}")
         return self._deployed
 
-    def apply(self, path: Path) -> str:
-        out = self.kubectl("apply", "--server-side", "-k", str(path))
-        assert out.stderr.strip() == "", out.stderr
-        return out.stdout
+    def reapply(self, k8s_dir: Path | None = None) -> None:
+        """Apply again (k8s_dir: an overlay of `manifests()`), asserting no warning."""
+        out = self.apply(k8s_dir or self.manifests())
+        assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
 
     def manifests(self) -> Path:
         """What the tests apply: k8s/, or on a small node `fit_node()`'s overlay of it."""

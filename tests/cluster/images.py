@@ -2,9 +2,10 @@
 containerd's `k8s.io` namespace (the one the CRI uses) with `ctr images import`.
 
 - the pause image: Debian's catatonit, whose `-P` mode is a pause process;
-- the app image: `make image`, on the local debootstrap base as tests/e2e builds it,
-  tagged with the reference the rendered manifests use (`app_image_ref()`, the one
-  place that knows it).
+- the app image: `make image` of `make print-image`'s IMAGE:TAG (the tag `make
+  deploy` sets), on the local debootstrap base as tests/e2e builds it
+  (podmanlib.build_image). `up` records the reference in its state; the tests
+  render the manifests with it (clusterlib.Cluster.render).
 """
 
 from __future__ import annotations
@@ -15,23 +16,15 @@ import tempfile
 from pathlib import Path
 
 from binaries import CONTAINERD
-from kube import render
 from layout import CONTAINERD_SOCK, PAUSE_IMAGE, REPO_ROOT
-from podmanlib import BASE_IMAGE, build_flags, ensure_base_image, podman_env
+from podmanlib import build_image, podman_env
 
 CTR = CONTAINERD.path("ctr")
 
 
 def app_image_ref() -> str:
-    """The image the Deployments run, as `kubectl apply -k k8s` applies them."""
-    refs: set[str] = {
-        c["image"]
-        for o in render(REPO_ROOT / "k8s")
-        if o["kind"] == "Deployment"
-        for c in o["spec"]["template"]["spec"]["containers"]
-    }
-    assert len(refs) == 1, f"expected one image in k8s/, got {sorted(refs)}"
-    return refs.pop()
+    """IMAGE:TAG that `make image` builds and `make deploy` sets, at this commit."""
+    return _run("make", "-s", "--no-print-directory", "-C", REPO_ROOT, "print-image").strip()
 
 
 def normalize(ref: str) -> str:
@@ -75,16 +68,10 @@ def build_pause(podman: str) -> None:
         _run(podman, "build", "--pull=never", "-q", "-t", PAUSE_IMAGE, str(ctx), env=podman_env())
 
 
-def build_app(ref: str) -> None:
-    """`make image` for `ref` on the local base (CONTAINERS_CONF: runc, cgroupfs)."""
-    ensure_base_image()
-    name, _, tag = ref.rpartition(":")
+def build_app(podman: str, ref: str) -> None:
+    """`make image` for `ref`, as the e2e tests build it (CONTAINERS_CONF, local base)."""
     with tempfile.TemporaryDirectory() as d:
-        flags = " ".join(build_flags(Path(d)))
-        _run(
-            "make", "-s", "-C", REPO_ROOT, "image", f"IMAGE={name}", f"TAG={tag}",
-            f"BASE_IMAGE={BASE_IMAGE}", f"BUILD_FLAGS={flags}", env=podman_env(),
-        )  # fmt: skip
+        build_image(podman, Path(d), tag=ref)
 
 
 def import_image(podman: str, podman_ref: str, cri_ref: str) -> None:
@@ -105,6 +92,6 @@ def load_images(podman: str) -> dict[str, str]:
     build_pause(podman)
     import_image(podman, PAUSE_IMAGE, PAUSE_IMAGE)
     ref = app_image_ref()
-    build_app(ref)
+    build_app(podman, ref)
     import_image(podman, podman_name(ref), normalize(ref))
     return {"pause": PAUSE_IMAGE, "app": normalize(ref)}

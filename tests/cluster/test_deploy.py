@@ -47,9 +47,14 @@ def test_three_ready_pods_with_their_qos_class(cluster: Cluster, env: str, qos: 
     # `kubectl rollout status` exits 0 (deploy() already waited with it; again here
     # so this test says it).
     cluster.rollout_status(f"fiboserver-{env}", timeout="2m")
+    pods = cluster.wait_ready(f"fiboserver-{env}")
     dep = cluster.get("-n", NS, "deployment", f"fiboserver-{env}")
     assert dep["status"]["readyReplicas"] == 3 == dep["status"]["replicas"], dep["status"]
-    pods = cluster.wait_ready(f"fiboserver-{env}")
+    if env == "prod":
+        # prod's manifest leaves `replicas` to the HPA: its minReplicas made it 3
+        # (there is no metrics server here, so it stays at the floor).
+        hpa = cluster.get("-n", NS, "hpa", "fiboserver-prod")
+        assert hpa["spec"]["minReplicas"] == 3 == hpa["status"]["desiredReplicas"], hpa["status"]
     assert {p["status"]["qosClass"] for p in pods} == {qos}
     for p in pods:
         # Ready came through the real probes: the startup probe passed (started)

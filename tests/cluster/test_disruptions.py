@@ -100,7 +100,7 @@ def test_config_change_loses_nothing(cluster: Cluster, edge: Edge, tmp_path: Pat
     old = configmap_of(cluster)
 
     def change() -> None:
-        cluster.apply(overlay)
+        cluster.reapply(overlay)
         cluster.rollout_status(DEPLOYMENT)
 
     try:
@@ -111,7 +111,7 @@ def test_config_change_loses_nothing(cluster: Cluster, edge: Edge, tmp_path: Pat
         assert yaml.safe_load(data)["cacheresult"] is not True
         assert report.failed == 0, report.failures
     finally:
-        cluster.apply(cluster.manifests())
+        cluster.reapply()
         cluster.rollout_status(DEPLOYMENT)
         cluster.wait_ready(DEPLOYMENT)
 
@@ -163,7 +163,7 @@ def test_restart_without_prestop_loses_some(cluster: Cluster, edge: Edge) -> Non
                 break
         assert failed > 0, "the control lost nothing in 3 restarts: the test cannot see a loss"
     finally:
-        cluster.apply(cluster.manifests())
+        cluster.reapply()
         cluster.rollout_status(DEPLOYMENT)
         cluster.wait_ready(DEPLOYMENT)
     lifecycle = cluster.get("-n", NS, "deployment", DEPLOYMENT)["spec"]["template"]["spec"][

@@ -184,6 +184,8 @@ def _node(ip: str) -> dict[str, str]:
     images = load_images(podman)
     say(f"images built and imported into containerd in {time.monotonic() - t0:.0f} s: "
         + ", ".join(f"{k} {v}" for k, v in images.items()))  # fmt: skip
+    # The image the manifests must name on this cluster (clusterlib.Cluster.render).
+    OWNER.write_text(json.dumps({**owner(), "image": images["app"]}))
     start("kubelet", [
         K("kubelet"), "--config", STATE / "kubelet.yaml",
         "--kubeconfig", PKI / "kubelet.kubeconfig",
@@ -253,9 +255,9 @@ def up() -> int:
     t0 = time.monotonic()
     _control_plane(ip)
     say(f"control plane up in {time.monotonic() - t0:.0f} s")
-    _node(ip)
+    name, _, tag = _node(ip)["app"].rpartition(":")
     _tls_secret()
     say(f"up in {time.monotonic() - t_all:.0f} s; node {NODE_NAME} ({ip}) Ready. Use it:\n"
-        f"  export KUBECONFIG={KUBECONFIG}\n  kubectl apply --server-side -k k8s\n"
+        f"  export KUBECONFIG={KUBECONFIG}\n  make deploy ENV=all IMAGE={name} TAG={tag}\n"
         f"  make cluster-e2e    # the checks; make cluster-down removes everything")  # fmt: skip
     return 0
