@@ -144,7 +144,8 @@ class Cluster:
         if not self._deployed:
             target = self.manifests()
             what = "make manifests ENV=all | kubectl apply --server-side -f -"
-            self._deployed.append((f"{what} (k8s/ as {target})", self.apply(target)))
+            fitted = " (from the overlay fitting prod's CPU to this node)" if target != K8S else ""
+            self._deployed.append((what + fitted, self.apply(target)))
             if target != K8S:
                 self._deployed.append((f"{what} --dry-run=server", self.apply(K8S,
                                        "--dry-run=server")))  # fmt: skip

@@ -17,7 +17,7 @@ def test_apply_server_side_is_accepted_without_warnings(cluster: Cluster) -> Non
         assert result.returncode == 0, (cmd, result.stderr)
         # kubectl prints admission warnings (Pod Security among them) on stderr.
         assert result.stderr.strip() == "", (cmd, result.stderr)
-        say(f"kubectl {cmd}:\n" + result.stdout.strip())
+        say(f"{cmd}:\n" + result.stdout.strip())
     # Pods are created by the ReplicaSets, where Pod Security enforces: none refused.
     events = cluster.get("-n", NS, "events", "--field-selector", "reason=FailedCreate")
     assert events["items"] == [], [e["message"] for e in events["items"]]
