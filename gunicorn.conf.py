@@ -26,7 +26,7 @@ preload_app = True
 
 # gthread: a few threads per process for slow clients; one process per CPU the
 # container may use (cgroup quota), since Python computes under one GIL.
-worker_class = "fiboserver.worker.DrainingThreadWorker"
+worker_class = "fiboserver.worker.RequestThreadWorker"
 workers = _workers
 threads = 4
 

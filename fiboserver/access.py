@@ -133,5 +133,32 @@ class AccessLog:
         return _Closing(body, end)
 
 
+def refused(
+    *,
+    status: int,
+    errmsg: str,
+    request_id: str,
+    method: str,
+    path: str,
+    client: str,
+    duration_ms: float,
+) -> None:
+    """The one record of a request the server answered without the app
+    (fiboserver.refusals: overload 503, the HTTP layer's 400/408/414/431):
+    the keys of `end`, plus what was refused in `errmsg`."""
+    log.warning(
+        "request refused",
+        extra={
+            "request_id": request_id,
+            "method": method,
+            "path": path,
+            "client": client,
+            "status": status,
+            "duration_ms": duration_ms,
+            "errmsg": errmsg,
+        },
+    )
+
+
 def init_app(app: Flask) -> None:
     app.wsgi_app = AccessLog(app.wsgi_app)  # type: ignore[method-assign]

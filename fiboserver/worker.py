@@ -1,49 +1,151 @@
-"""gunicorn's gthread worker, taught to drain its listen queue on SIGTERM.
+"""The gunicorn worker: threads serve requests, an event loop holds the connections.
 
-The kernel completes TCP handshakes on a listening socket by itself and queues
-the connections until someone calls accept(). Closing the socket then resets
-every connection still queued: clients that connected successfully get
-ECONNRESET instead of an answer. gthread stops accepting as soon as SIGTERM
-arrives and closes the socket when its last request is done, so under load
-every connection made in between is lost.
+gunicorn's gthread hands every new connection to a pool thread at once, and the
+thread waits up to 5 s for the first byte: four idle connections stall a
+four-thread worker, and a client that dribbles its head keeps a thread for as
+long as it likes. This worker keeps gthread's request handling (gunicorn's
+parser, `wsgi.create`, `Response`, keep-alive, `max_requests`, the hooks) and
+replaces what happens before and after it, in the worker's main thread:
 
-This worker instead, on SIGTERM:
-1. marks the process as draining, so `/readyz` answers 503;
-2. relies on the master having attached, on a server-wide stop, a socket filter
-   that drops new SYNs on the listener (so new clients see a refused or timed-out
-   connect, never a reset), letting handshakes already under way complete;
-3. keeps accepting for DRAIN_LINGER seconds, serving everything that was queued
-   or was mid-handshake; then stops accepting and lets gthread finish the
-   requests in flight within `graceful_timeout`.
+- Every connection is read without blocking until its whole head has arrived
+  (fiboserver/heads.py); only then does a thread get it, with the bytes already
+  read handed to gunicorn's parser. Idle and slow clients cost a file
+  descriptor, not a thread, and are closed after HEAD_TIMEOUT (no complete
+  head) or `keepalive` (idle between requests).
+- Probe paths (`healthz`, `readyz` under the prefix) have a thread of their
+  own, so the kubelet gets its answer in milliseconds however busy the others are.
+- Other requests go through admission (fiboserver/admission.py): they start when
+  a thread is free, wait when one will be within about a second, and are
+  otherwise answered `503 overloaded` at once, at a paced rate.
+- The loop always accepts (a full listen queue would drop a probe's SYN); the
+  limit of open files is raised to its hard limit for that.
+- On SIGTERM, connections already in the listen queue are accepted and served
+  (fiboserver/hooks.py makes the kernel drop new SYNs meanwhile), then the
+  worker finishes what is in flight within `graceful_timeout`.
+
+Why a subclass of ThreadWorker rather than of gunicorn's base Worker: the
+request path (`handle`, `handle_request`, `handle_error`), the thread pool and
+the wake-up pipe are gthread's and stay so; only the connection lifecycle
+around them changes. docs/worker.md has the measurements.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
-import select
+import resource
+import selectors
 import signal
+import socket
+import threading
 import time
+from collections import OrderedDict, deque
+from concurrent import futures
+from functools import partial
+from http import HTTPStatus
 from types import FrameType
 from typing import Any
 
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn import http
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from fiboserver import refusals
+from fiboserver.admission import Admission, Pacer, Verdict
+from fiboserver.app import probe_paths
+from fiboserver.echo import quoted
+from fiboserver.heads import (
+    HEAD_TIMEOUT,
+    HeadError,
+    head_length,
+    incoming_request_id,
+    probe_prefixes,
+    request_line,
+)
 from fiboserver.lifecycle import begin_draining
 
-# Long enough for any handshake that began before the filter to complete
-# (a round trip inside a cluster is well under a millisecond), short enough
-# that an idle worker still exits in a fraction of a second.
+# After SIGTERM: how long the listener is still accepted from (handshakes that
+# began before the master's SYN filter complete within a round trip, well under
+# a millisecond inside a cluster), and how long kept-alive and not yet
+# complete connections are still waited for (gthread's STOP_KEEPALIVE_LINGER).
 DRAIN_LINGER = 0.2
+STOP_LINGER = 2.0
+# How long a closed connection's unread input is still read and dropped, so the
+# kernel does not answer it with a reset that can destroy our last answer.
+CLOSE_LINGER = 2.0
+# Probe requests waiting for the probe thread beyond which a probe path is
+# admitted like any other request: a flood of probes gets no priority.
+PROBE_LANE_MAX = 16
+ACCEPT_BATCH = 64  # connections accepted per wake-up, so reading keeps up
+REFUSAL_BATCH = 32  # refusals written between two looks at the pacer
+RECV_BYTES = 8192  # gunicorn's own read size
+# The heartbeat the master checks against `timeout` (30 s) is a utime() call:
+# once a second is plenty, once per loop turn is thousands under load.
+NOTIFY_INTERVAL = 1.0
 
 log = logging.getLogger("fiboserver.worker")
 
 
-class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc]
-    """gthread worker whose SIGTERM loses no connection the kernel accepted."""
+def raise_open_files_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; return the new soft limit.
 
-    _drained = False
+    Every idle connection costs a descriptor now, and running out of them means
+    accept() fails while probes wait in the listen queue.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
+
+class Conn(TConn):  # type: ignore[misc]
+    """A client connection and what the loop knows about it."""
+
+    def __init__(self, cfg: Any, sock: socket.socket, client: Any, server: Any) -> None:
+        super().__init__(cfg, sock, client, server)  # makes the socket non-blocking
+        # gthread's handle() waits for data unless told it is there: it always is.
+        self.data_ready = True
+        self.peer = f"{client[0]}:{client[1]}" if isinstance(client, tuple) else str(client)
+        self.buf = b""  # a head read so far, not complete yet
+        self.head = b""  # the complete head being served (and what followed it)
+        self.head_only = True  # `head` holds nothing after the head itself
+        self.deadline = 0.0  # when the loop gives up waiting (heads, idle, closing)
+        self.waiting: OrderedDict[Conn, None] | None = None  # the set it waits in
+        # When the server began waiting for its current request (time.monotonic()):
+        # the durations of refusals are counted from here.
+        self.started = time.monotonic()
+        self.submitted = 0.0  # when a thread got its current request
+        self.probe = False  # served in the probe lane
+
+
+class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
+    """gthread with threads for requests only; see the module docstring."""
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        if cfg.is_ssl:
+            # The loop reads heads as plain bytes; TLS ends at the ingress.
+            raise RuntimeError(f"{cls.__name__} does not terminate TLS: unset certfile")
+
+    def init_process(self) -> None:
+        raise_open_files_limit()
+        self._probe_pool = futures.ThreadPoolExecutor(1, thread_name_prefix="probe")
+        self._serving = threading.local()  # the Conn a pool thread is serving
+        self._admission: Admission[Conn] = Admission(self.cfg.threads)
+        self._pacer = Pacer(time.monotonic())
+        # Connections waiting, each set in deadline order: for a head (new
+        # connections, or a kept-alive one once bytes came), idle between
+        # requests, and closing (input read and dropped until the client closes).
+        self._heads: OrderedDict[Conn, None] = OrderedDict()
+        self._idle: OrderedDict[Conn, None] = OrderedDict()
+        self._closing: OrderedDict[Conn, None] = OrderedDict()
+        self._refusals: deque[tuple[Conn, HTTPStatus, str, str, int | None]] = deque()
+        self._probes_pending = 0
+        self._stop_at = 0.0  # time.monotonic() of SIGTERM, once the loop has seen it
+        self._names: dict[Any, Any] = {}
+        super().init_process()
+
+    # -- signals ---------------------------------------------------------------
     def init_signals(self) -> None:
         # From fork() until here the child still runs the master's handlers, which
         # only queue a signal for the master's loop, a loop this process never runs:
@@ -67,33 +169,367 @@ class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc]
             self.handle_exit(signal.SIGTERM, None)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        begin_draining()
+        begin_draining()  # /readyz answers 503 from now on
         super().handle_exit(sig, frame)
 
-    def set_accept_enabled(self, enabled: bool) -> None:
-        # gthread calls this with False once the run loop ends on SIGTERM.
-        if not enabled and not self.alive and not self._drained:
-            self._drained = True
-            self._drain_listeners()
-        super().set_accept_enabled(enabled)
+    # -- the loop ----------------------------------------------------------------
+    def run(self) -> None:
+        self._probe_heads = probe_prefixes(probe_paths(self.wsgi))
+        self._max_line = self.cfg.limit_request_line
+        self.poller.register(
+            self.method_queue.fileno(), selectors.EVENT_READ, self.method_queue.run_callbacks
+        )
+        self.set_accept_enabled(True)
+        notified = 0.0
+        while self.alive:
+            now = time.monotonic()
+            if now - notified >= NOTIFY_INTERVAL:
+                self.notify()
+                notified = now
+            self.wait_for_and_dispatch_events(self._timeout(now))
+            if not self.is_parent_alive():
+                break
+            now = time.monotonic()
+            self._expire(now)
+            self._write_refusals(now)
+        self._drain()
 
-    def _drain_listeners(self) -> None:
-        # The master has already made the shared listener drop new SYNs when the
-        # server stops (fiboserver.hooks); a worker exiting alone must not.
-        listeners: list[Any] = list(self.sockets)
-        deadline = time.monotonic() + DRAIN_LINGER
-        while True:
-            for listener in listeners:
-                self._accept_queued(listener)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        try:
+            events = self.poller.select(timeout)
+        except InterruptedError:
+            return
+        for key, _ in events:
+            data = key.data
+            if data.__class__ is Conn:
+                self._on_readable(data)
+            else:
+                data(key.fileobj)
+
+    def _timeout(self, now: float) -> float:
+        """Seconds until the loop has something to do without an event."""
+        timeout = 1.0
+        for waiting in (self._heads, self._idle, self._closing):
+            if waiting:
+                timeout = min(timeout, next(iter(waiting)).deadline - now)
+        if self._refusals:
+            timeout = min(timeout, self._pacer.wait(now))
+        return max(timeout, 0.0)
+
+    def _wait(self, conn: Conn, waiting: OrderedDict[Conn, None], deadline: float) -> None:
+        """Let `conn` wait in `waiting` (registered for reading) until `deadline`."""
+        if self._stop_at:
+            deadline = min(deadline, self._stop_at + STOP_LINGER)
+        conn.deadline = deadline
+        conn.waiting = waiting
+        waiting[conn] = None
+        self.poller.register(conn.sock, selectors.EVENT_READ, conn)
+
+    def _unwait(self, conn: Conn) -> None:
+        waiting = conn.waiting
+        if waiting is not None:
+            del waiting[conn]
+            conn.waiting = None
+            self.poller.unregister(conn.sock)
+
+    def _close(self, conn: Conn) -> None:
+        self._unwait(conn)
+        self.nr_conns -= 1
+        conn.sock.close()
+
+    def _close_lingering(self, conn: Conn) -> None:
+        """Close after the client has read our answer: shut our side, drop its input."""
+        self._unwait(conn)
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
+        self._wait(conn, self._closing, time.monotonic() + CLOSE_LINGER)
+
+    def _expire(self, now: float) -> None:
+        for waiting in (self._heads, self._idle, self._closing):
+            while waiting:
+                conn = next(iter(waiting))
+                if conn.deadline > now:
+                    break
+                if waiting is self._heads and conn.buf:
+                    self._unwait(conn)
+                    conn.head = conn.buf
+                    self._refuse(
+                        conn, HTTPStatus.REQUEST_TIMEOUT, "request head timeout", "head timeout"
+                    )
+                else:
+                    self._close(conn)
+
+    # -- accepting -----------------------------------------------------------------
+    def accept(self, listener: Any) -> None:
+        """Accept what is queued (up to ACCEPT_BATCH); each connection waits for its head."""
+        name = self._names.get(listener)
+        if name is None:
+            name = self._names[listener] = listener.getsockname()
+        deadline = time.monotonic() + HEAD_TIMEOUT
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = listener.accept()
+            except BlockingIOError:
                 return
-            select.select(listeners, [], [], remaining)
+            except OSError as exc:
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    if self._evict_idle():
+                        continue
+                    return
+                raise
+            self.nr_conns += 1
+            conn = Conn(self.cfg, sock, addr, name)
+            conn.deadline = deadline
+            # Most clients send their request right after connecting: read it
+            # now rather than after a round through the poller.
+            self._on_readable(conn)
 
-    def _accept_queued(self, listener: Any) -> None:
-        """Accept until the listen queue is empty (accept() says EAGAIN)."""
+    def _evict_idle(self) -> bool:
+        """Out of descriptors: close the longest-idle connection that has sent
+        nothing (kept-alive first); False if there is none."""
+        for waiting in (self._idle, self._heads):
+            for conn in waiting:
+                if not conn.buf:
+                    self._close(conn)
+                    return True
+        return False
+
+    # -- reading heads ---------------------------------------------------------------
+    def _on_readable(self, conn: Conn) -> None:
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            if conn.waiting is None:  # just accepted, nothing sent yet
+                self._wait(conn, self._heads, conn.deadline)
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)  # the client closed (or reset) its side
+            return
+        if conn.waiting is self._closing:
+            return  # input after our last answer: dropped
+        self._feed(conn, conn.buf + data if conn.buf else data)
+
+    def _feed(self, conn: Conn, data: bytes) -> None:
+        """`data` is what the client sent since its last request: serve it when it
+        holds a whole head, else keep it and wait for more."""
+        try:
+            complete = head_length(data, self._max_line)
+        except HeadError as exc:
+            self._unwait(conn)
+            conn.head, conn.buf, conn.head_only = data, b"", False
+            self._refuse(conn, exc.status, exc.error, exc.error)
+            return
+        if not complete:
+            conn.buf = data
+            if conn.waiting is None:  # just accepted: its head timeout runs from then
+                self._wait(conn, self._heads, conn.deadline)
+            elif conn.waiting is not self._heads:  # the first bytes of a next request
+                self._unwait(conn)
+                self._wait(conn, self._heads, time.monotonic() + HEAD_TIMEOUT)
+            return
+        self._unwait(conn)
+        conn.head, conn.buf, conn.head_only = data, b"", complete == len(data)
+        self._dispatch(conn, time.monotonic())
+
+    def _dispatch(self, conn: Conn, now: float) -> None:
+        conn.started = now
+        if self._probes_pending < PROBE_LANE_MAX and conn.head.startswith(self._probe_heads):
+            self._probes_pending += 1
+            conn.probe = True
+            self._submit(self._probe_pool, conn)
+            return
+        conn.probe = False
+        verdict = self._admission.offer(conn, now)
+        if verdict is Verdict.START:
+            self._submit(self.tpool, conn)
+        elif verdict is Verdict.SHED:
+            self._refuse_overloaded(conn)
+
+    def _submit(self, pool: futures.ThreadPoolExecutor, conn: Conn) -> None:
+        if conn.parser is None:
+            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+        conn.parser.unreader.unread(conn.head)
+        conn.submitted = time.monotonic()
+        pool.submit(self.handle, conn).add_done_callback(partial(self._done, conn))
+
+    def _done(self, conn: Conn, fut: futures.Future[Any]) -> None:
+        # In the pool thread: hand the connection back to the loop.
+        self.method_queue.defer(self.finish_request, conn, fut)
+
+    def _start_waiting(self, now: float) -> None:
+        """Start queued requests while threads are free; shed those that waited too long."""
         while True:
+            conn, expired = self._admission.take(now)
+            for late in expired:
+                self._refuse_overloaded(late)
+            if conn is None:
+                return
+            if self._client_left(conn):
+                self._admission.cancel()
+                self._close(conn)
+                continue
+            self._submit(self.tpool, conn)
+
+    @staticmethod
+    def _client_left(conn: Conn) -> bool:
+        """Whether the client of a queued request has closed its connection meanwhile."""
+        try:
+            return bool(conn.sock.recv(1, socket.MSG_PEEK) == b"")
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    # -- back from a thread ---------------------------------------------------------------
+    def handle(self, conn: Conn) -> Any:
+        self._serving.conn = conn
+        return super().handle(conn)
+
+    def finish_request(self, conn: Conn, fut: futures.Future[Any]) -> None:
+        now = time.monotonic()
+        if conn.probe:
+            self._probes_pending -= 1
+        else:
+            self._admission.done(now - conn.submitted)
+            self._start_waiting(now)
+        try:
+            keep_alive = bool(fut.result())
+        except Exception:
+            keep_alive = False
+        if not keep_alive:
+            self._close_lingering(conn)
+            return
+        conn.started = now
+        conn.sock.setblocking(False)
+        leftover = conn.parser.unreader.take_buffered()
+        if leftover:  # the client sent its next request already (pipelining)
+            self._wait(conn, self._heads, now + HEAD_TIMEOUT)
+            self._feed(conn, leftover)
+        else:
+            self._wait(conn, self._idle, now + self.cfg.keepalive)
+
+    # -- refusals -------------------------------------------------------------------------
+    def _refuse_overloaded(self, conn: Conn) -> None:
+        errmsg = f"overloaded: {self._admission.waiting} requests waiting"
+        self._refuse(
+            conn,
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            refusals.OVERLOADED,
+            errmsg,
+            refusals.RETRY_AFTER_OVERLOADED,
+        )
+
+    def _refuse(
+        self,
+        conn: Conn,
+        status: HTTPStatus,
+        error: str,
+        errmsg: str,
+        retry_after: int | None = None,
+    ) -> None:
+        """Answer `conn` with `status` and close it, when the pacer allows."""
+        self._refusals.append((conn, status, error, errmsg, retry_after))
+
+    def _write_refusals(self, now: float) -> None:
+        """Write waiting refusals within the pacer's budget of loop CPU."""
+        if not self._refusals or not self._pacer.ready(now):
+            return
+        cpu = time.thread_time()
+        for _ in range(min(REFUSAL_BATCH, len(self._refusals))):
+            conn, status, error, errmsg, retry_after = self._refusals.popleft()
+            method, target = request_line(conn.head)
+            refusals.refuse(
+                conn.sock,
+                status,
+                error,
+                errmsg=errmsg,
+                incoming_id=incoming_request_id(conn.head),
+                method=method,
+                target=target,
+                client=conn.peer,
+                started=conn.started,
+                retry_after=retry_after,
+            )
+            if conn.head_only and status is HTTPStatus.SERVICE_UNAVAILABLE:
+                # Nothing more was sent (a client waits for its answer before it
+                # sends again): no input to drop, so close at once (a FIN).
+                self._close(conn)
+            else:
+                self._close_lingering(conn)
+        self._pacer.spend(time.thread_time() - cpu)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """gunicorn's answer to a request it could not read or serve, as JSON."""
+        conn: Conn | None = getattr(self._serving, "conn", None)
+        head = conn.head if conn is not None else b""
+        answer = refusals.parse_error(exc)
+        if answer is None:
+            log.error("error handling request", exc_info=exc)
+            status, error = HTTPStatus.INTERNAL_SERVER_ERROR, "internal error"
+        else:
+            status, error = answer
+        method, target = request_line(head)
+        refusals.refuse(
+            client,
+            status,
+            error,
+            errmsg=f"{error}: {quoted(str(exc))}",
+            incoming_id=incoming_request_id(head),
+            method=method,
+            target=target,
+            client=conn.peer if conn is not None else str(addr),
+            started=conn.started if conn is not None else time.monotonic(),
+        )
+
+    # -- stopping -----------------------------------------------------------------------------
+    def _drain(self) -> None:
+        """After SIGTERM (or max_requests): serve what the kernel queued, then what
+        is in flight, within graceful_timeout."""
+        now = self._stop_at = time.monotonic()
+        log.info("worker stopping", extra={"pid": self.pid, "connections": self.nr_conns})
+        for waiting in (self._heads, self._idle):
+            for conn in waiting:
+                conn.deadline = min(conn.deadline, now + STOP_LINGER)
+        for listener in self.sockets:
+            self.accept_queued(listener)
+        accept_until = now + DRAIN_LINGER
+        graceful_until = now + self.cfg.graceful_timeout
+        while now < graceful_until and (self._accepting or self.nr_conns > 0):
+            self.notify()
+            if self._accepting and now >= accept_until:
+                self.set_accept_enabled(False)
+            timeout = self._timeout(now)
+            if self._accepting:
+                timeout = min(timeout, max(accept_until - now, 0.0))
+            self.wait_for_and_dispatch_events(timeout)
+            now = time.monotonic()
+            self._expire(now)
+            self._write_refusals(now)
+        self.set_accept_enabled(False)
+        for waiting in (self._heads, self._idle, self._closing):
+            while waiting:
+                self._close(next(iter(waiting)))
+        self.tpool.shutdown(wait=False)
+        self._probe_pool.shutdown(wait=False)
+        self.poller.close()
+        self.method_queue.close()
+        for listener in self.sockets:
+            listener.close()
+
+    def accept_queued(self, listener: Any) -> None:
+        """Accept until the listen queue is empty."""
+        before = -1
+        while before != self.nr_conns:
             before = self.nr_conns
             self.accept(listener)
-            if self.nr_conns == before:
-                return
+
+    def handle_quit(self, sig: int, frame: FrameType | None) -> None:
+        self._probe_pool.shutdown(wait=False)
+        super().handle_quit(sig, frame)

@@ -1,0 +1,120 @@
+"""Answers the server writes itself, without the app: requests it refuses.
+
+The worker refuses a request when it is overloaded (503) and when the HTTP
+layer cannot read it (400, 408, 414, 431, ...). Those answers keep the API's
+shape (SPEC section 2): a JSON `{"error": ...}` body, `X-Request-ID`, and one
+log record saying what was refused. Every one of them goes through `refuse`,
+and its record through `fiboserver.access.refused`, so counting them (metrics)
+is one change in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+from http import HTTPStatus
+
+from gunicorn.http import errors as http_errors
+
+from fiboserver import access
+from fiboserver.echo import bounded
+
+# What a request refused for overload is told (SPEC section 12).
+OVERLOADED = "overloaded"
+RETRY_AFTER_OVERLOADED = 1
+
+# The HTTP layer's errors (gunicorn.http.errors) as status and the message the
+# client gets. The message never quotes the client: the log record does, bounded.
+_PARSE_ERRORS: tuple[tuple[type[BaseException], HTTPStatus, str], ...] = (
+    (http_errors.LimitRequestLine, HTTPStatus.REQUEST_URI_TOO_LONG, "request line too long"),
+    (
+        http_errors.LimitRequestHeaders,
+        HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "request header too large",
+    ),
+    (http_errors.InvalidRequestLine, HTTPStatus.BAD_REQUEST, "malformed request line"),
+    (http_errors.InvalidRequestMethod, HTTPStatus.BAD_REQUEST, "invalid method"),
+    (http_errors.InvalidHTTPVersion, HTTPStatus.BAD_REQUEST, "unsupported HTTP version"),
+    (
+        http_errors.UnsupportedTransferCoding,
+        HTTPStatus.NOT_IMPLEMENTED,
+        "unsupported transfer coding",
+    ),
+    (http_errors.ExpectationFailed, HTTPStatus.EXPECTATION_FAILED, "expectation failed"),
+    (http_errors.ForbiddenProxyRequest, HTTPStatus.FORBIDDEN, "forbidden"),
+    (http_errors.ParseException, HTTPStatus.BAD_REQUEST, "malformed request"),
+)
+
+
+def parse_error(exc: BaseException) -> tuple[HTTPStatus, str] | None:
+    """Status and message for an error of the HTTP layer; None for any other
+    exception (a server fault, answered 500)."""
+    for kind, status, message in _PARSE_ERRORS:
+        if isinstance(exc, kind):
+            return status, message
+    return None
+
+
+def response(
+    status: HTTPStatus,
+    error: str,
+    request_id: str,
+    *,
+    retry_after: int | None = None,
+    with_body: bool = True,
+) -> bytes:
+    """The whole answer: JSON body, X-Request-ID, and `Connection: close`.
+
+    The connection is closed after a refusal: what the client sent next on it
+    may not be readable, and a client refused for overload that reconnects can
+    be balanced to another pod by the Service.
+    """
+    body = json.dumps({"error": error}).encode()
+    head = (
+        f"HTTP/1.1 {status.value} {status.phrase}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"X-Request-ID: {request_id}\r\n"
+        + (f"Retry-After: {retry_after}\r\n" if retry_after is not None else "")
+        + "Connection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body if with_body else head.encode("latin-1")
+
+
+def refuse(
+    sock: socket.socket,
+    status: HTTPStatus,
+    error: str,
+    *,
+    errmsg: str,
+    incoming_id: str | None,
+    method: str,
+    target: str,
+    client: str,
+    started: float,
+    retry_after: int | None = None,
+) -> None:
+    """Write the refusal to `sock` (best effort, never blocking for long) and log it.
+
+    `target` is the client's request target; the record keeps at most 40
+    characters of it (and of the method), like every echo of client input.
+    `started` is the time.perf_counter() at which the connection or request began.
+    """
+    request_id = access.choose_request_id(incoming_id)
+    data = response(status, error, request_id, retry_after=retry_after, with_body=method != "HEAD")
+    # One send: the answer is a few hundred bytes and the socket's buffer is
+    # empty (nothing was answered on it since the client last read). If the
+    # client has left, the record still says what was refused.
+    with contextlib.suppress(OSError):
+        sock.send(data)
+    access.refused(
+        status=status.value,
+        errmsg=errmsg,
+        request_id=request_id,
+        method=bounded(method),
+        path=bounded(target.split("?", 1)[0]),
+        client=client,
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
