@@ -4,7 +4,7 @@ Calls the PROD app's WSGI callable in a loop with logging configured exactly as
 gunicorn configures it (fiboserver.logs.logconfig_dict), records going to a
 file, and the bare ceiling app the same way. Far less noisy than wrk on a
 shared machine, so it is what each optimisation was judged by; the wrk pairs in
-bench/run.py are what the targets are judged by.
+`make bench` are what the targets are judged by.
 
     .venv/bin/python -m bench.hotpath            # us per request, service and ceiling
     .venv/bin/python -m bench.hotpath --profile  # plus the top of a cProfile
@@ -27,8 +27,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-PROD_CONFIG = ROOT / "k8s" / "overlays" / "prod" / "config.yaml"
+from bench.servers import PROD_CONFIG
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 

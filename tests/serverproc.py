@@ -1,5 +1,8 @@
 """Run the real fiboserver process (``gunicorn -c gunicorn.conf.py``) from tests and benchmarks.
 
+THE one helper that starts a real server: pytest, tests/e2e and bench/ (``make bench``)
+all start theirs through ``ServerProcess``.
+
 The process is started exactly as users start it: from the repository root, with
 ``FIBOSERVER_CONFIG`` naming a YAML file, using the gunicorn next to ``sys.executable``
 (i.e. ``.venv/bin/gunicorn``). Every line it writes to stdout or stderr is collected by
@@ -22,8 +25,16 @@ Typical use::
   loopback port unless the mapping has one), a ``Path`` used as is, or ``None`` to
   leave ``FIBOSERVER_CONFIG`` unset. ``srv.port`` is the port in use.
 - ``env`` adds or overrides environment variables (``WEB_CONCURRENCY``, ...). The
-  inherited ``WEB_CONCURRENCY``, ``GUNICORN_CMD_ARGS`` and ``FIBOSERVER_CONFIG`` are
-  dropped first so a developer's shell cannot change what a test runs.
+  inherited ``WEB_CONCURRENCY``, ``GUNICORN_CMD_ARGS``, ``FIBOSERVER_CONFIG`` and
+  ``PYTHONDONTWRITEBYTECODE`` are dropped first so a developer's shell cannot change
+  what a test runs (the image ships compiled bytecode: a measured start-up uses it too).
+- ``args`` follow ``-c gunicorn.conf.py`` (options, then an app such as
+  ``bench.ceiling:app``); ``cwd`` is the tree to run from (``bench.compare`` runs an
+  older commit's).
+- ``log_path``: stdout and stderr go to this file instead of being read line by
+  line. For load runs, where parsing every record would take CPU from the server
+  under test; ``records``, ``lines``, ``find`` and ``wait_for`` are then unused and
+  ``output()`` reads the file.
 - ``on_line(stream, line)`` is called from the reader thread for each line as it
   arrives, for tests that must react within milliseconds (e.g. signal a worker
   while it boots).
@@ -106,6 +117,8 @@ class ServerProcess:
         args: Sequence[str] = (),
         name: str = "fiboserver.yaml",
         on_line: Callable[[str, str], None] | None = None,
+        cwd: Path = REPO_ROOT,
+        log_path: Path | None = None,
     ) -> None:
         self.port: int = free_port()
         self.config_path: Path | None
@@ -121,12 +134,19 @@ class ServerProcess:
             self.config_path = tmp_dir / name
             self.config_path.write_text(yaml.safe_dump(data))
         self._env = dict(os.environ)
-        for var in ("WEB_CONCURRENCY", "GUNICORN_CMD_ARGS", "FIBOSERVER_CONFIG"):
+        for var in (
+            "WEB_CONCURRENCY",
+            "GUNICORN_CMD_ARGS",
+            "FIBOSERVER_CONFIG",
+            "PYTHONDONTWRITEBYTECODE",
+        ):
             self._env.pop(var, None)
         if self.config_path is not None:
             self._env["FIBOSERVER_CONFIG"] = str(self.config_path)
         self._env.update(env or {})
         self._args = [GUNICORN, "-c", "gunicorn.conf.py", *args]
+        self.cwd = cwd
+        self.log_path = log_path
         self._on_line = on_line
         self._cond = threading.Condition()
         self.lines: list[tuple[str, str]] = []  # (stream name, raw line)
@@ -134,24 +154,52 @@ class ServerProcess:
         self.bad_lines: list[tuple[str, str]] = []
         self._readers: list[threading.Thread] = []
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0  # time.perf_counter() just before the process started
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> ServerProcess:
-        self.proc = subprocess.Popen(
-            self._args,
-            cwd=REPO_ROOT,
-            env=self._env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # own process group: teardown can kill workers too
-        )
+        self.started_at = time.perf_counter()
+        if self.log_path is not None:
+            with open(self.log_path, "ab") as log_file:  # the child keeps its own copy
+                self.proc = self._popen(log_file, subprocess.STDOUT)
+            return self
+        self.proc = self._popen(subprocess.PIPE, subprocess.PIPE)
         assert self.proc.stdout is not None and self.proc.stderr is not None
         for stream_name, stream in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
             t = threading.Thread(target=self._read, args=(stream_name, stream), daemon=True)
             t.start()
             self._readers.append(t)
         return self
+
+    def _popen(self, stdout: IO[bytes] | int, stderr: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self._args,
+            cwd=self.cwd,
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,  # own process group: teardown can kill workers too
+        )
+
+    def print_config(self) -> dict[str, str]:
+        """gunicorn's resolved settings for this command line and environment
+        (``--print-config``; the server itself need not run)."""
+        out = subprocess.run(
+            [*self._args[:3], "--print-config", *self._args[3:]],
+            cwd=self.cwd,
+            env=self._env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        settings = {}
+        for line in out.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                settings[key.strip()] = value.strip()
+        return settings
 
     def _read(self, stream_name: str, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
@@ -188,6 +236,50 @@ class ServerProcess:
         assert self.proc is not None
         if self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
+
+    def wait_ready(self, path: str, timeout: float = 30.0) -> float:
+        """Poll GET `path` until it answers 200; seconds from `start()` to that answer.
+        Fails with the log tail if the process exits; kills it after `timeout` s."""
+        assert self.proc is not None, "not started"
+        deadline = self.started_at + timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"exited {self.proc.returncode} before {path} answered 200; "
+                    f"last lines:\n{self._tail()}"
+                )
+            with contextlib.suppress(OSError):  # not listening yet
+                if self.get(path, timeout=1.0)[0] == 200:
+                    return time.perf_counter() - self.started_at
+            time.sleep(0.005)
+        self.close()
+        raise AssertionError(f"{path} not 200 within {timeout}s; last lines:\n{self._tail()}")
+
+    def worker_pids(self) -> list[int]:
+        return sorted(child_pids(self.pid))
+
+    def wait_workers(self, count: int, timeout: float = 30.0) -> list[int]:
+        """Wait until `count` workers run (the first 200 may come from the first one
+        alone); their pids."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = self.worker_pids()
+            if len(pids) == count:
+                return pids
+            time.sleep(0.02)
+        raise AssertionError(f"{len(self.worker_pids())} workers, expected {count}")
+
+    def stop(self, timeout: float = 40.0) -> tuple[float, int]:
+        """SIGTERM the master and wait: (seconds from the signal to its exit, exit
+        status). Kills the process group if it is still running after `timeout`."""
+        t0 = time.perf_counter()
+        self.terminate(signal.SIGTERM)
+        try:
+            code = self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise
+        return time.perf_counter() - t0, code
 
     def wait(self, timeout: float = 30.0) -> int:
         """Exit status of the master (negative: killed by that signal); waits for log EOF."""
@@ -242,6 +334,8 @@ class ServerProcess:
     ) -> Record:
         """First record (index >= `start`) with this `msg` matching `where`; waits up to
         `timeout` s. Fails with the log tail if it does not come or the process exits."""
+        if self.log_path is not None:
+            raise RuntimeError(f"records are not collected: the output goes to {self.log_path}")
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -252,7 +346,7 @@ class ServerProcess:
                 exited = self.proc is not None and self.proc.poll() is not None
                 readers_done = not any(t.is_alive() for t in self._readers)
                 if left <= 0 or (exited and readers_done):
-                    tail = "\n".join(f"{s}: {ln}" for s, ln in self.lines[-30:])
+                    tail = self._tail()
                     state = f"exited {self.proc.returncode}" if exited and self.proc else "running"
                     raise AssertionError(
                         f"no log record msg={msg!r} within {timeout}s ({state}); "
@@ -262,8 +356,16 @@ class ServerProcess:
 
     def output(self) -> str:
         """All captured lines, stdout and stderr interleaved in arrival order."""
+        if self.log_path is not None:
+            return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         with self._cond:
             return "\n".join(line for _, line in self.lines)
+
+    def _tail(self, count: int = 30) -> str:
+        if self.log_path is not None:
+            return "\n".join(self.output().splitlines()[-count:])
+        with self._cond:
+            return "\n".join(f"{s}: {ln}" for s, ln in self.lines[-count:])
 
     # -- HTTP ----------------------------------------------------------------------
     def url(self, path: str) -> str:

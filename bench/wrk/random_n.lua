@@ -2,7 +2,7 @@
 -- Arguments after `--`: maxseq prefix seed [lowest n, default 0]. A fixed seed
 -- gives the service and the ceiling the same sequence of n, so both do the same
 -- arithmetic. tests/test_overload.py asks only large n (the costly ones).
--- bench/run.py starts wrk from the repository root, hence the relative path.
+-- bench/wrk.py starts wrk from the repository root, hence the relative path.
 dofile("bench/wrk/summary.lua")
 
 local counter = 0
