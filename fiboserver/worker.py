@@ -114,7 +114,7 @@ class Conn(TConn):  # type: ignore[misc]
         # When the server began waiting for its current request (time.monotonic()):
         # the durations of refusals are counted from here.
         self.started = time.monotonic()
-        self.submitted = 0.0  # when a thread got its current request
+        self.service = 0.0  # seconds a thread spent on its last request
         self.probe = False  # served in the probe lane
 
 
@@ -356,7 +356,6 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         if conn.parser is None:
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
         conn.parser.unreader.unread(conn.head)
-        conn.submitted = time.monotonic()
         pool.submit(self.handle, conn).add_done_callback(partial(self._done, conn))
 
     def _done(self, conn: Conn, fut: futures.Future[Any]) -> None:
@@ -389,15 +388,21 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     # -- back from a thread ---------------------------------------------------------------
     def handle(self, conn: Conn) -> Any:
+        # In a pool thread. The time it takes is what admission estimates from:
+        # the time until finish_request runs would add the loop's own delays.
         self._serving.conn = conn
-        return super().handle(conn)
+        started = time.monotonic()
+        try:
+            return super().handle(conn)
+        finally:
+            conn.service = time.monotonic() - started
 
     def finish_request(self, conn: Conn, fut: futures.Future[Any]) -> None:
         now = time.monotonic()
         if conn.probe:
             self._probes_pending -= 1
         else:
-            self._admission.done(now - conn.submitted)
+            self._admission.done(conn.service)
             self._start_waiting(now)
         try:
             keep_alive = bool(fut.result())
@@ -505,6 +510,7 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
             self.notify()
             if self._accepting and now >= accept_until:
                 self.set_accept_enabled(False)
+                continue
             timeout = self._timeout(now)
             if self._accepting:
                 timeout = min(timeout, max(accept_until - now, 0.0))

@@ -23,7 +23,15 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from serverproc import HOST, ServerProcess, child_pids
+from serverproc import (
+    HOST,
+    ServerProcess,
+    child_pids,
+    listen_queue,
+    pending_signals,
+    process_state,
+    wait_until,
+)
 
 GRACEFUL_TIMEOUT = 20  # gunicorn.conf.py, SPEC section 5
 CLIENTS = 16
@@ -187,7 +195,9 @@ def test_readyz_answers_503_on_open_connection_after_sigterm(tmp_path: Path) -> 
 
             srv.terminate(signal.SIGTERM)
             srv.wait_for("graceful stopping server", timeout=5)
-            time.sleep(0.3)  # let the worker get the signal from the master
+            # The worker logs this once its loop has seen SIGTERM, which is after
+            # its signal handler marked it draining.
+            srv.wait_for("worker stopping", timeout=5)
             conn.request("GET", "/dev/readyz", headers={"X-Request-ID": "drain-1"})
             assert conn.sock is sock, "must be the connection opened before SIGTERM"
             resp = conn.getresponse()
@@ -244,3 +254,69 @@ def test_sigterm_to_a_booting_worker_is_not_lost(tmp_path: Path) -> None:
         srv.terminate(signal.SIGTERM)
         assert srv.wait(GRACEFUL_TIMEOUT + 10) == 0
         assert time.monotonic() - t_signal < 3
+
+
+# More connections than the workers' loops accept in one turn (fiboserver.worker
+# ACCEPT_BATCH = 64, two workers), so only a drain of the listen queue serves all.
+QUEUED_CLIENTS = 200
+
+
+def test_sigterm_serves_every_connection_already_in_the_listen_queue(tmp_path: Path) -> None:
+    """Deterministic: the connections are put in the listen queue on purpose.
+
+    The workers are stopped (SIGSTOP), clients connect and send their requests
+    (the kernel completes the handshakes and queues them), the master gets
+    SIGTERM and signals the workers, and only then do they continue. Every
+    client must get its answer; a worker that stops accepting at SIGTERM
+    (plain gthread) makes the kernel reset the queued connections when it
+    closes the listener. Each step waits for the event itself, never a sleep.
+    """
+    with ServerProcess(
+        {"env": "PROD", "maxseq": 1000}, tmp_path, env={"WEB_CONCURRENCY": "2"}
+    ) as srv:
+        srv.wait_for("server start", timeout=30)
+        workers = srv.wait_workers(2)
+        wait_until(lambda: len(srv.find("worker booted")) == 2, 30, "both workers booted")
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: all(process_state(pid) == "T" for pid in workers), 10, "workers stopped")
+        clients = []
+        try:
+            for i in range(QUEUED_CLIENTS):
+                sock = socket.create_connection((HOST, srv.port), timeout=30)
+                clients.append(sock)
+                request = f"GET /prod/fibo?n={i} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                sock.sendall(request.encode() + b"\r\n")
+            wait_until(
+                lambda: listen_queue(srv.port) == QUEUED_CLIENTS,
+                10,
+                f"{QUEUED_CLIENTS} connections in the listen queue",
+            )
+            srv.terminate(signal.SIGTERM)
+            srv.wait_for("graceful stopping server", timeout=10)
+            wait_until(
+                lambda: all(signal.SIGTERM in pending_signals(pid) for pid in workers),
+                10,
+                "SIGTERM pending in every worker",
+            )
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+            ref = reference(list(range(QUEUED_CLIENTS)))
+            failures = []
+            for i, sock in enumerate(clients):
+                try:
+                    resp = http.client.HTTPResponse(sock)
+                    resp.begin()
+                    body = resp.read()
+                    if resp.status != 200:
+                        failures.append(f"n={i}: status {resp.status}")
+                    elif json.loads(body, parse_int=Decimal)["result"] != ref[i]:
+                        failures.append(f"n={i}: wrong result")
+                except Exception as exc:  # a reset or an EOF: the connection was lost
+                    failures.append(f"n={i}: {type(exc).__name__}: {exc}")
+        finally:
+            for sock in clients:
+                sock.close()
+        assert failures == [], f"{len(failures)} of {QUEUED_CLIENTS} lost: {failures[:5]}"
+        assert srv.wait(GRACEFUL_TIMEOUT + 10) == 0
+    assert srv.find("server stopped")
