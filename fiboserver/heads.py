@@ -25,9 +25,12 @@ MAX_HEAD_BYTES = 32 * 1024
 _HEAD_END = b"\r\n\r\n"
 _LINE_END = b"\r\n"
 # Probe requests are GET or HEAD of the exact path, with or without a query.
-_PROBE_METHODS = (b"GET ", b"HEAD ")
+_GET_OR_HEAD = (b"GET ", b"HEAD ")
 _PATH_ENDS = (b" ", b"?")
 _REQUEST_ID = b"\r\nx-request-id:"
+_CONTENT_LENGTH = b"\r\ncontent-length:"
+_TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
+_CONNECTION = b"\r\nconnection:"
 
 
 class HeadError(Exception):
@@ -67,7 +70,7 @@ def probe_prefixes(paths: frozenset[str]) -> tuple[bytes, ...]:
     """
     return tuple(
         method + path.encode("ascii") + end
-        for method in _PROBE_METHODS
+        for method in _GET_OR_HEAD
         for path in sorted(paths)
         for end in _PATH_ENDS
     )
@@ -84,6 +87,25 @@ def request_line(head: bytes) -> tuple[str, str]:
     method = parts[0].decode("latin-1")
     target = parts[1].decode("latin-1") if len(parts) > 1 else ""
     return method, target
+
+
+def reusable(head: bytes) -> bool:
+    """Whether the connection can take its next request after an answer the loop
+    wrote itself: an HTTP/1.1 GET or HEAD with no body to skip and no
+    `Connection: close`."""
+    line_end = head.find(_LINE_END)
+    if line_end < 0 or not head.startswith(_GET_OR_HEAD):
+        return False
+    if not head[:line_end].endswith(b" HTTP/1.1"):
+        return False
+    fields = head[line_end:].lower()
+    if _CONTENT_LENGTH in fields or _TRANSFER_ENCODING in fields:
+        return False
+    start = fields.find(_CONNECTION)
+    if start < 0:
+        return True
+    end = fields.find(_LINE_END, start + len(_CONNECTION))
+    return b"close" not in fields[start + len(_CONNECTION) : end]
 
 
 def incoming_request_id(head: bytes) -> str | None:

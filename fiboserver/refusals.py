@@ -11,6 +11,7 @@ is one change in one place.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import socket
 import time
@@ -64,23 +65,29 @@ def response(
     *,
     retry_after: int | None = None,
     with_body: bool = True,
+    close: bool = True,
 ) -> bytes:
-    """The whole answer: JSON body, X-Request-ID, and `Connection: close`.
+    """The whole answer: JSON body, X-Request-ID, and `Connection: close` if `close`."""
+    before, after = _template(status, error, retry_after, with_body, close)
+    return before + request_id.encode("latin-1") + after
 
-    The connection is closed after a refusal: what the client sent next on it
-    may not be readable, and a client refused for overload that reconnects can
-    be balanced to another pod by the Service.
-    """
+
+@functools.lru_cache(maxsize=64)
+def _template(
+    status: HTTPStatus, error: str, retry_after: int | None, with_body: bool, close: bool
+) -> tuple[bytes, bytes]:
+    """An answer's bytes before and after its request id: built once, since a
+    server shedding load writes the same 503 thousands of times a second."""
     body = json.dumps({"error": error}).encode()
-    head = (
+    before = (
         f"HTTP/1.1 {status.value} {status.phrase}\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
-        f"X-Request-ID: {request_id}\r\n"
         + (f"Retry-After: {retry_after}\r\n" if retry_after is not None else "")
-        + "Connection: close\r\n\r\n"
+        + ("Connection: close\r\n" if close else "")
+        + "X-Request-ID: "
     )
-    return head.encode("latin-1") + body if with_body else head.encode("latin-1")
+    return before.encode("latin-1"), b"\r\n\r\n" + (body if with_body else b"")
 
 
 def refuse(
@@ -95,6 +102,7 @@ def refuse(
     client: str,
     started: float,
     retry_after: int | None = None,
+    close: bool = True,
 ) -> None:
     """Write the refusal to `sock` (best effort, never blocking for long) and log it.
 
@@ -103,12 +111,19 @@ def refuse(
     `started` is the time.perf_counter() at which the connection or request began.
     """
     request_id = access.choose_request_id(incoming_id)
-    data = response(status, error, request_id, retry_after=retry_after, with_body=method != "HEAD")
+    data = response(
+        status,
+        error,
+        request_id,
+        retry_after=retry_after,
+        with_body=method != "HEAD",
+        close=close,
+    )
     # One send: the answer is a few hundred bytes and the socket's buffer is
     # empty (nothing was answered on it since the client last read). If the
     # client has left, the record still says what was refused.
     with contextlib.suppress(OSError):
-        sock.send(data)
+        sock.send(data, socket.MSG_DONTWAIT)
     access.refused(
         status=status.value,
         errmsg=errmsg,

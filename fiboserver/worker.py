@@ -38,6 +38,7 @@ import resource
 import selectors
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -61,6 +62,7 @@ from fiboserver.heads import (
     incoming_request_id,
     probe_prefixes,
     request_line,
+    reusable,
 )
 from fiboserver.lifecycle import begin_draining
 
@@ -79,6 +81,11 @@ PROBE_LANE_MAX = 16
 ACCEPT_BATCH = 64  # connections accepted per wake-up, so reading keeps up
 REFUSAL_BATCH = 32  # refusals written between two looks at the pacer
 RECV_BYTES = 8192  # gunicorn's own read size
+# How long a thread holding the GIL keeps it while another wants it (CPython's
+# default is 5 ms). Every system call of the loop lets a computing thread take
+# the GIL, and the loop waits up to this long to get it back: at 5 ms a few
+# such waits make a probe slow under load. docs/worker.md has the measurements.
+SWITCH_INTERVAL = 0.001
 # The heartbeat the master checks against `timeout` (30 s) is a utime() call:
 # once a second is plenty, once per loop turn is thousands under load.
 NOTIFY_INTERVAL = 1.0
@@ -99,10 +106,23 @@ def raise_open_files_limit() -> int:
 
 
 class Conn(TConn):  # type: ignore[misc]
-    """A client connection and what the loop knows about it."""
+    """A client connection and what the loop knows about it.
+
+    Its socket stays in blocking mode, as the pool threads want it; the loop
+    passes MSG_DONTWAIT instead. TConn's constructor is not called because it
+    makes the socket non-blocking (a system call here and one in the thread for
+    every request); it only sets the attributes below.
+    """
 
     def __init__(self, cfg: Any, sock: socket.socket, client: Any, server: Any) -> None:
-        super().__init__(cfg, sock, client, server)  # makes the socket non-blocking
+        self.cfg = cfg
+        self.sock = sock
+        self.client = client
+        self.server = server
+        self.timeout: float | None = None
+        self.parser: Any = None
+        self.initialized = False
+        self.is_http2 = False
         # gthread's handle() waits for data unless told it is there: it always is.
         self.data_ready = True
         self.peer = f"{client[0]}:{client[1]}" if isinstance(client, tuple) else str(client)
@@ -128,6 +148,7 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
             raise RuntimeError(f"{cls.__name__} does not terminate TLS: unset certfile")
 
     def init_process(self) -> None:
+        sys.setswitchinterval(SWITCH_INTERVAL)
         raise_open_files_limit()
         self._probe_pool = futures.ThreadPoolExecutor(1, thread_name_prefix="probe")
         self._serving = threading.local()  # the Conn a pool thread is serving
@@ -302,7 +323,7 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
     # -- reading heads ---------------------------------------------------------------
     def _on_readable(self, conn: Conn) -> None:
         try:
-            data = conn.sock.recv(RECV_BYTES)
+            data = conn.sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
         except BlockingIOError:
             if conn.waiting is None:  # just accepted, nothing sent yet
                 self._wait(conn, self._heads, conn.deadline)
@@ -380,7 +401,7 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
     def _client_left(conn: Conn) -> bool:
         """Whether the client of a queued request has closed its connection meanwhile."""
         try:
-            return bool(conn.sock.recv(1, socket.MSG_PEEK) == b"")
+            return bool(conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"")
         except BlockingIOError:
             return False
         except OSError:
@@ -412,7 +433,6 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
             self._close_lingering(conn)
             return
         conn.started = now
-        conn.sock.setblocking(False)
         leftover = conn.parser.unreader.take_buffered()
         if leftover:  # the client sent its next request already (pipelining)
             self._wait(conn, self._heads, now + HEAD_TIMEOUT)
@@ -449,6 +469,14 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         cpu = time.thread_time()
         for _ in range(min(REFUSAL_BATCH, len(self._refusals))):
             conn, status, error, errmsg, retry_after = self._refusals.popleft()
+            # After a 503 the client may ask again on the same connection: a new
+            # connection for every retry would cost an accept and a close more.
+            reuse = (
+                status is HTTPStatus.SERVICE_UNAVAILABLE
+                and conn.head_only
+                and self.alive
+                and reusable(conn.head)
+            )
             method, target = request_line(conn.head)
             refusals.refuse(
                 conn.sock,
@@ -461,11 +489,11 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
                 client=conn.peer,
                 started=conn.started,
                 retry_after=retry_after,
+                close=not reuse,
             )
-            if conn.head_only and status is HTTPStatus.SERVICE_UNAVAILABLE:
-                # Nothing more was sent (a client waits for its answer before it
-                # sends again): no input to drop, so close at once (a FIN).
-                self._close(conn)
+            if reuse:
+                conn.started = now
+                self._wait(conn, self._idle, now + self.cfg.keepalive)
             else:
                 self._close_lingering(conn)
         self._pacer.spend(time.thread_time() - cpu)
