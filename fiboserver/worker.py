@@ -31,6 +31,7 @@ around them changes. docs/worker.md has the measurements.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import queue
@@ -259,7 +260,8 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         conn.sock.close()
 
     def _close_lingering(self, conn: Conn) -> None:
-        """Close after the client has read our answer: shut our side, drop its input."""
+        """Close after the client has read our answer: shut our side (again, for
+        answers a thread wrote), then read and drop its input until it closes."""
         self._unwait(conn)
         try:
             conn.sock.shutdown(socket.SHUT_WR)
@@ -414,7 +416,13 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._serving.conn = conn
         started = time.monotonic()
         try:
-            return super().handle(conn)
+            keep_alive = super().handle(conn)
+            if not keep_alive:
+                # Our side is done: the client sees the end of the answer now, not
+                # when the loop gets round to closing.
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_WR)
+            return keep_alive
         finally:
             conn.service = time.monotonic() - started
 

@@ -12,6 +12,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -77,3 +78,47 @@ def one_request(
     finally:
         conn.close()
     return True
+
+
+def exchange(port: int, data: bytes, timeout: float = 15.0) -> tuple[bytes, float]:
+    """Send `data` on a fresh connection, half-close, read until the server closes:
+    (everything it sent, seconds from connect to its close)."""
+    started = time.perf_counter()
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks), time.perf_counter() - started
+
+
+def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers with lower-case names, body) of one raw HTTP/1.1 response."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *fields = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for field_line in fields:
+        name, _, value = field_line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+def probe(port: int, path: str, timeout: float = 15.0) -> tuple[int, float]:
+    """GET `path` on a fresh connection and read the answer by its length, as the
+    kubelet does (Connection: close, no wait for the server's FIN): (status, seconds)."""
+    started = time.perf_counter()
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, time.perf_counter() - started
+    finally:
+        conn.close()
+
+
+def p99(samples: list[float]) -> float:
+    """Nearest-rank 99th percentile (the largest of up to 100 samples)."""
+    ordered = sorted(samples)
+    return ordered[max(0, -(-99 * len(ordered) // 100) - 1)]
