@@ -132,6 +132,7 @@ class Conn(TConn):  # type: ignore[misc]
         self.head_only = True  # `head` holds nothing after the head itself
         self.deadline = 0.0  # when the loop gives up waiting (heads, idle, closing)
         self.waiting: OrderedDict[Conn, None] | None = None  # the set it waits in
+        self.registered = False  # with the loop's poller
         # When the server began waiting for its current request (time.monotonic()):
         # the durations of refusals are counted from here.
         self.started = time.monotonic()
@@ -245,17 +246,28 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         conn.deadline = deadline
         conn.waiting = waiting
         waiting[conn] = None
-        self.poller.register(conn.sock, selectors.EVENT_READ, conn)
+        if not conn.registered:
+            self.poller.register(conn.sock, selectors.EVENT_READ, conn)
+            conn.registered = True
 
     def _unwait(self, conn: Conn) -> None:
+        """Take `conn` out of its waiting set. It stays registered with the poller:
+        a connection answered by the loop itself waits again at once, and each
+        registration is a system call (a chance for another thread to take the GIL)."""
         waiting = conn.waiting
         if waiting is not None:
             del waiting[conn]
             conn.waiting = None
+
+    def _release(self, conn: Conn) -> None:
+        """Stop watching `conn`'s socket (a thread takes it over, or it is closed)."""
+        self._unwait(conn)
+        if conn.registered:
             self.poller.unregister(conn.sock)
+            conn.registered = False
 
     def _close(self, conn: Conn) -> None:
-        self._unwait(conn)
+        self._release(conn)
         self.nr_conns -= 1
         conn.sock.close()
 
@@ -324,6 +336,11 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     # -- reading heads ---------------------------------------------------------------
     def _on_readable(self, conn: Conn) -> None:
+        if conn.waiting is None and conn.registered:
+            # Waiting for its refusal: the client sent more or left. Either shows
+            # once the refusal is written and the connection waits again.
+            self._release(conn)
+            return
         try:
             data = conn.sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -372,10 +389,13 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         verdict = self._admission.offer(conn, now)
         if verdict is Verdict.START:
             self._submit(self.tpool, conn)
-        elif verdict is Verdict.SHED:
+        elif verdict is Verdict.QUEUED:
+            self._release(conn)
+        else:
             self._refuse_overloaded(conn)
 
     def _submit(self, pool: futures.ThreadPoolExecutor, conn: Conn) -> None:
+        self._release(conn)
         if conn.parser is None:
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
         conn.parser.unreader.unread(conn.head)
