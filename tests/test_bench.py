@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import require_tool
+from serverproc import wait_until
 
 from bench.servers import (
     CEILING,
@@ -56,11 +57,13 @@ def test_service_logs_its_requests_as_deployed(servers: dict[str, Server]) -> No
     status, headers, _ = service.get("/prod/fibo?n=30")
     assert status == 200
     rid = headers["X-Request-ID"]
-    assert service.log_path is not None
-    text = service.log_path.read_text()
+    log_path = service.log_path
+    assert log_path is not None
     # PROD logging is on in the benchmarked service: both access records are there.
-    assert f'"msg": "start", "request_id": "{rid}"' in text
-    assert f'"msg": "end", "request_id": "{rid}"' in text
+    # `end` is written once the answer is sent, so it may come after the client has it.
+    end = f'"msg": "end", "request_id": "{rid}"'
+    wait_until(lambda: end in log_path.read_text(), 10, "the end record")
+    assert f'"msg": "start", "request_id": "{rid}"' in log_path.read_text()
 
 
 @pytest.mark.parametrize("cached", [True, False])
