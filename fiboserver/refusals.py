@@ -15,13 +15,19 @@ import functools
 import json
 import socket
 import time
+from collections import deque
 from http import HTTPStatus
 
 from gunicorn.http import errors as http_errors
 
 from fiboserver import access
+from fiboserver.admission import Pacer
+from fiboserver.connections import Conn, Connections
 from fiboserver.echo import bounded
+from fiboserver.heads import incoming_request_id, request_line, reusable
 
+# Refusals written between two looks at the pacer.
+REFUSAL_BATCH = 32
 # What a request refused for overload is told (SPEC section 12).
 OVERLOADED = "overloaded"
 RETRY_AFTER_OVERLOADED = 1
@@ -133,3 +139,67 @@ def refuse(
         client=client,
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
     )
+
+
+class PendingRefusals:
+    """Refusals the event loop has decided on, written within its CPU budget.
+
+    Each costs the loop tens of microseconds (the answer, the record, a system
+    call); `pacer` (fiboserver.admission.Pacer) bounds their share of its CPU.
+    Until then the connection waits, its request read and nothing else done.
+    """
+
+    def __init__(self, conns: Connections, pacer: Pacer) -> None:
+        self.conns = conns
+        self.pacer = pacer
+        self._queue: deque[tuple[Conn, HTTPStatus, str, str, int | None]] = deque()
+
+    def add(
+        self,
+        conn: Conn,
+        status: HTTPStatus,
+        error: str,
+        errmsg: str,
+        retry_after: int | None = None,
+    ) -> None:
+        self._queue.append((conn, status, error, errmsg, retry_after))
+
+    def wait(self, now: float) -> float:
+        """Seconds until the next write may happen (inf when none waits)."""
+        return self.pacer.wait(now) if self._queue else float("inf")
+
+    def write(self, now: float, keepalive: float | None) -> None:
+        """Write what the budget allows. A client refused for overload keeps its
+        connection for `keepalive` seconds (None: every connection is closed):
+        a new connection for each retry would cost an accept and a close more."""
+        if not self._queue or not self.pacer.ready(now):
+            return
+        cpu = time.thread_time()
+        for _ in range(min(REFUSAL_BATCH, len(self._queue))):
+            conn, status, error, errmsg, retry_after = self._queue.popleft()
+            reuse = (
+                keepalive is not None
+                and status is HTTPStatus.SERVICE_UNAVAILABLE
+                and conn.head_only
+                and reusable(conn.head)
+            )
+            method, target = request_line(conn.head)
+            refuse(
+                conn.sock,
+                status,
+                error,
+                errmsg=errmsg,
+                incoming_id=incoming_request_id(conn.head),
+                method=method,
+                target=target,
+                client=conn.peer,
+                started=conn.started,
+                retry_after=retry_after,
+                close=not reuse,
+            )
+            if reuse and keepalive is not None:
+                conn.started = now
+                self.conns.wait(conn, self.conns.idle, now + keepalive)
+            else:
+                self.conns.close_lingering(conn)
+        self.pacer.spend(time.thread_time() - cpu)

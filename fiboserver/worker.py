@@ -35,14 +35,12 @@ import contextlib
 import errno
 import logging
 import queue
-import resource
 import selectors
 import signal
 import socket
 import sys
 import threading
 import time
-from collections import OrderedDict, deque
 from concurrent import futures
 from functools import partial
 from http import HTTPStatus
@@ -50,11 +48,12 @@ from types import FrameType
 from typing import Any
 
 from gunicorn import http
-from gunicorn.workers.gthread import TConn, ThreadWorker
+from gunicorn.workers.gthread import ThreadWorker
 
 from fiboserver import refusals
 from fiboserver.admission import Admission, Pacer, Verdict
 from fiboserver.app import probe_paths
+from fiboserver.connections import Conn, Connections, raise_open_files_limit
 from fiboserver.echo import quoted
 from fiboserver.heads import (
     HEAD_TIMEOUT,
@@ -63,9 +62,9 @@ from fiboserver.heads import (
     incoming_request_id,
     probe_prefixes,
     request_line,
-    reusable,
 )
 from fiboserver.lifecycle import begin_draining
+from fiboserver.refusals import PendingRefusals
 
 # After SIGTERM: how long the listener is still accepted from (handshakes that
 # began before the master's SYN filter complete within a round trip, well under
@@ -73,14 +72,12 @@ from fiboserver.lifecycle import begin_draining
 # complete connections are still waited for (gthread's STOP_KEEPALIVE_LINGER).
 DRAIN_LINGER = 0.2
 STOP_LINGER = 2.0
-# How long a closed connection's unread input is still read and dropped, so the
-# kernel does not answer it with a reset that can destroy our last answer.
-CLOSE_LINGER = 2.0
 # Probe requests waiting for the probe thread beyond which a probe path is
 # admitted like any other request: a flood of probes gets no priority.
 PROBE_LANE_MAX = 16
 ACCEPT_BATCH = 64  # connections accepted per wake-up, so reading keeps up
-REFUSAL_BATCH = 32  # refusals written between two looks at the pacer
+# Out of file descriptors with none to free: how long accepting pauses.
+ACCEPT_PAUSE = 0.1
 RECV_BYTES = 8192  # gunicorn's own read size
 # How long a thread holding the GIL keeps it while another wants it (CPython's
 # default is 5 ms). Every system call of the loop lets a computing thread take
@@ -94,52 +91,6 @@ NOTIFY_INTERVAL = 1.0
 log = logging.getLogger("fiboserver.worker")
 
 
-def raise_open_files_limit() -> int:
-    """Raise RLIMIT_NOFILE's soft limit to the hard limit; return the new soft limit.
-
-    Every idle connection costs a descriptor now, and running out of them means
-    accept() fails while probes wait in the listen queue.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-class Conn(TConn):  # type: ignore[misc]
-    """A client connection and what the loop knows about it.
-
-    Its socket stays in blocking mode, as the pool threads want it; the loop
-    passes MSG_DONTWAIT instead. TConn's constructor is not called because it
-    makes the socket non-blocking (a system call here and one in the thread for
-    every request); it only sets the attributes below.
-    """
-
-    def __init__(self, cfg: Any, sock: socket.socket, client: Any, server: Any) -> None:
-        self.cfg = cfg
-        self.sock = sock
-        self.client = client
-        self.server = server
-        self.timeout: float | None = None
-        self.parser: Any = None
-        self.initialized = False
-        self.is_http2 = False
-        # gthread's handle() waits for data unless told it is there: it always is.
-        self.data_ready = True
-        self.peer = f"{client[0]}:{client[1]}" if isinstance(client, tuple) else str(client)
-        self.buf = b""  # a head read so far, not complete yet
-        self.head = b""  # the complete head being served (and what followed it)
-        self.head_only = True  # `head` holds nothing after the head itself
-        self.deadline = 0.0  # when the loop gives up waiting (heads, idle, closing)
-        self.waiting: OrderedDict[Conn, None] | None = None  # the set it waits in
-        self.registered = False  # with the loop's poller
-        # When the server began waiting for its current request (time.monotonic()):
-        # the durations of refusals are counted from here.
-        self.started = time.monotonic()
-        self.service = 0.0  # seconds a thread spent on its last request
-        self.probe = False  # served in the probe lane
-
-
 class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
     """gthread with threads for requests only; see the module docstring."""
 
@@ -151,22 +102,16 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def init_process(self) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL)
+        # Every idle connection costs a descriptor now, and running out of them
+        # means accept() fails while probes wait in the listen queue.
         raise_open_files_limit()
         self._probe_pool = futures.ThreadPoolExecutor(1, thread_name_prefix="probe")
         self._serving = threading.local()  # the Conn a pool thread is serving
         self._admission: Admission[Conn] = Admission(self.cfg.threads)
-        self._pacer = Pacer(time.monotonic())
-        # Connections waiting, each set in deadline order: for a head (new
-        # connections, or a kept-alive one once bytes came), idle between
-        # requests, and closing (input read and dropped until the client closes).
-        self._heads: OrderedDict[Conn, None] = OrderedDict()
-        self._idle: OrderedDict[Conn, None] = OrderedDict()
-        self._closing: OrderedDict[Conn, None] = OrderedDict()
-        self._refusals: deque[tuple[Conn, HTTPStatus, str, str, int | None]] = deque()
         self._probes_pending = 0
-        self._stop_at = 0.0  # time.monotonic() of SIGTERM, once the loop has seen it
         self._names: dict[Any, Any] = {}
-        super().init_process()
+        self._accept_paused_until = 0.0
+        super().init_process()  # creates the poller, then runs run()
 
     # -- signals ---------------------------------------------------------------
     def init_signals(self) -> None:
@@ -197,6 +142,8 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     # -- the loop ----------------------------------------------------------------
     def run(self) -> None:
+        self.conns = Connections(self.poller)
+        self._refusals = PendingRefusals(self.conns, Pacer(time.monotonic()))
         self._probe_heads = probe_prefixes(probe_paths(self.wsgi))
         self._max_line = self.cfg.limit_request_line
         self.poller.register(
@@ -214,7 +161,9 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
                 break
             now = time.monotonic()
             self._expire(now)
-            self._write_refusals(now)
+            self._refusals.write(now, self.cfg.keepalive)
+            if not self._accepting and now >= self._accept_paused_until:
+                self.set_accept_enabled(True)
         self._drain()
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
@@ -231,128 +180,75 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def _timeout(self, now: float) -> float:
         """Seconds until the loop has something to do without an event."""
-        timeout = 1.0
-        for waiting in (self._heads, self._idle, self._closing):
-            if waiting:
-                timeout = min(timeout, next(iter(waiting)).deadline - now)
-        if self._refusals:
-            timeout = min(timeout, self._pacer.wait(now))
+        timeout = min(1.0, self.conns.next_deadline() - now)
+        timeout = min(timeout, self._refusals.wait(now))
+        if not self._accepting and self.alive:
+            timeout = min(timeout, self._accept_paused_until - now)
         return max(timeout, 0.0)
 
-    def _wait(self, conn: Conn, waiting: OrderedDict[Conn, None], deadline: float) -> None:
-        """Let `conn` wait in `waiting` (registered for reading) until `deadline`."""
-        if self._stop_at:
-            deadline = min(deadline, self._stop_at + STOP_LINGER)
-        conn.deadline = deadline
-        conn.waiting = waiting
-        waiting[conn] = None
-        if not conn.registered:
-            self.poller.register(conn.sock, selectors.EVENT_READ, conn)
-            conn.registered = True
-
-    def _unwait(self, conn: Conn) -> None:
-        """Take `conn` out of its waiting set. It stays registered with the poller:
-        a connection answered by the loop itself waits again at once, and each
-        registration is a system call (a chance for another thread to take the GIL)."""
-        waiting = conn.waiting
-        if waiting is not None:
-            del waiting[conn]
-            conn.waiting = None
-
-    def _release(self, conn: Conn) -> None:
-        """Stop watching `conn`'s socket (a thread takes it over, or it is closed)."""
-        self._unwait(conn)
-        if conn.registered:
-            self.poller.unregister(conn.sock)
-            conn.registered = False
-
-    def _close(self, conn: Conn) -> None:
-        self._release(conn)
-        self.nr_conns -= 1
-        conn.sock.close()
-
-    def _close_lingering(self, conn: Conn) -> None:
-        """Close after the client has read our answer: shut our side (again, for
-        answers a thread wrote), then read and drop its input until it closes."""
-        self._unwait(conn)
-        try:
-            conn.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self._close(conn)
-            return
-        self._wait(conn, self._closing, time.monotonic() + CLOSE_LINGER)
-
     def _expire(self, now: float) -> None:
-        for waiting in (self._heads, self._idle, self._closing):
-            while waiting:
-                conn = next(iter(waiting))
-                if conn.deadline > now:
-                    break
-                if waiting is self._heads and conn.buf:
-                    self._unwait(conn)
-                    conn.head = conn.buf
-                    self._refuse(
-                        conn, HTTPStatus.REQUEST_TIMEOUT, "request head timeout", "head timeout"
-                    )
-                else:
-                    self._close(conn)
+        for conn in self.conns.expired(now):
+            if conn.buf:  # part of a head: say why it is closed
+                conn.head = conn.buf
+                self._refusals.add(
+                    conn, HTTPStatus.REQUEST_TIMEOUT, "request head timeout", "head timeout"
+                )
+            else:
+                self.conns.close(conn)
 
     # -- accepting -----------------------------------------------------------------
-    def accept(self, listener: Any) -> None:
-        """Accept what is queued (up to ACCEPT_BATCH); each connection waits for its head."""
+    def accept(self, listener: Any) -> int:
+        """Accept what is queued, up to ACCEPT_BATCH; each connection waits for its
+        head. Returns how many were accepted."""
         name = self._names.get(listener)
         if name is None:
             name = self._names[listener] = listener.getsockname()
         deadline = time.monotonic() + HEAD_TIMEOUT
-        for _ in range(ACCEPT_BATCH):
+        accepted = 0
+        while accepted < ACCEPT_BATCH:
             try:
                 sock, addr = listener.accept()
             except BlockingIOError:
-                return
+                break
             except OSError as exc:
                 if exc.errno == errno.ECONNABORTED:
                     continue
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    if self._evict_idle():
-                        continue
-                    return
-                raise
-            self.nr_conns += 1
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                if not self.conns.evict_idle():
+                    # Nothing to free: pause rather than spin on a readable listener.
+                    self.set_accept_enabled(False)
+                    self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+                    break
+                continue
+            accepted += 1
             conn = Conn(self.cfg, sock, addr, name)
             conn.deadline = deadline
+            self.conns.accepted(conn)
             # Most clients send their request right after connecting: read it
             # now rather than after a round through the poller.
             self._on_readable(conn)
-
-    def _evict_idle(self) -> bool:
-        """Out of descriptors: close the longest-idle connection that has sent
-        nothing (kept-alive first); False if there is none."""
-        for waiting in (self._idle, self._heads):
-            for conn in waiting:
-                if not conn.buf:
-                    self._close(conn)
-                    return True
-        return False
+        return accepted
 
     # -- reading heads ---------------------------------------------------------------
     def _on_readable(self, conn: Conn) -> None:
         if conn.waiting is None and conn.registered:
             # Waiting for its refusal: the client sent more or left. Either shows
             # once the refusal is written and the connection waits again.
-            self._release(conn)
+            self.conns.release(conn)
             return
         try:
             data = conn.sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
         except BlockingIOError:
             if conn.waiting is None:  # just accepted, nothing sent yet
-                self._wait(conn, self._heads, conn.deadline)
+                self.conns.wait(conn, self.conns.heads, conn.deadline)
             return
         except OSError:
             data = b""
         if not data:
-            self._close(conn)  # the client closed (or reset) its side
+            self.conns.close(conn)  # the client closed (or reset) its side
             return
-        if conn.waiting is self._closing:
+        if conn.waiting is self.conns.closing:
             return  # input after our last answer: dropped
         self._feed(conn, conn.buf + data if conn.buf else data)
 
@@ -362,19 +258,20 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         try:
             complete = head_length(data, self._max_line)
         except HeadError as exc:
-            self._unwait(conn)
+            self.conns.unwait(conn)
             conn.head, conn.buf, conn.head_only = data, b"", False
-            self._refuse(conn, exc.status, exc.error, exc.error)
+            self._refusals.add(conn, exc.status, exc.error, exc.error)
             return
         if not complete:
             conn.buf = data
+            heads = self.conns.heads
             if conn.waiting is None:  # just accepted: its head timeout runs from then
-                self._wait(conn, self._heads, conn.deadline)
-            elif conn.waiting is not self._heads:  # the first bytes of a next request
-                self._unwait(conn)
-                self._wait(conn, self._heads, time.monotonic() + HEAD_TIMEOUT)
+                self.conns.wait(conn, heads, conn.deadline)
+            elif conn.waiting is not heads:  # the first bytes of a next request
+                self.conns.unwait(conn)
+                self.conns.wait(conn, heads, time.monotonic() + HEAD_TIMEOUT)
             return
-        self._unwait(conn)
+        self.conns.unwait(conn)
         conn.head, conn.buf, conn.head_only = data, b"", complete == len(data)
         self._dispatch(conn, time.monotonic())
 
@@ -390,12 +287,12 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         if verdict is Verdict.START:
             self._submit(self.tpool, conn)
         elif verdict is Verdict.QUEUED:
-            self._release(conn)
+            self.conns.release(conn)
         else:
             self._refuse_overloaded(conn)
 
     def _submit(self, pool: futures.ThreadPoolExecutor, conn: Conn) -> None:
-        self._release(conn)
+        self.conns.release(conn)
         if conn.parser is None:
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
         conn.parser.unreader.unread(conn.head)
@@ -415,7 +312,7 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
                 return
             if self._client_left(conn):
                 self._admission.cancel()
-                self._close(conn)
+                self.conns.close(conn)
                 continue
             self._submit(self.tpool, conn)
 
@@ -458,73 +355,26 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         except Exception:
             keep_alive = False
         if not keep_alive:
-            self._close_lingering(conn)
+            self.conns.close_lingering(conn)
             return
         conn.started = now
         leftover = conn.parser.unreader.take_buffered()
         if leftover:  # the client sent its next request already (pipelining)
-            self._wait(conn, self._heads, now + HEAD_TIMEOUT)
+            self.conns.wait(conn, self.conns.heads, now + HEAD_TIMEOUT)
             self._feed(conn, leftover)
         else:
-            self._wait(conn, self._idle, now + self.cfg.keepalive)
+            self.conns.wait(conn, self.conns.idle, now + self.cfg.keepalive)
 
     # -- refusals -------------------------------------------------------------------------
     def _refuse_overloaded(self, conn: Conn) -> None:
         errmsg = f"overloaded: {self._admission.waiting} requests waiting"
-        self._refuse(
+        self._refusals.add(
             conn,
             HTTPStatus.SERVICE_UNAVAILABLE,
             refusals.OVERLOADED,
             errmsg,
             refusals.RETRY_AFTER_OVERLOADED,
         )
-
-    def _refuse(
-        self,
-        conn: Conn,
-        status: HTTPStatus,
-        error: str,
-        errmsg: str,
-        retry_after: int | None = None,
-    ) -> None:
-        """Answer `conn` with `status` and close it, when the pacer allows."""
-        self._refusals.append((conn, status, error, errmsg, retry_after))
-
-    def _write_refusals(self, now: float) -> None:
-        """Write waiting refusals within the pacer's budget of loop CPU."""
-        if not self._refusals or not self._pacer.ready(now):
-            return
-        cpu = time.thread_time()
-        for _ in range(min(REFUSAL_BATCH, len(self._refusals))):
-            conn, status, error, errmsg, retry_after = self._refusals.popleft()
-            # After a 503 the client may ask again on the same connection: a new
-            # connection for every retry would cost an accept and a close more.
-            reuse = (
-                status is HTTPStatus.SERVICE_UNAVAILABLE
-                and conn.head_only
-                and self.alive
-                and reusable(conn.head)
-            )
-            method, target = request_line(conn.head)
-            refusals.refuse(
-                conn.sock,
-                status,
-                error,
-                errmsg=errmsg,
-                incoming_id=incoming_request_id(conn.head),
-                method=method,
-                target=target,
-                client=conn.peer,
-                started=conn.started,
-                retry_after=retry_after,
-                close=not reuse,
-            )
-            if reuse:
-                conn.started = now
-                self._wait(conn, self._idle, now + self.cfg.keepalive)
-            else:
-                self._close_lingering(conn)
-        self._pacer.spend(time.thread_time() - cpu)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         """gunicorn's answer to a request it could not read or serve, as JSON."""
@@ -553,16 +403,17 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
     def _drain(self) -> None:
         """After SIGTERM (or max_requests): serve what the kernel queued, then what
         is in flight, within graceful_timeout."""
-        now = self._stop_at = time.monotonic()
-        log.info("worker stopping", extra={"pid": self.pid, "connections": self.nr_conns})
-        for waiting in (self._heads, self._idle):
-            for conn in waiting:
-                conn.deadline = min(conn.deadline, now + STOP_LINGER)
+        now = time.monotonic()
+        log.info("worker stopping", extra={"pid": self.pid, "connections": self.conns.open})
+        self.conns.stop_by(now + STOP_LINGER)
+        if not self._accepting:
+            self.set_accept_enabled(True)
         for listener in self.sockets:
-            self.accept_queued(listener)
+            while self.accept(listener) == ACCEPT_BATCH:
+                pass  # until the listen queue is empty
         accept_until = now + DRAIN_LINGER
         graceful_until = now + self.cfg.graceful_timeout
-        while now < graceful_until and (self._accepting or self.nr_conns > 0):
+        while now < graceful_until and (self._accepting or self.conns.open > 0):
             self.notify()
             if self._accepting and now >= accept_until:
                 self.set_accept_enabled(False)
@@ -573,24 +424,15 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
             self.wait_for_and_dispatch_events(timeout)
             now = time.monotonic()
             self._expire(now)
-            self._write_refusals(now)
+            self._refusals.write(now, None)
         self.set_accept_enabled(False)
-        for waiting in (self._heads, self._idle, self._closing):
-            while waiting:
-                self._close(next(iter(waiting)))
+        self.conns.close_all()
         self.tpool.shutdown(wait=False)
         self._probe_pool.shutdown(wait=False)
         self.poller.close()
         self.method_queue.close()
         for listener in self.sockets:
             listener.close()
-
-    def accept_queued(self, listener: Any) -> None:
-        """Accept until the listen queue is empty."""
-        before = -1
-        while before != self.nr_conns:
-            before = self.nr_conns
-            self.accept(listener)
 
     def handle_quit(self, sig: int, frame: FrameType | None) -> None:
         self._probe_pool.shutdown(wait=False)
