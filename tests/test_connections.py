@@ -102,3 +102,17 @@ def test_open_files_limit_is_raised_to_the_hard_limit() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_conn_sets_every_attribute_gthread_gives_a_connection(conns: Connections) -> None:
+    """Conn does not call TConn's constructor (it would make the socket non-blocking):
+    a gunicorn that adds an attribute there must not go unnoticed."""
+    from gunicorn.workers.gthread import TConn
+
+    server, client = socket.socketpair()
+    with server, client:
+        theirs = set(vars(TConn(None, server, ("127.0.0.1", 1), ("127.0.0.1", 2))))
+    conn, other = _conn(conns)
+    with other:
+        assert theirs <= set(vars(conn)), theirs - set(vars(conn))
+        conns.close(conn)
