@@ -135,13 +135,16 @@ def pending_signals(pid: int) -> set[int]:
     return {sig for sig in range(1, 65) if mask & (1 << (sig - 1))}
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll `condition` until it is true; fail naming `what` after `timeout` s."""
+def wait_until(
+    condition: Callable[[], object], timeout: float, what: str, interval: float = 0.01
+) -> None:
+    """Poll `condition` every `interval` s until it is true; fail naming `what`
+    after `timeout` s."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.01)
+        time.sleep(interval)
 
 
 class ServerProcess:

@@ -37,7 +37,9 @@ from fiboserver.heads import HEAD_TIMEOUT
 
 IDLE = 200
 SLOWLORIS = 50
-PROBES = 20
+# The issue asks for p99 over at least 20 probes; over 20 the p99 is the largest,
+# which one scheduling hiccup of a shared 2-core machine decides.
+PROBES = 100
 
 
 @pytest.fixture(scope="module")

@@ -28,14 +28,16 @@ from bench.servers import Server
 from bench.wrk import Load, WrkSettings, random_load, run_wrk
 
 FLOOD = 2000
-PROBES = 20  # of each path
+# Of each path. The issue asks for p99 over at least 20; over 20 the p99 is the
+# largest, which one scheduling hiccup of a shared 2-core machine decides.
+PROBES = 100
 LOWEST_N = 90_000
 # One wrk thread drives far more than this server answers; the flood's second
 # thread spreads 2,000 connections' bookkeeping.
 PEAK = WrkSettings(threads=1, connections=16, duration_s=5, warmup_s=3, rounds=1, timeout_s=10)
 # wrk's own timeout (10 s) counts as a socket error: no request may wait that long.
 FLOOD_WRK = WrkSettings(
-    threads=2, connections=FLOOD, duration_s=14, warmup_s=0, rounds=1, timeout_s=10
+    threads=2, connections=FLOOD, duration_s=24, warmup_s=0, rounds=1, timeout_s=10
 )
 
 
@@ -104,16 +106,21 @@ def test_a_flood_is_shed_while_probes_answer_and_work_goes_on(
         )
         flooding.start()
         try:
-            # Overloaded once the worker refuses: the log says so.
-            wait_until(lambda: '"status": 503' in log_path.read_text(), 15, "the first 503")
+            # Under way once every connection could have had a 503: the log says so.
+            wait_until(
+                lambda: log_path.read_text().count('"status": 503') >= FLOOD,
+                15,
+                f"{FLOOD} refusals",
+                interval=0.1,
+            )
             latencies: dict[str, list[float]] = {"healthz": [], "readyz": []}
-            spacing = (FLOOD_WRK.duration_s - 6) / (2 * PROBES)
             for i in range(2 * PROBES):
                 path = "healthz" if i % 2 == 0 else "readyz"
                 status, seconds = probe(server.port, f"/prod/{path}")
                 assert status == 200, path
                 latencies[path].append(seconds)
-                time.sleep(spacing)
+                time.sleep(0.01)
+            assert flooding.is_alive(), "the flood ended before the probes"
             # A client's own view of a refusal while the flood goes on.
             direct = [fibo_answer(server.port, LOWEST_N + i) for i in range(5)]
         finally:
