@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clients import exchange, parse_response
 from serverproc import ServerProcess
 
 # FLB_ML_CRI_REGEX from fluent/fluent-bit src/multiline/flb_ml_parser_cri.c (the
@@ -227,6 +228,10 @@ def drive(srv: ServerProcess, prefix: str) -> set[int]:
     for method, path, headers in requests:
         status, _, _ = srv.get(path, headers=headers, method=method)
         statuses.add(status)
+    # What the HTTP layer refuses before the app: one `request refused` record each.
+    for raw in (b"GARBAGE\r\n\r\n", b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n"):
+        answer, _ = exchange(srv.port, raw)
+        statuses.add(parse_response(answer)[0])
     return statuses
 
 
@@ -254,7 +259,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str
     for env in ("DEV", "PROD"):
         lines, statuses = run_service(tmp_path_factory.mktemp(env.lower()), env)
         # The runs really covered successes and client errors.
-        assert {200, 400, 404, 405} <= statuses, statuses
+        assert {200, 400, 404, 405, 414} <= statuses, statuses
         runs[env] = lines
     runs["unknown key"] = run_bad_config(
         tmp_path_factory.mktemp("bad1"), {"env": "DEV", "maxseq": 10, "bogus": 1}
@@ -385,5 +390,11 @@ def test_records_the_queries_look_for(merged: list[dict[str, Any]]) -> None:
     # The errors-and-warnings search: invalid n is logged as a WARNING with errmsg.
     failed = [r for r in merged if r["msg"] == "fibo calculate failed"]
     assert failed and all(r["level"] == "WARNING" and r["errmsg"] for r in failed)
+    # The HTTP layer's refusals are WARNINGs with the types of `end`'s keys.
+    refused = [r for r in merged if r["msg"] == "request refused"]
+    assert {r["status"] for r in refused} >= {400, 414}
+    for r in refused:
+        assert r["level"] == "WARNING" and isinstance(r["duration_ms"], float)
+        assert isinstance(r["errmsg"], str) and isinstance(r["request_id"], str)
     # A configuration error is one ERROR/CRITICAL record (both runs that refused).
     assert sum(r["level"] in {"ERROR", "CRITICAL"} for r in merged) >= 2
