@@ -91,3 +91,12 @@ def test_incoming_request_id_in_any_case() -> None:
     assert incoming_request_id(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") is None
     # Only a header field, never the request line.
     assert incoming_request_id(b"GET /x-request-id: HTTP/1.1\r\n\r\n") is None
+
+
+def test_the_app_names_its_probe_paths() -> None:
+    from fiboserver.app import create_app, probe_paths
+    from fiboserver.config import Config
+
+    app = create_app(Config(env="PROD", maxseq=10))
+    assert probe_paths(app) == {"/prod/healthz", "/prod/readyz"}
+    assert probe_paths(object()) == frozenset()  # any other WSGI app: no probe lane
