@@ -73,6 +73,15 @@ class Conn(TConn):  # type: ignore[misc]
         self.service = 0.0  # seconds a pool thread spent on its last request
         self.probe = False  # served in the probe lane
 
+    def client_left(self) -> bool:
+        """Whether the client has closed its side (for a request that waited)."""
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"")
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
 
 class Connections:
     """The loop's connections: the three waiting sets and the poller registrations."""

@@ -23,7 +23,7 @@ from gunicorn.http import errors as http_errors
 from fiboserver import access
 from fiboserver.admission import Pacer
 from fiboserver.connections import Conn, Connections
-from fiboserver.echo import bounded
+from fiboserver.echo import bounded, quoted
 from fiboserver.heads import incoming_request_id, request_line, reusable
 
 # Refusals written between two looks at the pacer.
@@ -138,6 +138,25 @@ def refuse(
         path=bounded(target.split("?", 1)[0]),
         client=client,
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
+
+
+def refuse_error(sock: socket.socket, exc: BaseException, conn: Conn | None, peer: str) -> None:
+    """Answer what gunicorn's parser or request handling raised (in the pool
+    thread that serves `conn`): the HTTP layer's status, or 500 for anything else."""
+    status, error = parse_error(exc) or (HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+    head = conn.head if conn is not None else b""
+    method, target = request_line(head)
+    refuse(
+        sock,
+        status,
+        error,
+        errmsg=f"{error}: {quoted(str(exc))}",
+        incoming_id=incoming_request_id(head),
+        method=method,
+        target=target,
+        client=conn.peer if conn is not None else peer,
+        started=conn.started if conn is not None else time.monotonic(),
     )
 
 

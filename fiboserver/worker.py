@@ -17,16 +17,12 @@ replaces what happens before and after it, in the worker's main thread:
 - Other requests go through admission (fiboserver/admission.py): they start when
   a thread is free, wait when one will be within about a second, and are
   otherwise answered `503 overloaded` at once, at a paced rate.
-- The loop always accepts (a full listen queue would drop a probe's SYN); the
-  limit of open files is raised to its hard limit for that.
-- On SIGTERM, connections already in the listen queue are accepted and served
-  (fiboserver/hooks.py makes the kernel drop new SYNs meanwhile), then the
-  worker finishes what is in flight within `graceful_timeout`.
+- The loop always accepts (a full listen queue would drop a probe's SYN).
+- On SIGTERM, what is already in the listen queue is accepted and served (the
+  master makes the kernel drop new SYNs), then what is in flight.
 
-Why a subclass of ThreadWorker rather than of gunicorn's base Worker: the
-request path (`handle`, `handle_request`, `handle_error`), the thread pool and
-the wake-up pipe are gthread's and stay so; only the connection lifecycle
-around them changes. docs/worker.md has the measurements.
+A subclass of gthread's ThreadWorker, not of the base Worker: its request path,
+thread pool and wake-up pipe stay gunicorn's (docs/worker.md says more).
 """
 
 from __future__ import annotations
@@ -54,14 +50,11 @@ from fiboserver import refusals
 from fiboserver.admission import Admission, Pacer, Verdict
 from fiboserver.app import probe_paths
 from fiboserver.connections import Conn, Connections, raise_open_files_limit
-from fiboserver.echo import quoted
 from fiboserver.heads import (
     HEAD_TIMEOUT,
     HeadError,
     head_length,
-    incoming_request_id,
     probe_prefixes,
-    request_line,
 )
 from fiboserver.lifecycle import begin_draining
 from fiboserver.refusals import PendingRefusals
@@ -310,21 +303,11 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
                 self._refuse_overloaded(late)
             if conn is None:
                 return
-            if self._client_left(conn):
+            if conn.client_left():
                 self._admission.cancel()
                 self.conns.close(conn)
                 continue
             self._submit(self.tpool, conn)
-
-    @staticmethod
-    def _client_left(conn: Conn) -> bool:
-        """Whether the client of a queued request has closed its connection meanwhile."""
-        try:
-            return bool(conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"")
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
 
     # -- back from a thread ---------------------------------------------------------------
     def handle(self, conn: Conn) -> Any:
@@ -379,25 +362,9 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         """gunicorn's answer to a request it could not read or serve, as JSON."""
         conn: Conn | None = getattr(self._serving, "conn", None)
-        head = conn.head if conn is not None else b""
-        answer = refusals.parse_error(exc)
-        if answer is None:
+        if refusals.parse_error(exc) is None:
             log.error("error handling request", exc_info=exc)
-            status, error = HTTPStatus.INTERNAL_SERVER_ERROR, "internal error"
-        else:
-            status, error = answer
-        method, target = request_line(head)
-        refusals.refuse(
-            client,
-            status,
-            error,
-            errmsg=f"{error}: {quoted(str(exc))}",
-            incoming_id=incoming_request_id(head),
-            method=method,
-            target=target,
-            client=conn.peer if conn is not None else str(addr),
-            started=conn.started if conn is not None else time.monotonic(),
-        )
+        refusals.refuse_error(client, exc, conn, str(addr))
 
     # -- stopping -----------------------------------------------------------------------------
     def _drain(self) -> None:

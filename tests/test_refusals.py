@@ -126,3 +126,23 @@ def test_parse_n_quotes_at_most_40_characters(raw: str) -> None:
     message = str(refused.value)
     echoed = message.split(", got ", 1)[1].strip("'").removesuffix("...")
     assert raw.startswith(echoed) and len(echoed) <= ECHO_LIMIT, message
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (http_errors.InvalidRequestLine("G" * 5000), 400),
+        (RuntimeError("boom " * 1000), 500),
+    ],
+)
+def test_refuse_error_answers_what_the_thread_raised(
+    fibo_logs: JsonCapture, exc: Exception, status: int
+) -> None:
+    server, client = socket.socketpair()
+    with server, client:
+        refusals.refuse_error(server, exc, None, "127.0.0.1:9")
+        got, headers, body = _split(client.recv(4096))
+    assert got.split()[1] == str(status) and json.loads(body)["error"]
+    (record,) = fibo_logs.find("request refused")
+    assert record["status"] == status and record["request_id"] == headers["X-Request-ID"]
+    assert len(record["errmsg"]) < 100  # the exception's text is quoted, bounded
