@@ -60,10 +60,14 @@ errorlog = "-"
 
 # Master, once the listening sockets are open, before the workers start.
 when_ready = hooks.when_ready
+# Master, just before it forks a worker.
+pre_fork = hooks.pre_fork
 # Worker, after it has loaded the app and before it serves.
 post_worker_init = hooks.post_worker_init
 # Worker, when it got SIGABRT from the master for exceeding `timeout`.
 worker_abort = hooks.worker_abort
+# Worker, on every exit it makes itself (not when killed by a signal).
+worker_exit = hooks.worker_exit
 # Master, after a worker has exited for any reason (even SIGKILL).
 child_exit = hooks.child_exit
 # Master, just before the process exits.

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.metrics_cost import BUDGET_RATIO, METRICS_OFF, METRICS_ON
 from bench.stats import median
 from bench.worker_cost import WORKER_COST_BUDGET
 
@@ -29,6 +30,15 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
         )
         rows.append(
             ("cached p99 <= 2 x ceiling p99", f"{c['p99_ratio']:.2f} x", c["p99_ratio"] <= 2.0)
+        )
+    mc = res.get("metrics")
+    if mc:
+        rows.append(
+            (
+                f"cached throughput, metrics on >= {BUDGET_RATIO} x metrics off",
+                f"{mc['rps_ratio']:.3f} ({mc['cost_us_per_req']:+.1f} us/req)",
+                mc["rps_ratio"] >= BUDGET_RATIO,
+            )
         )
     w = res.get("worker")
     if w:
@@ -180,6 +190,32 @@ def markdown(res: dict[str, Any]) -> str:
             "",
             f"Service `end` log records written: {r['service_end_records']} for "
             f"{r['service_requests']} measured requests (+ warm-up).",
+            "",
+        ]
+    mc = res.get("metrics")
+    if mc:
+        on, off, ceil = mc[METRICS_ON.label], mc[METRICS_OFF.label], mc["ceiling"]
+        lines += [
+            "## Metrics on and off, cached `n=30`",
+            "",
+            "The service with `/metrics` served (PROD config as deployed) and with "
+            "`metrics_port: 0`, the ceiling in the same rounds. Other load on the machine "
+            f"during the runs: at most {mc['other_cores_max']:.2f} cores.",
+            "",
+            "| | req/s | p50 ms | p99 ms | server CPU us/req | errors |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, row in ((METRICS_ON.label, on), (METRICS_OFF.label, off), ("ceiling", ceil)):
+            lines.append(
+                f"| {name} | {row['rps']:.0f} | {fmt_ms(row['p50_ms'])} | "
+                f"{fmt_ms(row['p99_ms'])} | {row['server_cpu_us_per_req']:.0f} | {row['errors']} |"
+            )
+        lines += [
+            "",
+            f"Metrics cost {mc['cost_us_per_req']:.1f} us of server CPU per request; "
+            f"throughput with metrics on is {mc['rps_ratio']:.3f} of metrics off (median of the "
+            f"rounds' ratios; budget >= {BUDGET_RATIO}). Cached ratio to the ceiling: "
+            f"{mc['on_ceiling_ratio']:.2f} with metrics on, {mc['off_ceiling_ratio']:.2f} off.",
             "",
         ]
     b = res.get("big_n")

@@ -4,6 +4,7 @@ Measures, on loopback only and bounded in time:
   * throughput/latency pairs, fiboserver (PROD config as deployed) against a bare
     WSGI app on the same gunicorn settings (bench/ceiling.py), cached n=30 and
     uncached random n, alternating A, B, A, B so machine drift cancels;
+  * the cost of the Prometheus metrics: metrics on against off, cached n=30;
   * compute + serialize F(n) cold against a plain iterative loop;
   * start (process start -> first 200 on /readyz) and stop (SIGTERM -> exit);
   * worker RSS after a walk over many large n against cache_max_bytes.
@@ -29,6 +30,7 @@ from serverproc import REPO_ROOT
 
 from bench.bign import section_big_n
 from bench.memory import section_memory
+from bench.metrics_cost import section_metrics
 from bench.report import render, targets, write_results
 from bench.servers import PROD_CONFIG, Bench
 from bench.startstop import section_start_stop
@@ -102,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rss-overhead-mib", type=int, default=8)
     p.add_argument(
         "--only",
-        default="cached,uncached,worker,big_n,start_stop,memory",
+        default="cached,uncached,metrics,worker,big_n,start_stop,memory",
         help="comma-separated sections to run",
     )
     p.add_argument(
@@ -148,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 res["cached"] = section_throughput(bench, ws, cached=True, seed=args.seed)
             if "uncached" in sections:
                 res["uncached"] = section_throughput(bench, ws, cached=False, seed=args.seed)
+            if "metrics" in sections:
+                res["metrics"] = section_metrics(bench, ws)
             if "big_n" in sections:
                 res["big_n"] = section_big_n(args.big_n_samples)
             if "start_stop" in sections:

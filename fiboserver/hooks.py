@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Any
 
+from fiboserver import servermetrics
 from fiboserver.listener import refuse_new_connections
 from fiboserver.reload import reload_safely
 
@@ -19,6 +20,7 @@ log = logging.getLogger("fiboserver.server")
 # Master, once the listening sockets are open, before the workers start.
 def when_ready(server: Any) -> None:
     logging.captureWarnings(True)
+    servermetrics.server_ready(server)
     addresses = ",".join(str(listener) for listener in server.LISTENERS)
     log.info("server start", extra={"addr": addresses})
     stop_gracefully_on_sigterm(server)
@@ -38,6 +40,7 @@ def stop_gracefully_on_sigterm(server: Any) -> None:
         log.info(
             "graceful stopping server", extra={"graceful_timeout": server.cfg.graceful_timeout}
         )
+        servermetrics.server_draining()
         # New connections are refused here, by the master, and only when the whole
         # server stops: the listening socket is shared by all workers, so a filter
         # set by one worker that exits alone (max_requests, its own SIGTERM) would
@@ -71,8 +74,14 @@ def shares_listeners(server: Any) -> bool:
     return bool(server.master_pid) and server.master_pid == os.getppid()
 
 
+# Master, just before it forks a worker.
+def pre_fork(server: Any, worker: Any) -> None:
+    servermetrics.worker_forking(worker)
+
+
 # Worker, after it has loaded the app and before it serves.
 def post_worker_init(worker: Any) -> None:
+    servermetrics.worker_booted()
     log.info("worker booted", extra={"pid": worker.pid})
 
 
@@ -81,11 +90,18 @@ def worker_abort(worker: Any) -> None:
     log.error("worker aborted on timeout", extra={"pid": worker.pid})
 
 
+# Worker, on every exit it makes itself (not when killed by a signal).
+def worker_exit(server: Any, worker: Any) -> None:
+    servermetrics.worker_exiting(worker)
+
+
 # Master, after a worker has exited for any reason (even SIGKILL).
 def child_exit(server: Any, worker: Any) -> None:
-    log.info("worker exited", extra={"pid": worker.pid})
+    reason = servermetrics.worker_exited(worker)
+    log.info("worker exited", extra={"pid": worker.pid, "reason": reason})
 
 
 # Master, just before the process exits.
 def on_exit(server: Any) -> None:
+    servermetrics.server_exiting()
     log.info("server stopped")

@@ -25,6 +25,7 @@ from fiboserver.admission import Pacer
 from fiboserver.connections import Conn, Connections
 from fiboserver.echo import bounded, quoted
 from fiboserver.heads import incoming_request_id, request_line, reusable
+from fiboserver.metrics import RequestMetrics
 
 # Refusals written between two looks at the pacer.
 REFUSAL_BATCH = 32
@@ -109,12 +110,14 @@ def refuse(
     started: float,
     retry_after: int | None = None,
     close: bool = True,
+    metrics: RequestMetrics | None = None,
 ) -> None:
-    """Write the refusal to `sock` (best effort, never blocking for long) and log it.
+    """Write the refusal to `sock` (best effort, never blocking for long), log it
+    and count it in `metrics`.
 
     `target` is the client's request target; the record keeps at most 40
     characters of it (and of the method), like every echo of client input.
-    `started` is the time.perf_counter() at which the connection or request began.
+    `started` is the time.monotonic() at which the connection or request began.
     """
     request_id = access.choose_request_id(incoming_id)
     data = response(
@@ -137,11 +140,18 @@ def refuse(
         method=bounded(method),
         path=bounded(target.split("?", 1)[0]),
         client=client,
-        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        duration_ms=round((time.monotonic() - started) * 1000, 3),
+        metrics=metrics,
     )
 
 
-def refuse_error(sock: socket.socket, exc: BaseException, conn: Conn | None, peer: str) -> None:
+def refuse_error(
+    sock: socket.socket,
+    exc: BaseException,
+    conn: Conn | None,
+    peer: str,
+    metrics: RequestMetrics | None = None,
+) -> None:
     """Answer what gunicorn's parser or request handling raised (in the pool
     thread that serves `conn`): the HTTP layer's status, or 500 for anything else."""
     status, error = parse_error(exc) or (HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
@@ -157,6 +167,7 @@ def refuse_error(sock: socket.socket, exc: BaseException, conn: Conn | None, pee
         target=target,
         client=conn.peer if conn is not None else peer,
         started=conn.started if conn is not None else time.monotonic(),
+        metrics=metrics,
     )
 
 
@@ -168,9 +179,12 @@ class PendingRefusals:
     Until then the connection waits, its request read and nothing else done.
     """
 
-    def __init__(self, conns: Connections, pacer: Pacer) -> None:
+    def __init__(
+        self, conns: Connections, pacer: Pacer, metrics: RequestMetrics | None = None
+    ) -> None:
         self.conns = conns
         self.pacer = pacer
+        self.metrics = metrics
         self._queue: deque[tuple[Conn, HTTPStatus, str, str, int | None]] = deque()
 
     def add(
@@ -215,6 +229,7 @@ class PendingRefusals:
                 started=conn.started,
                 retry_after=retry_after,
                 close=not reuse,
+                metrics=self.metrics,
             )
             if reuse and keepalive is not None:
                 conn.started = now

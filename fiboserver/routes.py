@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
@@ -13,6 +14,8 @@ from fiboserver.cache import EXTENSION_KEY, FiboCache
 from fiboserver.echo import bounded, quoted
 from fiboserver.fibo import fibonacci_digits
 from fiboserver.lifecycle import is_draining
+from fiboserver.metrics import EXTENSION_KEY as METRICS_KEY
+from fiboserver.metrics import MetricsSource
 
 bp = Blueprint("fibo", __name__)
 log = logging.getLogger("fiboserver.fibo")
@@ -63,7 +66,11 @@ def fibo() -> Response:
     cache: FiboCache | None = current_app.extensions.get(EXTENSION_KEY)
     digits = cache.get(n) if cache is not None else None
     if digits is None:
+        started = time.perf_counter()
         digits = fibonacci_digits(n)
+        metrics: MetricsSource | None = current_app.extensions.get(METRICS_KEY)
+        if metrics is not None:
+            metrics().compute_duration.observe(time.perf_counter() - started)
         if cache is not None:
             cache.put(n, digits)
     # Written by hand: json.dumps would convert through int, which is both slow

@@ -46,7 +46,7 @@ from typing import Any
 from gunicorn import http
 from gunicorn.workers.gthread import ThreadWorker
 
-from fiboserver import refusals
+from fiboserver import access, refusals
 from fiboserver.admission import Admission, Pacer, Verdict
 from fiboserver.app import probe_paths
 from fiboserver.connections import Conn, Connections, raise_open_files_limit
@@ -136,7 +136,8 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
     # -- the loop ----------------------------------------------------------------
     def run(self) -> None:
         self.conns = Connections(self.poller)
-        self._refusals = PendingRefusals(self.conns, Pacer(time.monotonic()))
+        self._metrics = access.request_metrics(self.wsgi)
+        self._refusals = PendingRefusals(self.conns, Pacer(time.monotonic()), self._metrics)
         self._probe_heads = probe_prefixes(probe_paths(self.wsgi))
         self._max_line = self.cfg.limit_request_line
         self.poller.register(
@@ -364,7 +365,7 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         conn: Conn | None = getattr(self._serving, "conn", None)
         if refusals.parse_error(exc) is None:
             log.error("error handling request", exc_info=exc)
-        refusals.refuse_error(client, exc, conn, str(addr))
+        refusals.refuse_error(client, exc, conn, str(addr), self._metrics)
 
     # -- stopping -----------------------------------------------------------------------------
     def _drain(self) -> None:

@@ -21,9 +21,12 @@ Typical use::
     srv.records      # every JSON log record, in arrival order
     srv.bad_lines    # lines that were not one JSON object (should stay empty)
 
-- ``config`` is a mapping (written as YAML to ``tmp_dir``; ``port`` is set to a free
-  loopback port unless the mapping has one), a ``Path`` used as is, or ``None`` to
-  leave ``FIBOSERVER_CONFIG`` unset. ``srv.port`` is the port in use.
+- ``config`` is a mapping (written as YAML to ``tmp_dir``; ``port`` and ``metrics_port``
+  are set to free loopback ports unless the mapping has them), a ``Path`` used as is,
+  or ``None`` to leave ``FIBOSERVER_CONFIG`` unset. ``srv.port`` is the port in use,
+  ``srv.metrics_port`` the one of /metrics (0: off, or unknown for a ``Path``).
+- ``PROMETHEUS_MULTIPROC_DIR`` is ``tmp_dir/<name>.metrics`` (``srv.metrics_dir``)
+  unless ``env`` names one (an empty value: the server makes a private one).
 - ``env`` adds or overrides environment variables (``WEB_CONCURRENCY``, ...). The
   inherited ``WEB_CONCURRENCY``, ``GUNICORN_CMD_ARGS``, ``FIBOSERVER_CONFIG`` and
   ``PYTHONDONTWRITEBYTECODE`` are dropped first so a developer's shell cannot change
@@ -67,16 +70,20 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 HOST = "127.0.0.1"
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 Record = dict[str, Any]
 
 
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_port(avoid: int = 0) -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago (the kernel picks it),
+    other than `avoid`."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port: int = s.getsockname()[1]
+        if port != avoid:
+            return port
 
 
 def is_listening(port: int, timeout: float = 0.5) -> bool:
@@ -163,6 +170,7 @@ class ServerProcess:
         log_path: Path | None = None,
     ) -> None:
         self.port: int = free_port()
+        self.metrics_port: int = 0
         self.config_path: Path | None
         if isinstance(config, Path):
             self.config_path = config
@@ -173,18 +181,25 @@ class ServerProcess:
             if "port" in data and isinstance(data["port"], int) and data["port"] > 0:
                 self.port = int(data["port"])
             data.setdefault("port", self.port)
+            if "metrics_port" not in data:
+                data["metrics_port"] = free_port(avoid=self.port)
+            if isinstance(data["metrics_port"], int) and not isinstance(data["metrics_port"], bool):
+                self.metrics_port = data["metrics_port"]
             self.config_path = tmp_dir / name
             self.config_path.write_text(yaml.safe_dump(data))
+        self.metrics_dir = tmp_dir / f"{Path(name).stem}.metrics"
         self._env = dict(os.environ)
         for var in (
             "WEB_CONCURRENCY",
             "GUNICORN_CMD_ARGS",
             "FIBOSERVER_CONFIG",
             "PYTHONDONTWRITEBYTECODE",
+            METRICS_DIR_ENV,
         ):
             self._env.pop(var, None)
         if self.config_path is not None:
             self._env["FIBOSERVER_CONFIG"] = str(self.config_path)
+        self._env[METRICS_DIR_ENV] = str(self.metrics_dir)
         self._env.update(env or {})
         self._args = [GUNICORN, "-c", "gunicorn.conf.py", *args]
         self.cwd = cwd
@@ -415,8 +430,10 @@ class ServerProcess:
     def url(self, path: str) -> str:
         return f"http://{HOST}:{self.port}{path}"
 
-    def connection(self, timeout: float = 30.0) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+    def connection(
+        self, timeout: float = 30.0, port: int | None = None
+    ) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(HOST, port or self.port, timeout=timeout)
 
     def get(
         self,
@@ -424,12 +441,21 @@ class ServerProcess:
         headers: Mapping[str, str] | None = None,
         method: str = "GET",
         timeout: float = 30.0,
+        port: int | None = None,
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
-        """One request on a fresh connection (Connection: close): (status, headers, body)."""
-        conn = self.connection(timeout)
+        """One request on a fresh connection (Connection: close): (status, headers, body).
+        `port`: another of the server's ports (``metrics_port``) instead of the API's."""
+        conn = self.connection(timeout, port)
         try:
             conn.request(method, path, headers={"Connection": "close", **(headers or {})})
             resp = conn.getresponse()
             return resp.status, resp.headers, resp.read()
         finally:
             conn.close()
+
+    def scrape(self, timeout: float = 10.0) -> str:
+        """The server's `GET /metrics` on ``metrics_port``, Prometheus text format."""
+        assert self.metrics_port, "metrics are off"
+        status, _, body = self.get("/metrics", timeout=timeout, port=self.metrics_port)
+        assert status == 200, (status, body[:200])
+        return body.decode()

@@ -8,12 +8,14 @@ gunicorn masters on loopback ports, as `make bench` does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import require_tool
-from serverproc import wait_until
 
+from bench.metrics_cost import METRICS_OFF, METRICS_ON
 from bench.servers import (
     CEILING,
     FLASK_FLOOR,
@@ -57,13 +59,15 @@ def test_service_logs_its_requests_as_deployed(servers: dict[str, Server]) -> No
     status, headers, _ = service.get("/prod/fibo?n=30")
     assert status == 200
     rid = headers["X-Request-ID"]
-    log_path = service.log_path
-    assert log_path is not None
+    assert service.log_path is not None
     # PROD logging is on in the benchmarked service: both access records are there.
-    # `end` is written once the answer is sent, so it may come after the client has it.
+    # `end` is written once the response is sent, so it may follow the client's read.
     end = f'"msg": "end", "request_id": "{rid}"'
-    wait_until(lambda: end in log_path.read_text(), 10, "the end record")
-    assert f'"msg": "start", "request_id": "{rid}"' in log_path.read_text()
+    deadline = time.monotonic() + 10
+    while end not in (text := service.log_path.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert f'"msg": "start", "request_id": "{rid}"' in text
+    assert end in text
 
 
 @pytest.mark.parametrize("cached", [True, False])
@@ -82,3 +86,17 @@ def test_balanced() -> None:
     assert not balanced([1.0, 0.0])
     assert not balanced([0.0, 1.04])
     assert balanced([0.95])
+
+
+def test_metrics_pair_differs_in_metrics_only(tmp_path: Path) -> None:
+    """bench/metrics_cost.py: "on" serves /metrics and counts, "off" has no metrics
+    at all; gunicorn settings and answers are the same."""
+    bench = Bench(tmp_path)
+    on, off = bench.server("on", METRICS_ON), bench.server("off", METRICS_OFF)
+    check_same_settings([on, off])
+    with bench.running(on, off):
+        check_same_response(on, off, "/prod/fibo?n=30")
+        assert on.metrics_port and off.metrics_port == 0
+        assert "fiboserver_cache_requests_total" in on.scrape()
+        assert off.log_path is not None
+        assert "metrics server start" not in off.log_path.read_text()

@@ -150,12 +150,19 @@ class _Capture(BaseHTTPRequestHandler):
 
     requests: ClassVar[list[tuple[str, str, dict[str, str], bytes]]] = []
     reply: ClassVar[dict[str, Any]] = {}
+    # Elasticsearch's answer to the PUTs of `make elasticsearch-setup`, which
+    # kibana-import runs first (tests/test_elasticsearch_setup.py checks them).
+    es_reply: ClassVar[dict[str, Any]] = {"acknowledged": True}
     separators: ClassVar[tuple[str, str]] = (",", ":")
+
+    def do_PUT(self) -> None:
+        self.do_POST()
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).requests.append((self.command, self.path, dict(self.headers), body))
-        payload = json.dumps(type(self).reply, separators=type(self).separators).encode()
+        reply = type(self).reply if self.command == "POST" else type(self).es_reply
+        payload = json.dumps(reply, separators=type(self).separators).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -168,7 +175,9 @@ class _Capture(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def capture_server() -> Iterator[tuple[str, type[_Capture]]]:
-    handler = type("Handler", (_Capture,), {"requests": [], "reply": {}})
+    handler = type(
+        "Handler", (_Capture,), {"requests": [], "reply": {}, "es_reply": {"acknowledged": True}}
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -183,7 +192,13 @@ def run_import(url: str) -> subprocess.CompletedProcess[str]:
     make = require_tool("make")
     require_tool("curl")
     return subprocess.run(
-        [make, "--no-print-directory", "kibana-import", f"KIBANA_URL={url}"],
+        [
+            make,
+            "--no-print-directory",
+            "kibana-import",
+            f"KIBANA_URL={url}",
+            f"ELASTICSEARCH_URL={url}",
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -201,7 +216,10 @@ def test_make_kibana_import_uses_the_import_api(
     handler.reply = {"success": True, "successCount": 4, "successResults": []}
     proc = run_import(url)
     assert proc.returncode == 0, proc.stderr
-    ((method, path, headers, body),) = handler.requests
+    # Elasticsearch first (policy, then the template naming it), then Kibana.
+    puts = [(m, p) for m, p, _, _ in handler.requests[:2]]
+    assert puts == [("PUT", "/_ilm/policy/fiboserver-logs"), ("PUT", "/_index_template/fiboserver")]
+    ((method, path, headers, body),) = handler.requests[2:]
     assert method == "POST"
     assert path == "/api/saved_objects/_import?overwrite=true"
     assert headers["kbn-xsrf"] == "true"

@@ -47,21 +47,48 @@ CRI_MAX_LINE = 16384
 # one of them would produce a duplicate key, which Elasticsearch rejects.
 PIPELINE_KEYS = frozenset({"time", "stream", "_p", "log", "@timestamp", "kubernetes"})
 
+# THE type table: the index template that `make kibana-import` installs for
+# fiboserver-* pins each field's Elasticsearch type, and the checks below hold the
+# service's records to it, read from that one file. Elasticsearch type -> the JSON
+# type (json_type below) a record's value must have for it.
+INDEX_TEMPLATE = (
+    Path(__file__).resolve().parent.parent
+    / "k8s"
+    / "logging"
+    / "elasticsearch"
+    / "index-template.json"
+)
+JSON_TYPE_OF = {
+    "keyword": "string", "text": "string", "long": "int", "float": "float",
+    "double": "float", "date": "date", "date_nanos": "date", "boolean": "bool",
+}  # fmt: skip
+# Keys the pipeline adds (cri parser, kubernetes filter, es output), not the service.
+PIPELINE_ADDED = frozenset({"time", "stream", "_p", "@timestamp", "kubernetes"})
+
+
+def template_field_types() -> dict[str, str]:
+    """The service's fields in the index template: name -> JSON type."""
+    template = json.loads(INDEX_TEMPLATE.read_text())
+    properties = template["template"]["mappings"]["properties"]
+    return {
+        name: JSON_TYPE_OF[spec["type"]]
+        for name, spec in properties.items()
+        if name not in PIPELINE_ADDED
+    }
+
+
+FIELD_TYPES = template_field_types()
 # Fields of the service's records that the saved searches
-# (k8s/logging/kibana/saved-objects.ndjson) and the README's KQL examples use,
-# with the JSON type each query needs (`duration_ms > 100` needs a number that
-# keeps its fraction: float; `level : "ERROR"` a string; ...).
-QUERY_FIELDS: dict[str, type] = {
-    "level": str,
-    "logger": str,
-    "msg": str,
-    "request_id": str,
-    "method": str,
-    "path": str,
-    "status": int,
-    "duration_ms": float,
-    "errmsg": str,
-}
+# (k8s/logging/kibana/saved-objects.ndjson) and the README's KQL examples use;
+# their types are the template's (`duration_ms > 100` needs a number that keeps
+# its fraction: float; `level : "ERROR"` a string; ...).
+QUERY_FIELDS: dict[str, str] = {
+    name: FIELD_TYPES[name]
+    for name in (
+        "level", "logger", "msg", "request_id", "method", "path", "status", "duration_ms",
+        "errmsg",
+    )
+}  # fmt: skip
 # Fields the pipeline adds (kubernetes filter with Labels On, es output), named as
 # they are after Replace_Dots (the label app.kubernetes.io/instance becomes
 # app_kubernetes_io/instance). test_logging_manifests.py checks those settings.
@@ -76,7 +103,6 @@ PIPELINE_FIELDS = frozenset(
         "kubernetes.labels.app_kubernetes_io/instance",
     }
 )
-TYPE_NAMES = {str: "string", int: "int", float: "float", bool: "bool"}
 LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 INT64 = (-(2**63), 2**63 - 1)
 CUSTOM_ID = "contract-test.0001_A"
@@ -374,7 +400,28 @@ def test_query_fields_exist_with_their_types(merged: list[dict[str, Any]]) -> No
         values = [r[field] for r in merged if field in r]
         assert values, f"no record has {field!r}"
         for value in values:
-            assert json_type(value) == TYPE_NAMES[wanted], f"{field}={value!r}"
+            assert json_type(value) == wanted, f"{field}={value!r}"
+
+
+def test_every_field_has_its_template_type(merged: list[dict[str, Any]]) -> None:
+    """Every key the service writes is pinned in the index template, with the type
+    its values have: a new log key needs its line in index-template.json."""
+    unpinned: dict[str, str] = {}
+    wrong: list[str] = []
+    for record in merged:
+        for key, value in record.items():
+            if key in PIPELINE_ADDED:
+                continue
+            if key not in FIELD_TYPES:
+                unpinned.setdefault(key, str(record.get("msg")))
+            elif json_type(value) != FIELD_TYPES[key]:
+                wrong.append(f"{key}={value!r} is {json_type(value)}, template: {FIELD_TYPES[key]}")
+    assert not unpinned, f"keys not in {INDEX_TEMPLATE.name} (key: first msg): {unpinned}"
+    assert not wrong, wrong
+    # The ones the issue names, as it names them.
+    expected = {"status": "int", "duration_ms": "float", "key": "int", "value": "string",
+                "request_id": "string", "ts": "date"}  # fmt: skip
+    assert {k: FIELD_TYPES[k] for k in expected} == expected
 
 
 def test_records_the_queries_look_for(merged: list[dict[str, Any]]) -> None:
