@@ -210,6 +210,8 @@ class PendingRefusals:
         cpu = time.thread_time()
         for _ in range(min(REFUSAL_BATCH, len(self._queue))):
             conn, status, error, errmsg, retry_after = self._queue.popleft()
+            if conn.sock.fileno() < 0:
+                continue  # closed meanwhile: its client left
             reuse = (
                 keepalive is not None
                 and status is HTTPStatus.SERVICE_UNAVAILABLE

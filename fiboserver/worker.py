@@ -68,7 +68,13 @@ STOP_LINGER = 2.0
 # Probe requests waiting for the probe thread beyond which a probe path is
 # admitted like any other request: a flood of probes gets no priority.
 PROBE_LANE_MAX = 16
-ACCEPT_BATCH = 64  # connections accepted per wake-up, so reading keeps up
+# Connections accepted per wake-up while serving: one, as gthread does. Every
+# worker is woken for a new connection and one of them takes it, so a burst of
+# connections (a proxy's, wrk's) spreads over the workers; a worker taking a
+# batch would take the whole burst and leave the others idle. Draining at
+# SIGTERM takes the queue in batches of DRAIN_BATCH until it is empty.
+ACCEPT_BATCH = 1
+DRAIN_BATCH = 64
 # Out of file descriptors with none to free: how long accepting pauses.
 ACCEPT_PAUSE = 0.1
 RECV_BYTES = 8192  # gunicorn's own read size
@@ -191,15 +197,15 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
                 self.conns.close(conn)
 
     # -- accepting -----------------------------------------------------------------
-    def accept(self, listener: Any) -> int:
-        """Accept what is queued, up to ACCEPT_BATCH; each connection waits for its
+    def accept(self, listener: Any, batch: int = ACCEPT_BATCH) -> int:
+        """Accept what is queued, up to `batch` connections; each waits for its
         head. Returns how many were accepted."""
         name = self._names.get(listener)
         if name is None:
             name = self._names[listener] = listener.getsockname()
         deadline = time.monotonic() + HEAD_TIMEOUT
         accepted = 0
-        while accepted < ACCEPT_BATCH:
+        while accepted < batch:
             try:
                 sock, addr = listener.accept()
             except BlockingIOError:
@@ -227,9 +233,12 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
     # -- reading heads ---------------------------------------------------------------
     def _on_readable(self, conn: Conn) -> None:
         if conn.waiting is None and conn.registered:
-            # Waiting for its refusal: the client sent more or left. Either shows
-            # once the refusal is written and the connection waits again.
-            self.conns.release(conn)
+            # Waiting for its refusal: the client left (after a flood, thousands
+            # may), or sent more, which shows once the refusal is written.
+            if conn.client_left():
+                self.conns.close(conn)  # the refusal is dropped unwritten
+            else:
+                self.conns.release(conn)
             return
         try:
             data = conn.sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
@@ -377,7 +386,7 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         if not self._accepting:
             self.set_accept_enabled(True)
         for listener in self.sockets:
-            while self.accept(listener) == ACCEPT_BATCH:
+            while self.accept(listener, DRAIN_BATCH) == DRAIN_BATCH:
                 pass  # until the listen queue is empty
         accept_until = now + DRAIN_LINGER
         graceful_until = now + self.cfg.graceful_timeout

@@ -126,6 +126,19 @@ def listen_queue(port: int) -> int:
     return queued
 
 
+def established(port: int) -> int:
+    """Established TCP connections whose local port is `port` (the server's side
+    of its clients' connections), from /proc/net/tcp and tcp6."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
 def process_state(pid: int) -> str:
     """The state letter of /proc/<pid>/stat: R, S, D, T (stopped), Z, ..."""
     stat = Path(f"/proc/{pid}/stat").read_text()

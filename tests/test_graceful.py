@@ -196,8 +196,8 @@ def test_sigterm_to_a_booting_worker_is_not_lost(tmp_path: Path) -> None:
         assert time.monotonic() - t_signal < 3
 
 
-# More connections than the workers' loops accept in one turn (fiboserver.worker
-# ACCEPT_BATCH = 64, two workers), so only a drain of the listen queue serves all.
+# Far more connections than the workers' loops accept in one turn (one each,
+# fiboserver.worker ACCEPT_BATCH), so only a drain of the listen queue serves all.
 QUEUED_CLIENTS = 200
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from clients import completed_per_second, kept_throughput, p99, probe
 from conftest import require_tool
-from serverproc import HOST, wait_until
+from serverproc import HOST, established, wait_until
 
 from bench.pairs import measured_wrk
 from bench.servers import Server
@@ -125,6 +125,8 @@ def test_a_flood_is_shed_while_probes_answer_and_work_goes_on(
             direct = [fibo_answer(server.port, LOWEST_N + i) for i in range(5)]
         finally:
             flooding.join(FLOOD_WRK.duration_s + 60)
+        # After the flood: once the server has closed its 2,000 connections.
+        wait_until(lambda: established(server.port) < 10, 30, "the flood's connections closed")
         after = single_request_seconds(server.port, 95_000)
         unloaded_after = measured_wrk(server, load, PEAK)
         server.stop()
