@@ -30,6 +30,7 @@ from gunicorn.workers.gthread import TConn
 # How long a closed connection's unread input is still read and dropped, so the
 # kernel does not answer it with a reset that can destroy our last answer.
 CLOSE_LINGER = 2.0
+_NEVER = float("inf")
 
 
 def raise_open_files_limit() -> int:
@@ -93,7 +94,7 @@ class Connections:
         self.closing: OrderedDict[Conn, None] = OrderedDict()
         self.open = 0  # connections accepted and not closed yet
         # Once the worker stops: no wait goes past this (time.monotonic()).
-        self.last_deadline = float("inf")
+        self.last_deadline = _NEVER
 
     def accepted(self, conn: Conn) -> None:
         self.open += 1
@@ -152,10 +153,15 @@ class Connections:
 
     def next_deadline(self) -> float:
         """The earliest deadline of a waiting connection (inf if none waits)."""
-        return min(
-            (next(iter(w)).deadline for w in (self.heads, self.idle, self.closing) if w),
-            default=float("inf"),
-        )
+        # Once per loop turn: plain code, no generator.
+        earliest = _NEVER
+        if self.heads:
+            earliest = next(iter(self.heads)).deadline
+        if self.idle:
+            earliest = min(earliest, next(iter(self.idle)).deadline)
+        if self.closing:
+            earliest = min(earliest, next(iter(self.closing)).deadline)
+        return earliest
 
     def evict_idle(self) -> bool:
         """Close the longest-waiting connection that has sent nothing (kept-alive

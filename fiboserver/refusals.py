@@ -197,6 +197,10 @@ class PendingRefusals:
     ) -> None:
         self._queue.append((conn, status, error, errmsg, retry_after))
 
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
     def wait(self, now: float) -> float:
         """Seconds until the next write may happen (inf when none waits)."""
         return self.pacer.wait(now) if self._queue else float("inf")

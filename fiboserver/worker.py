@@ -151,17 +151,23 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         )
         self.set_accept_enabled(True)
         notified = 0.0
+        keepalive = self.cfg.keepalive
         while self.alive:
             now = time.monotonic()
             if now - notified >= NOTIFY_INTERVAL:
                 self.notify()
                 notified = now
-            self.wait_for_and_dispatch_events(self._timeout(now))
+            # Computed once a turn, looked at after it: a connection that starts
+            # waiting during the turn waits past the earliest of those already waiting.
+            due = self.conns.next_deadline()
+            self.wait_for_and_dispatch_events(self._timeout(now, due))
             if not self.is_parent_alive():
                 break
             now = time.monotonic()
-            self._expire(now)
-            self._refusals.write(now, self.cfg.keepalive)
+            if now >= due:
+                self._expire(now)
+            if self._refusals.pending:
+                self._refusals.write(now, keepalive)
             if not self._accepting and now >= self._accept_paused_until:
                 self.set_accept_enabled(True)
         self._drain()
@@ -178,10 +184,12 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
             else:
                 data(key.fileobj)
 
-    def _timeout(self, now: float) -> float:
-        """Seconds until the loop has something to do without an event."""
-        timeout = min(1.0, self.conns.next_deadline() - now)
-        timeout = min(timeout, self._refusals.wait(now))
+    def _timeout(self, now: float, due: float) -> float:
+        """Seconds until the loop has something to do without an event (`due`:
+        the earliest deadline of a waiting connection)."""
+        timeout = min(1.0, due - now)
+        if self._refusals.pending:
+            timeout = min(timeout, self._refusals.wait(now))
         if not self._accepting and self.alive:
             timeout = min(timeout, self._accept_paused_until - now)
         return max(timeout, 0.0)
@@ -342,7 +350,8 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
             self._probes_pending -= 1
         else:
             self._admission.done(conn.service)
-            self._start_waiting(now)
+            if self._admission.waiting:
+                self._start_waiting(now)
         try:
             keep_alive = bool(fut.result())
         except Exception:
@@ -395,7 +404,7 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
             if self._accepting and now >= accept_until:
                 self.set_accept_enabled(False)
                 continue
-            timeout = self._timeout(now)
+            timeout = self._timeout(now, self.conns.next_deadline())
             if self._accepting:
                 timeout = min(timeout, max(accept_until - now, 0.0))
             self.wait_for_and_dispatch_events(timeout)
