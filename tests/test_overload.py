@@ -123,7 +123,7 @@ def test_a_flood_is_shed_while_probes_answer_and_work_goes_on(
             assert flooding.is_alive(), "the flood ended before the probes"
             # A client's own view of a refusal while the flood goes on: it asks
             # until it is refused (a request may also find room in the queue).
-            direct = []
+            direct: list[tuple[int, dict[str, str], bytes, float]] = []
             while not any(d[0] == 503 for d in direct) and len(direct) < 50:
                 direct.append(fibo_answer(server.port, LOWEST_N + len(direct)))
         finally:
