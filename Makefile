@@ -250,3 +250,20 @@ kibana-import: elasticsearch-setup ## Elasticsearch setup, then the data view an
 	else \
 	  echo "kibana-import: Kibana did not import everything: $$out" >&2; exit 1; \
 	fi
+
+# --- a real single-node cluster (issue 9; README "Run it on a real cluster") -------
+# Upstream Kubernetes v1.34.4, etcd, containerd built from pinned Go modules
+# (tests/cluster/build/*/go.mod), cached in /var/cache/fiboserver/cluster; runc, CNI
+# plugins, catatonit, iptables from Debian (`.ci/run` installs them). Root only.
+CLUSTER := $(BIN)/python tests/cluster/cluster.py
+
+.PHONY: cluster-up cluster-e2e cluster-down
+
+cluster-up: $(INSTALLED) ## start a local single-node Kubernetes (first run compiles it); kubeconfig .cluster/kubeconfig
+	$(CLUSTER) up
+
+cluster-e2e: $(INSTALLED) ## the checks on the cluster of `make cluster-up` (apply -k, rollouts under load, PDB, probes, logs)
+	KUBECONFIG=$(CURDIR)/.cluster/kubeconfig $(BIN)/pytest -m cluster tests/cluster
+
+cluster-down: $(INSTALLED) ## stop the local cluster and remove everything it made (twice is harmless)
+	$(CLUSTER) down

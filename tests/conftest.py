@@ -62,6 +62,16 @@ def fibo_logs() -> Iterator[JsonCapture]:
         logger.setLevel(old_level)
 
 
+@pytest.fixture(scope="session")
+def cluster(pytestconfig: pytest.Config) -> Iterator[Any]:
+    """The local Kubernetes cluster for tests/cluster (marker `cluster`): the one
+    `make cluster-up` started, or with CI=true one brought up and down for this run;
+    otherwise the tests skip, saying how to run them (tests/cluster/clusterlib.py)."""
+    from clusterlib import session
+
+    yield from session(pytestconfig)
+
+
 # --- e2e (tests/e2e): the podman tools and the service image, once per session -----
 
 
