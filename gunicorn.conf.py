@@ -24,9 +24,11 @@ bind = [f"0.0.0.0:{_config.port}"]
 # workers share its memory.
 preload_app = True
 
-# gthread: a few threads per process for slow clients; one process per CPU the
+# gthread's request handling behind an event loop that holds idle and slow
+# connections, gives the probes a thread of their own and sheds overload
+# (docs/worker.md); 4 threads for requests per process, one process per CPU the
 # container may use (cgroup quota), since Python computes under one GIL.
-worker_class = "fiboserver.worker.DrainingThreadWorker"
+worker_class = "fiboserver.worker.RequestThreadWorker"
 workers = _workers
 threads = 4
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from bench.metrics_cost import BUDGET_RATIO, METRICS_OFF, METRICS_ON
 from bench.stats import median
+from bench.worker_cost import WORKER_COST_BUDGET
 
 
 def fmt_ms(x: float) -> str:
@@ -37,6 +38,15 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
                 f"cached throughput, metrics on >= {BUDGET_RATIO} x metrics off",
                 f"{mc['rps_ratio']:.3f} ({mc['cost_us_per_req']:+.1f} us/req)",
                 mc["rps_ratio"] >= BUDGET_RATIO,
+            )
+        )
+    w = res.get("worker")
+    if w:
+        rows.append(
+            (
+                f"worker's cost on the cached ratio <= {WORKER_COST_BUDGET:.0%}",
+                f"{w['cost']:.1%} ({w['ratio_before']:.3f} -> {w['ratio_after']:.3f})",
+                w["cost"] <= WORKER_COST_BUDGET,
             )
         )
     b = res.get("big_n", {}).get("100000")
@@ -236,6 +246,27 @@ def markdown(res: dict[str, Any]) -> str:
             f"Exit codes: idle {s['idle_exit_codes']}, under load {s['loaded_exit_codes']}.",
             "",
         ]
+    w = res.get("worker")
+    if w:
+        lines += [
+            "## The worker's cost, cached `n=30`",
+            "",
+            f"The service with the worker of {w['before_ref']} (gthread plus the SIGTERM "
+            "drain) and with today's, and the ceiling (at that commit), in the same rounds. "
+            f"Other load: at most {w['other_cores_max']:.2f} cores.",
+            "",
+            "| | req/s | p99 ms | server CPU us/req | ratio to the ceiling |",
+            "|---|---|---|---|---|",
+        ]
+        ratios = {"worker before": w["ratio_before"], "worker after": w["ratio_after"]}
+        for label in ("worker before", "worker after", "ceiling"):
+            m = w[label]
+            ratio = f"{ratios[label]:.3f}" if label in ratios else ""
+            lines.append(
+                f"| {label} | {m['rps']:.0f} | {m['p99_ms']:.2f} | "
+                f"{m['server_cpu_us_per_req']:.0f} | {ratio} |"
+            )
+        lines += ["", f"Cost: {w['cost']:.1%} of the ratio (budget {WORKER_COST_BUDGET:.0%}).", ""]
     memory = res.get("memory", [])
     if memory:
         lines += [

@@ -35,6 +35,7 @@ from bench.report import render, targets, write_results
 from bench.servers import PROD_CONFIG, Bench
 from bench.startstop import section_start_stop
 from bench.throughput import section_throughput
+from bench.worker_cost import WORKER_BEFORE, section_worker_cost
 from bench.wrk import WrkSettings
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -103,8 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rss-overhead-mib", type=int, default=8)
     p.add_argument(
         "--only",
-        default="cached,uncached,metrics,big_n,start_stop,memory",
+        default="cached,uncached,metrics,worker,big_n,start_stop,memory",
         help="comma-separated sections to run",
+    )
+    p.add_argument(
+        "--worker-before",
+        default=WORKER_BEFORE,
+        help="commit whose worker the 'worker' section compares today's with",
     )
     p.add_argument("--out", default=str(RESULTS), help="directory for latest.json/latest.md")
     p.add_argument("--tag", default="", help="also keep a timestamped copy named with this tag")
@@ -152,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 res["start_stop"] = section_start_stop(
                     bench, ws, args.start_trials, args.stop_trials
                 )
+            if "worker" in sections:
+                res["worker"] = section_worker_cost(bench, ws, args.worker_before)
             if "memory" in sections:
                 res["memory"] = [section_memory(bench, min(args.cache_max_bytes), cache=False)]
                 res["memory"] += [section_memory(bench, b) for b in args.cache_max_bytes]

@@ -52,9 +52,10 @@ def cached_load(prefix: str, n: int = 30) -> Load:
     return Load(f"{prefix}/fibo?n={n}")
 
 
-def random_load(prefix: str, maxseq: int, seed: int) -> Load:
-    """A random n in 0..maxseq per request; the seed gives every server the same sequence."""
-    return Load(f"{prefix}/fibo", RANDOM_LUA, (str(maxseq), prefix, str(seed)))
+def random_load(prefix: str, maxseq: int, seed: int, lowest: int = 0) -> Load:
+    """A random n in lowest..maxseq per request; the seed gives every server the same
+    sequence."""
+    return Load(f"{prefix}/fibo", RANDOM_LUA, (str(maxseq), prefix, str(seed), str(lowest)))
 
 
 def wrk_argv(

@@ -152,5 +152,42 @@ class AccessLog:
         return _Closing(body, end)
 
 
+def refused(
+    *,
+    status: int,
+    errmsg: str,
+    request_id: str,
+    method: str,
+    path: str,
+    client: str,
+    duration_ms: float,
+    metrics: RequestMetrics | None = None,
+) -> None:
+    """The one record of a request the server answered without the app
+    (fiboserver.refusals: overload 503, the HTTP layer's 400/408/414/431):
+    the keys of `end`, plus what was refused in `errmsg`. Counted in the
+    request histogram like an `end`, with the record's own values."""
+    if metrics is not None:
+        metrics.observe(method, path, status, duration_ms / 1000)
+    log.warning(
+        "request refused",
+        extra={
+            "request_id": request_id,
+            "method": method,
+            "path": path,
+            "client": client,
+            "status": status,
+            "duration_ms": duration_ms,
+            "errmsg": errmsg,
+        },
+    )
+
+
+def request_metrics(app: object) -> RequestMetrics | None:
+    """What the app's access middleware records requests into (None without metrics)."""
+    wsgi_app = getattr(app, "wsgi_app", None)
+    return wsgi_app.metrics if isinstance(wsgi_app, AccessLog) else None
+
+
 def init_app(app: Flask, metrics: RequestMetrics | None = None) -> None:
     app.wsgi_app = AccessLog(app.wsgi_app, metrics)  # type: ignore[method-assign]

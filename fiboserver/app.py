@@ -19,7 +19,7 @@ from fiboserver.metrics import (
     process_metrics,
     static_rules,
 )
-from fiboserver.routes import bp, json_response
+from fiboserver.routes import PROBE_ROUTES, bp, json_response
 
 log = logging.getLogger("fiboserver.app")
 
@@ -49,6 +49,16 @@ def create_app(config: Config | None = None, metrics: MetricsSource | None = Non
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
     return app
+
+
+def probe_paths(app: object) -> frozenset[str]:
+    """The liveness and readiness paths of an app built by `create_app`
+    (empty for any other WSGI app): the worker serves them in their own lane."""
+    config = getattr(app, "config", None)
+    fiboserver = config.get("FIBOSERVER") if isinstance(config, dict) else None
+    if not isinstance(fiboserver, Config):
+        return frozenset()
+    return frozenset(fiboserver.prefix + route for route in PROBE_ROUTES)
 
 
 def _http_error(exc: HTTPException) -> BaseResponse:

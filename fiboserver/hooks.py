@@ -7,10 +7,12 @@ comment next to each says when gunicorn calls it.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from fiboserver import servermetrics
 from fiboserver.listener import refuse_new_connections
+from fiboserver.reload import reload_safely
 
 log = logging.getLogger("fiboserver.server")
 
@@ -22,6 +24,7 @@ def when_ready(server: Any) -> None:
     addresses = ",".join(str(listener) for listener in server.LISTENERS)
     log.info("server start", extra={"addr": addresses})
     stop_gracefully_on_sigterm(server)
+    reload_safely(server)
 
 
 def stop_gracefully_on_sigterm(server: Any) -> None:
@@ -41,7 +44,12 @@ def stop_gracefully_on_sigterm(server: Any) -> None:
         # New connections are refused here, by the master, and only when the whole
         # server stops: the listening socket is shared by all workers, so a filter
         # set by one worker that exits alone (max_requests, its own SIGTERM) would
-        # leave the running service dropping every new connection.
+        # leave the running service dropping every new connection. For the same
+        # reason not while another master shares the socket (a USR2 upgrade).
+        if shares_listeners(server):
+            log.info("listeners shared with another master: not filtered")
+            handle_term()
+            return
         for listener in server.LISTENERS:
             try:
                 refuse_new_connections(listener.sock)
@@ -51,6 +59,19 @@ def stop_gracefully_on_sigterm(server: Any) -> None:
         handle_term()
 
     server.handle_term = graceful_stop
+
+
+def shares_listeners(server: Any) -> bool:
+    """Whether another gunicorn master serves this master's listening sockets.
+
+    After USR2 the old master forks and execs a new one that inherits them:
+    the old one's `reexec_pid` names the new one until it exits, and the new
+    one's `master_pid` names its parent until that exits (gunicorn's own test
+    for whether it may unlink a UNIX socket on stop).
+    """
+    if server.reexec_pid:
+        return True
+    return bool(server.master_pid) and server.master_pid == os.getppid()
 
 
 # Master, just before it forks a worker.

@@ -37,12 +37,16 @@ def config_or_exit(environ: Mapping[str, str]) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        refuse_to_start(
-            "invalid configuration",
-            file=exc.path,
-            **({"config_key": exc.key} if exc.key is not None else {}),
-            errmsg=str(exc),
-        )
+        refuse_to_start("invalid configuration", **config_error_fields(exc))
+
+
+def config_error_fields(exc: ConfigError) -> dict[str, str]:
+    """The keys of an `invalid configuration` record: file, config_key (if any), errmsg."""
+    fields = {"file": exc.path}
+    if exc.key is not None:
+        fields["config_key"] = exc.key
+    fields["errmsg"] = str(exc)
+    return fields
 
 
 def workers_or_exit(environ: Mapping[str, str]) -> int:

@@ -112,6 +112,61 @@ def child_pids(pid: int) -> set[int]:
     return children
 
 
+def listen_queue(port: int) -> int:
+    """Connections the kernel has accepted on a TCP listener on `port` that no
+    process has accept()ed yet (the `rx_queue` of a LISTEN socket in /proc/net/tcp)."""
+    queued = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                local, state, queues = fields[1], fields[3], fields[4]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    queued += int(queues.split(":")[1], 16)
+    return queued
+
+
+def established(port: int) -> int:
+    """Established TCP connections whose local port is `port` (the server's side
+    of its clients' connections), from /proc/net/tcp and tcp6."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
+def process_state(pid: int) -> str:
+    """The state letter of /proc/<pid>/stat: R, S, D, T (stopped), Z, ..."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def pending_signals(pid: int) -> set[int]:
+    """Signals sent to `pid` and not yet delivered (SigPnd and ShdPnd in /proc/<pid>/status)."""
+    mask = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("SigPnd", "ShdPnd"):
+            mask |= int(value, 16)
+    return {sig for sig in range(1, 65) if mask & (1 << (sig - 1))}
+
+
+def wait_until(
+    condition: Callable[[], object], timeout: float, what: str, interval: float = 0.01
+) -> None:
+    """Poll `condition` every `interval` s until it is true; fail naming `what`
+    after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(interval)
+
+
 class ServerProcess:
     """One real fiboserver process; see the module docstring."""
 
@@ -296,12 +351,14 @@ class ServerProcess:
             raise
         return time.perf_counter() - t0, code
 
-    def wait(self, timeout: float = 30.0) -> int:
-        """Exit status of the master (negative: killed by that signal); waits for log EOF."""
+    def wait(self, timeout: float = 30.0, *, log_eof: bool = True) -> int:
+        """Exit status of the master (negative: killed by that signal); waits for log
+        EOF unless `log_eof` is False (a new master from USR2 keeps the pipes open)."""
         assert self.proc is not None
         rc = self.proc.wait(timeout=timeout)
-        for t in self._readers:
-            t.join(timeout=5)
+        if log_eof:
+            for t in self._readers:
+                t.join(timeout=5)
         return rc
 
     def close(self) -> None:

@@ -43,7 +43,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
 @pytest.mark.parametrize("other", ["ceiling", "floor"])
 def test_same_gunicorn_settings(servers: dict[str, Server], other: str) -> None:
     settings = check_same_settings([servers["service"], servers[other]])[0]
-    assert settings["worker_class"] == "fiboserver.worker.DrainingThreadWorker"
+    assert settings["worker_class"] == "fiboserver.worker.RequestThreadWorker"
     assert int(settings["threads"] or 0) >= 1
 
 

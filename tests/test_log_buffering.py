@@ -105,8 +105,13 @@ def figures(prod_records: list[dict[str, Any]]) -> dict[str, float]:
 
 def test_prod_writes_start_and_end_per_request(prod_records: list[dict[str, Any]]) -> None:
     # INFO and up in PROD: the access log's two records per successful request;
-    # a refused n adds its WARNING.
-    assert {r["msg"] for r in prod_records} == {"start", "end", "fibo calculate failed"}
+    # a refused n adds its WARNING, and so does a request the HTTP layer refuses.
+    assert {r["msg"] for r in prod_records} == {
+        "start",
+        "end",
+        "fibo calculate failed",
+        "request refused",
+    }
     assert figures(prod_records)["lines_per_request"] == 2
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from clients import exchange, parse_response
 from serverproc import ServerProcess
 
 # FLB_ML_CRI_REGEX from fluent/fluent-bit src/multiline/flb_ml_parser_cri.c (the
@@ -264,10 +265,20 @@ def drive(srv: Client, prefix: str) -> set[int]:
     return statuses
 
 
+def refused_by_the_http_layer(port: int) -> set[int]:
+    """Requests the server refuses before the app, one `request refused` record
+    each; sent to the server itself (an edge in front would refuse them first)."""
+    statuses: set[int] = set()
+    for raw in (b"GARBAGE\r\n\r\n", b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n"):
+        answer, _ = exchange(port, raw)
+        statuses.add(parse_response(answer)[0])
+    return statuses
+
+
 def run_service(tmp: Path, env: str) -> tuple[list[tuple[str, str]], set[int]]:
     with ServerProcess({"env": env, "maxseq": 100000}, tmp, env={"WEB_CONCURRENCY": "2"}) as srv:
         srv.wait_for("server start", timeout=30)
-        statuses = drive(srv, "/" + env.lower())
+        statuses = drive(srv, "/" + env.lower()) | refused_by_the_http_layer(srv.port)
         srv.wait_for("end", where=lambda r: r.get("request_id") == CUSTOM_ID, timeout=10)
         srv.terminate(signal.SIGTERM)
         assert srv.wait(30) == 0, srv.output()
@@ -288,7 +299,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str
     for env in ("DEV", "PROD"):
         lines, statuses = run_service(tmp_path_factory.mktemp(env.lower()), env)
         # The runs really covered successes and client errors.
-        assert {200, 400, 404, 405} <= statuses, statuses
+        assert {200, 400, 404, 405, 414} <= statuses, statuses
         runs[env] = lines
     runs["unknown key"] = run_bad_config(
         tmp_path_factory.mktemp("bad1"), {"env": "DEV", "maxseq": 10, "bogus": 1}
@@ -448,5 +459,11 @@ def test_records_the_queries_look_for(merged: list[dict[str, Any]]) -> None:
     # The errors-and-warnings search: invalid n is logged as a WARNING with errmsg.
     failed = [r for r in merged if r["msg"] == "fibo calculate failed"]
     assert failed and all(r["level"] == "WARNING" and r["errmsg"] for r in failed)
+    # The HTTP layer's refusals are WARNINGs with the types of `end`'s keys.
+    refused = [r for r in merged if r["msg"] == "request refused"]
+    assert {r["status"] for r in refused} >= {400, 414}
+    for r in refused:
+        assert r["level"] == "WARNING" and isinstance(r["duration_ms"], float)
+        assert isinstance(r["errmsg"], str) and isinstance(r["request_id"], str)
     # A configuration error is one ERROR/CRITICAL record (both runs that refused).
     assert sum(r["level"] in {"ERROR", "CRITICAL"} for r in merged) >= 2
