@@ -162,13 +162,19 @@ def refused(
     client: str,
     duration_ms: float,
     metrics: RequestMetrics | None = None,
+    logged: bool = True,
 ) -> None:
     """The one record of a request the server answered without the app
     (fiboserver.refusals: overload 503, the HTTP layer's 400/408/414/431):
     the keys of `end`, plus what was refused in `errmsg`. Counted in the
-    request histogram like an `end`, with the record's own values."""
+    request histogram like an `end`, with the record's own values.
+
+    `logged=False` counts it only: the refusals of an overload are logged
+    together (`shed`)."""
     if metrics is not None:
         metrics.observe(method, path, status, duration_ms / 1000)
+    if not logged:
+        return
     log.warning(
         "request refused",
         extra={
@@ -180,6 +186,18 @@ def refused(
             "duration_ms": duration_ms,
             "errmsg": errmsg,
         },
+    )
+
+
+def shed(*, status: int, count: int, errmsg: str, duration_ms: float) -> None:
+    """One record for `count` requests refused together for overload, instead of
+    one each: a flood is refused hundreds of times a second, and a record per
+    refusal would cost the worker half of each refusal's CPU and hand the flood
+    on to the log pipeline. `duration_ms` is the longest any of them waited;
+    each is counted in the request histogram (`refused` with logged=False)."""
+    log.warning(
+        "requests refused",
+        extra={"status": status, "count": count, "duration_ms": duration_ms, "errmsg": errmsg},
     )
 
 

@@ -2,10 +2,11 @@
 
 The worker refuses a request when it is overloaded (503) and when the HTTP
 layer cannot read it (400, 408, 414, 431, ...). Those answers keep the API's
-shape (SPEC section 2): a JSON `{"error": ...}` body, `X-Request-ID`, and one
-log record saying what was refused. Every one of them goes through `refuse`,
-and its record through `fiboserver.access.refused`, so counting them (metrics)
-is one change in one place.
+shape (SPEC section 2): a JSON `{"error": ...}` body, `X-Request-ID`, and a
+log record saying what was refused: one `request refused` each, except for
+overload, whose refusals the loop writes in batches, each batch with one
+`requests refused` record and its `count`. Every one of them goes through
+`refuse`, and is counted (metrics) in `fiboserver.access.refused`, one place.
 """
 
 from __future__ import annotations
@@ -111,9 +112,11 @@ def refuse(
     retry_after: int | None = None,
     close: bool = True,
     metrics: RequestMetrics | None = None,
-) -> None:
+    logged: bool = True,
+) -> float:
     """Write the refusal to `sock` (best effort, never blocking for long), log it
-    and count it in `metrics`.
+    (unless not `logged`: an overload's refusals are logged together) and count
+    it in `metrics`. Returns the milliseconds since `started`.
 
     `target` is the client's request target; the record keeps at most 40
     characters of it (and of the method), like every echo of client input.
@@ -133,6 +136,7 @@ def refuse(
     # client has left, the record still says what was refused.
     with contextlib.suppress(OSError):
         sock.send(data, socket.MSG_DONTWAIT)
+    duration_ms = round((time.monotonic() - started) * 1000, 3)
     access.refused(
         status=status.value,
         errmsg=errmsg,
@@ -140,9 +144,11 @@ def refuse(
         method=bounded(method),
         path=bounded(target.split("?", 1)[0]),
         client=client,
-        duration_ms=round((time.monotonic() - started) * 1000, 3),
+        duration_ms=duration_ms,
         metrics=metrics,
+        logged=logged,
     )
+    return duration_ms
 
 
 def refuse_error(
@@ -212,6 +218,7 @@ class PendingRefusals:
         if not self._queue or not self.pacer.ready(now):
             return
         cpu = time.thread_time()
+        shed, longest_ms, shed_errmsg = 0, 0.0, ""
         for _ in range(min(REFUSAL_BATCH, len(self._queue))):
             conn, status, error, errmsg, retry_after = self._queue.popleft()
             if conn.sock.fileno() < 0:
@@ -223,7 +230,8 @@ class PendingRefusals:
                 and reusable(conn.head)
             )
             method, target = request_line(conn.head)
-            refuse(
+            overload = error == OVERLOADED
+            duration_ms = refuse(
                 conn.sock,
                 status,
                 error,
@@ -236,10 +244,22 @@ class PendingRefusals:
                 retry_after=retry_after,
                 close=not reuse,
                 metrics=self.metrics,
+                logged=not overload,
             )
+            if overload:
+                shed += 1
+                longest_ms = max(longest_ms, duration_ms)
+                shed_errmsg = errmsg
             if reuse and keepalive is not None:
                 conn.started = now
                 self.conns.wait(conn, self.conns.idle, now + keepalive)
             else:
                 self.conns.close_lingering(conn)
+        if shed:
+            access.shed(
+                status=HTTPStatus.SERVICE_UNAVAILABLE.value,
+                count=shed,
+                errmsg=shed_errmsg,
+                duration_ms=longest_ms,
+            )
         self.pacer.spend(time.thread_time() - cpu)

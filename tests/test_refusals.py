@@ -4,6 +4,7 @@ and how much of the client's input they and their log record quote."""
 from __future__ import annotations
 
 import json
+import selectors
 import socket
 import time
 from http import HTTPStatus
@@ -11,8 +12,11 @@ from http import HTTPStatus
 import pytest
 from conftest import JsonCapture
 from gunicorn.http import errors as http_errors
+from test_log_contract import FIELD_TYPES, json_type
 
 from fiboserver import refusals
+from fiboserver.admission import Pacer
+from fiboserver.connections import Conn, Connections
 from fiboserver.echo import ECHO_LIMIT, bounded, quoted
 from fiboserver.routes import parse_n
 
@@ -146,3 +150,47 @@ def test_refuse_error_answers_what_the_thread_raised(
     (record,) = fibo_logs.find("request refused")
     assert record["status"] == status and record["request_id"] == headers["X-Request-ID"]
     assert len(record["errmsg"]) < 100  # the exception's text is quoted, bounded
+
+
+def test_an_overloads_refusals_are_answered_each_and_logged_together(
+    fibo_logs: JsonCapture,
+) -> None:
+    """A batch of overload 503s: every client gets its own answer and id, the log
+    one `requests refused` record with their count (its keys typed as the index
+    template says); a refusal of another kind in the batch keeps its own record."""
+    with selectors.DefaultSelector() as poller:
+        conns = Connections(poller)
+        pending = refusals.PendingRefusals(conns, Pacer(time.monotonic()))
+        clients = []
+        for i in range(6):
+            server, client = socket.socketpair()
+            clients.append(client)
+            conn = Conn(None, server, ("127.0.0.1", i), ("127.0.0.1", 8080))
+            conns.accepted(conn)
+            conn.head = f"GET /prod/fibo?n={i} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            if i == 5:
+                pending.add(conn, HTTPStatus.REQUEST_TIMEOUT, "request head timeout", "head")
+            else:
+                errmsg = f"overloaded: {i} requests waiting"
+                pending.add(conn, HTTPStatus.SERVICE_UNAVAILABLE, refusals.OVERLOADED, errmsg, 1)
+        pending.write(time.monotonic(), keepalive=5.0)
+        answers = [_split(c.recv(4096)) for c in clients]
+        for c in clients:
+            c.close()
+        conns.close_all()
+    ids = {headers["X-Request-ID"] for _, headers, _ in answers}
+    assert len(ids) == 6
+    for status, headers, body in answers[:5]:
+        assert status.startswith("HTTP/1.1 503 ") and headers["Retry-After"] == "1"
+        assert "Connection" not in headers  # kept alive: a retry needs no new connection
+        assert json.loads(body) == {"error": "overloaded"}
+    assert answers[5][0].startswith("HTTP/1.1 408 ")
+    (summary,) = fibo_logs.find("requests refused")
+    assert summary["level"] == "WARNING" and summary["status"] == 503 and summary["count"] == 5
+    assert summary["errmsg"] == "overloaded: 4 requests waiting"
+    assert summary["duration_ms"] >= 0
+    for key, value in summary.items():
+        if key not in ("ts", "level", "logger", "msg"):
+            assert json_type(value) == FIELD_TYPES[key], key
+    (single,) = fibo_logs.find("request refused")
+    assert single["status"] == 408 and single["request_id"] == answers[5][1]["X-Request-ID"]
