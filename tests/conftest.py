@@ -6,7 +6,9 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,3 +62,62 @@ def fibo_logs() -> Iterator[JsonCapture]:
     finally:
         logger.removeHandler(capture.handler)
         logger.setLevel(old_level)
+
+
+# --- make mutate (docs/mutation.md) ------------------------------------------------
+# While mutmut collects which tests reach which function (MUTANT_UNDER_TEST=stats),
+# the servers the tests start report the functions they ran (tests/mutation/
+# sitecustomize.py) to a file; after each test its new lines go to mutmut as if the
+# test had made those calls itself. Outside `make mutate` none of this is active.
+MUTATION_SITE = Path(__file__).resolve().parent / "mutation"
+
+
+class _ServerHits:
+    def __init__(self) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="fiboserver-mutmut-hits-")
+        os.close(fd)
+        self.offset = 0
+        self.saved_env = {k: os.environ.get(k) for k in ("PYTHONPATH", "FIBOSERVER_MUTMUT_HITS")}
+        paths = [str(MUTATION_SITE), *filter(None, [os.environ.get("PYTHONPATH")])]
+        os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+        os.environ["FIBOSERVER_MUTMUT_HITS"] = self.path
+
+    def hand_over(self) -> None:
+        from mutmut.state import state
+
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written waits
+        self.offset += len(complete)
+        state()._stats.update(complete.decode().split())
+
+    def close(self) -> None:
+        for key, value in self.saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        os.unlink(self.path)
+
+
+_server_hits: _ServerHits | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _server_hits
+    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        _server_hits = _ServerHits()
+
+
+@pytest.hookimpl(tryfirst=True)  # before mutmut's own hook files the calls under this test
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    if _server_hits is not None:
+        _server_hits.hand_over()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _server_hits
+    if _server_hits is not None:
+        _server_hits.close()
+        _server_hits = None
