@@ -1,7 +1,7 @@
 """Configuration (SPEC section 1): the pure rules, and bad files given to the real process.
 
 Each bad file is run as `gunicorn -c gunicorn.conf.py` with FIBOSERVER_CONFIG set:
-it must exit non-zero before listening, print only JSON lines and no traceback,
+it must exit with status 78 (EX_CONFIG, as the README promises) before listening, print only JSON lines and no traceback,
 and log an ERROR or CRITICAL record naming the file and the offending key. The
 processes run a few at a time in a module fixture; each case is its own test.
 """
@@ -9,6 +9,7 @@ processes run a few at a time in a module fixture; each case is its own test.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -296,7 +297,7 @@ def error_records(out: Outcome) -> list[Record]:
 
 
 def check_refused_start(out: Outcome) -> None:
-    assert out.rc != 0 and out.rc != -999, f"exit status {out.rc}\n{out.output}"
+    assert out.rc == os.EX_CONFIG == 78, f"exit status {out.rc}\n{out.output}"
     assert "Traceback" not in out.output, out.output
     assert out.bad_lines == [], f"non-JSON lines: {out.bad_lines}"
     assert out.records, "no log record at all"
@@ -322,3 +323,14 @@ def test_unset_variable_stops_the_process(outcomes: dict[str, Outcome]) -> None:
     out = outcomes["env-var-unset"]
     check_refused_start(out)
     assert any(CONFIG_ENV in json.dumps(r) for r in error_records(out)), out.output
+
+
+def test_zero_web_concurrency_stops_the_process(tmp_path: Path) -> None:
+    # (gunicorn itself rejects a negative or non-integer value before our config runs.)
+    with ServerProcess({"env": "DEV", "maxseq": 10}, tmp_path, env={"WEB_CONCURRENCY": "0"}) as srv:
+        rc = srv.wait(timeout=30)
+        port = srv.port
+    out = Outcome(None, port, rc, srv.records, srv.bad_lines, srv.output(), False)
+    check_refused_start(out)
+    assert not is_listening(port, 0.2)
+    assert any("WEB_CONCURRENCY" in json.dumps(r) for r in error_records(out)), out.output
