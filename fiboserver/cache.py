@@ -1,10 +1,12 @@
 """Per-worker result cache: a Flask extension with a byte budget and LRU eviction.
 
 It stores the decimal digits rather than the number, so a hit costs no
-conversion at all. Sizes are accounted with `sys.getsizeof` plus the cost of
-an entry in the ordered dict, so walking every n up to maxseq keeps a worker
-within `cache_max_bytes`. One lock guards it: gthread serves requests from
-several threads, and every operation is a few dict moves.
+conversion at all. An entry is accounted at what it costs the worker, so that
+walking every n up to maxseq keeps a worker's memory within `cache_max_bytes`
+(tests/test_cache_memory.py measures it): its key and value (`sys.getsizeof`),
+its share of the ordered dict, and for a value of a page or more, the page that
+the C allocator keeps around it. One lock guards it: gthread serves requests
+from several threads, and every operation is a few dict moves.
 """
 
 from __future__ import annotations
@@ -16,15 +18,29 @@ from collections import OrderedDict
 
 from flask import Flask
 
+from fiboserver import heap
+
 EXTENSION_KEY = "fibo_cache"
-# What an OrderedDict entry costs beyond its key and value (hash slot, linked
-# list node): about 75 bytes measured with tracemalloc on CPython 3.11, doubled
-# because the hash table grows in steps.
-ENTRY_OVERHEAD_BYTES = 160
+# What an entry costs the OrderedDict beyond its key and value (CPython 3.11):
+# a 32-byte list node and its hash slots, 26 bytes each (index, node pointer,
+# two thirds of a 24-byte entry). A table rebuilt on growth has 3 to 6 slots per
+# entry, so at most 6 * 26 + 32 = 188 bytes (200 once indices take 4 bytes);
+# put() rebuilds a table that eviction left larger than that.
+ENTRY_OVERHEAD_BYTES = 200
+# Values over 512 bytes come from the C allocator's heap (pymalloc serves the
+# smaller ones). Once the values around one are evicted, the partly used pages at
+# its two ends stay resident, half a page each on average: a value of a page or
+# more is charged one page more.
+HEAP_PAGE_BYTES = 4096
+# Evicted values leave free pages inside the heap, which glibc keeps resident
+# (fiboserver/heap.py); they are given back each time evictions have freed this
+# share of the budget, so they never amount to more.
+RELEASE_EVERY = 1 / 64
 # Digits of a value shown in the `cache fibo` log record; longer ones are elided.
 LOGGED_VALUE_CHARS = 32
 
 log = logging.getLogger("fiboserver.cache")
+_EMPTY_BYTES = sys.getsizeof(OrderedDict())
 
 
 def elide(text: str, limit: int = LOGGED_VALUE_CHARS) -> str:
@@ -43,6 +59,7 @@ class FiboCache:
         self.max_bytes = max_bytes if max_bytes is not None else 0
         self._entries: OrderedDict[int, str] = OrderedDict()
         self._size = 0
+        self._evicted_since_release = 0
         self._lock = threading.Lock()
         if app is not None:
             self.init_app(app)
@@ -62,7 +79,24 @@ class FiboCache:
 
     @staticmethod
     def entry_bytes(n: int, digits: str) -> int:
-        return sys.getsizeof(n) + sys.getsizeof(digits) + ENTRY_OVERHEAD_BYTES
+        value = sys.getsizeof(digits)
+        if value >= HEAP_PAGE_BYTES:
+            value += HEAP_PAGE_BYTES
+        return sys.getsizeof(n) + value + ENTRY_OVERHEAD_BYTES
+
+    def _make_room(self, n: int, cost: int) -> int:
+        """Drop `n`'s old value and the least recently used entries until `cost`
+        fits; the accounted bytes evicted (the caller holds the lock)."""
+        old = self._entries.pop(n, None)
+        if old is not None:
+            self._size -= self.entry_bytes(n, old)
+        evicted_bytes = 0
+        while self._entries and self._size + cost > self.max_bytes:
+            evicted_n, evicted = self._entries.popitem(last=False)
+            freed = self.entry_bytes(evicted_n, evicted)
+            self._size -= freed
+            evicted_bytes += freed
+        return evicted_bytes
 
     def get(self, n: int) -> str | None:
         with self._lock:
@@ -78,14 +112,19 @@ class FiboCache:
         if cost > self.max_bytes:
             return  # could never fit; storing it would only evict everything else
         with self._lock:
-            old = self._entries.pop(n, None)
-            if old is not None:
-                self._size -= self.entry_bytes(n, old)
-            while self._entries and self._size + cost > self.max_bytes:
-                evicted_n, evicted = self._entries.popitem(last=False)
-                self._size -= self.entry_bytes(evicted_n, evicted)
+            self._evicted_since_release += self._make_room(n, cost)
             self._entries[n] = digits
             self._size += cost
+            # A dict never shrinks its table on deletion, and when values grow,
+            # fewer entries fit: rebuild the table for the entries left once it
+            # costs more than they are charged for.
+            if sys.getsizeof(self._entries) > _EMPTY_BYTES + len(self) * ENTRY_OVERHEAD_BYTES:
+                self._entries = OrderedDict(self._entries)
+            release = self._evicted_since_release >= self.max_bytes * RELEASE_EVERY
+            if release:
+                self._evicted_since_release = 0
+        if release:
+            heap.release_free_pages()
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "cache fibo",

@@ -1,9 +1,10 @@
 """Configuration (SPEC section 1): the pure rules, and bad files given to the real process.
 
 Each bad file is run as `gunicorn -c gunicorn.conf.py` with FIBOSERVER_CONFIG set:
-it must exit with status 78 (EX_CONFIG, as the README promises) before listening, print only JSON lines and no traceback,
-and log an ERROR or CRITICAL record naming the file and the offending key. The
-processes run a few at a time in a module fixture; each case is its own test.
+it must exit with status 78 (EX_CONFIG, as the README promises) before listening,
+print only JSON lines and no traceback, and log an ERROR or CRITICAL record naming
+the file and the offending key. The processes run a few at a time in a module
+fixture; each case is its own test.
 """
 
 from __future__ import annotations
