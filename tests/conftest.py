@@ -65,32 +65,45 @@ def fibo_logs() -> Iterator[JsonCapture]:
 
 
 # --- make mutate (docs/mutation.md) ------------------------------------------------
-# While mutmut collects which tests reach which function (MUTANT_UNDER_TEST=stats),
-# the servers the tests start report the functions they ran (tests/mutation/
-# sitecustomize.py) to a file; after each test its new lines go to mutmut as if the
-# test had made those calls itself. Outside `make mutate` none of this is active.
+# mutmut runs, for each mutant, the tests that reached the mutated function while it
+# collected its statistics (MUTANT_UNDER_TEST=stats). Two kinds of reach escape it,
+# and are handed to it here:
+# - the servers the tests start: they write the functions they ran to a file
+#   (tests/mutation/sitecustomize.py); after each test its new lines go to mutmut as
+#   if the test had made those calls itself;
+# - work done once in a module- or session-scoped fixture (e.g. test_config's bad
+#   files, all started at once): mutmut files it under the first test only; here
+#   every test that uses the fixture gets it.
+# Outside that phase none of this is active.
 MUTATION_SITE = Path(__file__).resolve().parent / "mutation"
 
 
-class _ServerHits:
+class _MutmutReach:
     def __init__(self) -> None:
         fd, self.path = tempfile.mkstemp(prefix="fiboserver-mutmut-hits-")
         os.close(fd)
         self.offset = 0
+        self.by_fixture: dict[str, set[str]] = {}
         self.saved_env = {k: os.environ.get(k) for k in ("PYTHONPATH", "FIBOSERVER_MUTMUT_HITS")}
         paths = [str(MUTATION_SITE), *filter(None, [os.environ.get("PYTHONPATH")])]
         os.environ["PYTHONPATH"] = os.pathsep.join(paths)
         os.environ["FIBOSERVER_MUTMUT_HITS"] = self.path
 
-    def hand_over(self) -> None:
+    @staticmethod
+    def recorded() -> set[str]:
+        """mutmut's record of the functions reached since the last test ended."""
         from mutmut.state import state
 
+        hits: set[str] = state()._stats
+        return hits
+
+    def collect_servers(self) -> None:
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             data = f.read()
         complete = data[: data.rfind(b"\n") + 1]  # a line being written waits
         self.offset += len(complete)
-        state()._stats.update(complete.decode().split())
+        self.recorded().update(complete.decode().split())
 
     def close(self) -> None:
         for key, value in self.saved_env.items():
@@ -101,23 +114,39 @@ class _ServerHits:
         os.unlink(self.path)
 
 
-_server_hits: _ServerHits | None = None
+_reach: _MutmutReach | None = None
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _server_hits
+    global _reach
     if os.environ.get("MUTANT_UNDER_TEST") == "stats":
-        _server_hits = _ServerHits()
+        _reach = _MutmutReach()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> Iterator[Any]:
+    if _reach is None or fixturedef.scope == "function":
+        return (yield)
+    _reach.collect_servers()
+    before = set(_reach.recorded())
+    try:
+        return (yield)
+    finally:
+        _reach.collect_servers()
+        reached = _reach.by_fixture.setdefault(fixturedef.argname, set())
+        reached |= _reach.recorded() - before
 
 
 @pytest.hookimpl(tryfirst=True)  # before mutmut's own hook files the calls under this test
 def pytest_runtest_teardown(item: pytest.Item) -> None:
-    if _server_hits is not None:
-        _server_hits.hand_over()
+    if _reach is not None:
+        _reach.collect_servers()
+        for name in getattr(item, "fixturenames", ()):
+            _reach.recorded().update(_reach.by_fixture.get(name, ()))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    global _server_hits
-    if _server_hits is not None:
-        _server_hits.close()
-        _server_hits = None
+    global _reach
+    if _reach is not None:
+        _reach.close()
+        _reach = None
