@@ -252,13 +252,13 @@ def test_rollout_drill(
             # 100 req/s offered, about 50 seen without preStop (1 s connect stalls);
             # 10 is a generous floor for a busy machine.
             assert report.sent >= 10 * res.seconds, report.line()
-        (_, _, with_prestop, _), (_, _, _, retried), (_, _, lossy, _) = results
+        (_, _, with_prestop, _), (_, _, _, rerouted), (_, _, lossy, _) = results
         # The bar: a rolling update with preStop loses nothing.
         assert with_prestop.failed == 0, with_prestop.failures
         # The controls show that the drill can fail. Without preStop the old replica
         # stops listening while nginx still sends it requests for 1 s: behind the
         # retrying proxy, some of them had to be retried on another replica...
-        assert retried > 0, "without preStop, no request reached the stopping replica"
+        assert rerouted > 0, "without preStop, no request reached the stopping replica"
         # ...and without retry they are lost. Odds of a false pass: every one of 10
         # replacements would have to lose nothing. A replacement loses about 3
         # (the requests routed to the stopped replica in that second at ~90 req/s,
