@@ -15,10 +15,9 @@ import ctypes
 from collections.abc import Callable
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
-    # The symbols the interpreter was linked with, the C library's among them:
-    # no library search (ctypes.util.find_library would run ldconfig).
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+def find_malloc_trim(libc: object) -> Callable[[int], int] | None:
+    """`libc`'s malloc_trim, typed for ctypes; None where the library has none."""
+    trim = getattr(libc, "malloc_trim", None)
     if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
@@ -26,7 +25,9 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
     return trim  # type: ignore[no-any-return]
 
 
-_malloc_trim = _find_malloc_trim()
+# The symbols the interpreter was linked with, the C library's among them: no
+# library search (ctypes.util.find_library would run ldconfig).
+_malloc_trim = find_malloc_trim(ctypes.CDLL(None))
 
 
 def can_release() -> bool:

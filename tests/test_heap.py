@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import platform
 from pathlib import Path
 
@@ -22,6 +23,14 @@ def rss_bytes() -> int:
 @pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's")
 def test_glibc_can_give_pages_back() -> None:
     assert heap.can_release()
+    trim = heap.find_malloc_trim(ctypes.CDLL(None))
+    assert trim is not None
+    assert trim.argtypes == [ctypes.c_size_t] and trim.restype is ctypes.c_int  # type: ignore[attr-defined]
+
+
+def test_a_c_library_without_malloc_trim() -> None:
+    # musl, macOS: nothing to call, and no error either.
+    assert heap.find_malloc_trim(object()) is None
 
 
 @pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's")
