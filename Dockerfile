@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # fiboserver image: gunicorn + the installed package, nothing else.
-#   make image                      (podman or docker; IMAGE=... TAG=...)
+#   make image                      (podman or docker; tag <version>-<commit>)
 #   podman build --build-arg BASE_IMAGE=localhost/bookworm-python ...
 # BASE_IMAGE must be a Debian-like image with python3 and its venv module; CI
 # passes a debootstrap Debian bookworm (python3 + python3-venv, no pip outside
@@ -12,14 +12,25 @@ ARG BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c
 
 FROM ${BASE_IMAGE} AS builder
 WORKDIR /src
-# Only what the build needs (see .dockerignore): metadata, the README it names,
-# and the package. Non-editable install: the venv holds a real copy.
+# Dependencies first, from the lock alone (`make lock`, docs/dependencies.md): every
+# distribution pinned and checked against its sha256 (--require-hashes), wheels
+# only (nothing is compiled), so two builds install the same bytes. Its own layer:
+# a code change does not reinstall them. --no-cache-dir: no wheel cache in a layer.
+COPY requirements.lock ./
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
+       --require-hashes --only-binary=:all: -r requirements.lock
+# Then the project: only what its build needs (see .dockerignore): metadata, the
+# README it names, the package. --no-deps: nothing beyond the lock can come in;
+# --no-build-isolation: built with the locked setuptools, not one fetched unhashed.
+# Non-editable: the venv holds a real copy. `pip check` fails the build if the lock
+# misses a requirement. pip and setuptools are removed afterwards: the running
+# service never installs anything.
 COPY pyproject.toml README.md ./
 COPY fiboserver ./fiboserver
-# --no-cache-dir: no wheel cache left in the layer. pip and setuptools are removed
-# from the venv afterwards: the running service never installs anything.
-RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check /src \
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
+       --no-deps --no-build-isolation /src \
+    && /opt/venv/bin/pip check --disable-pip-version-check \
     && /opt/venv/bin/pip uninstall --yes --disable-pip-version-check pip setuptools
 
 FROM ${BASE_IMAGE}

@@ -33,12 +33,46 @@ lint: $(INSTALLED) ## ruff and mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# --- metrics (issue 10; README "Metrics") -------------------------------------------
+# Debian's prometheus package (apt-get install prometheus) on 127.0.0.1:9090,
+# scraping `make run`'s /metrics (metrics_port 9464) with k8s/monitoring's rules.
+# Config, rules and data go to .monitor/ (git-ignored).
+MONITOR_ARGS ?=
+
+.PHONY: monitor
+
+monitor: $(INSTALLED) ## Prometheus on 127.0.0.1:9090 scraping `make run` (in another terminal), with the alert rules
+	$(BIN)/python tests/promlocal.py --dir .monitor $(MONITOR_ARGS)
+
 # --- image, TLS and Kubernetes deployment (issue 3; README "Deployment") ---------
 # podman or docker, whichever is installed (podman first).
 CONTAINER_ENGINE ?= $(shell command -v podman 2>/dev/null || command -v docker 2>/dev/null)
-IMAGE ?= fiboserver
-# The image tag is the project version; k8s/base/kustomization.yaml pins the same.
-TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# localhost/: the name podman gives a local build anyway, and the one a node's
+# containerd keeps for an image imported from `podman save` / `docker save`, so
+# the pod's image reference matches the loaded image (a bare `fiboserver` would
+# mean docker.io/library/fiboserver there).
+IMAGE ?= localhost/fiboserver
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# THE ONE PLACE computing the tag (make image, make deploy, make print-image):
+# <version>-<commit>, e.g. 0.1.0-54aec29, so every commit is a new tag and a new
+# pod template (with IfNotPresent, an old tag would never roll out new code).
+# Uncommitted changes: <version>-<commit>-dirty-<tree>, <tree> hashing the working
+# tree (untracked files included) through a throw-away index, so each different
+# dirty state is a different tag too. Without git: the version alone.
+# GIT_STATE = "<full commit> <short commit> [<tree>]", computed once on first use
+# (`make help` never runs git).
+GIT_STATE = $(eval GIT_STATE := $(shell \
+  if commit=$$(git rev-parse HEAD 2>/dev/null); then \
+    echo "$$commit $$(git rev-parse --short HEAD)"; \
+    if [ -n "$$(git status --porcelain 2>/dev/null)" ]; then \
+      idx=$$(mktemp) && cp "$$(git rev-parse --git-path index)" "$$idx" \
+      && GIT_INDEX_FILE=$$idx git add -A && tree=$$(GIT_INDEX_FILE=$$idx git write-tree) \
+      && rm -f "$$idx" && echo "$${tree:0:7}"; fi; \
+  fi))$(GIT_STATE)
+DIRTY_TREE = $(word 3,$(GIT_STATE))
+TAG ?= $(VERSION)$(if $(GIT_STATE),-$(word 2,$(GIT_STATE))$(if $(DIRTY_TREE),-dirty-$(DIRTY_TREE)))
+# The full commit for the image's org.opencontainers.image.revision label.
+REVISION = $(word 1,$(GIT_STATE))$(if $(DIRTY_TREE),-dirty)
 # Empty: the Dockerfile's pinned default. CI passes a local debootstrap base.
 BASE_IMAGE ?=
 # Extra build options, e.g. BUILD_FLAGS='--network host' where the default
@@ -50,11 +84,31 @@ K8S_DIR = $(if $(filter all,$(ENV)),k8s,k8s/overlays/$(ENV))
 DEPLOYMENTS = $(if $(filter all,$(ENV)),fiboserver-dev fiboserver-prod,fiboserver-$(ENV))
 CHECKOV := .tools/checkov/bin/checkov
 
-.PHONY: image push certgen tls-secret deploy undeploy checkov
+.PHONY: image print-image manifests lock sbom push certgen tls-secret deploy undeploy checkov
 
-image: ## build the image IMAGE:TAG (fiboserver:<version>) with podman or docker; BASE_IMAGE=... optional
+image: ## build IMAGE:TAG (localhost/fiboserver:<version>-<commit>) with podman or docker; BASE_IMAGE=... optional
 	@test -n "$(CONTAINER_ENGINE)" || { echo "make image: neither podman nor docker is installed" >&2; exit 1; }
-	$(CONTAINER_ENGINE) build $(BUILD_FLAGS) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMAGE):$(TAG) .
+	$(CONTAINER_ENGINE) build $(BUILD_FLAGS) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	  --label org.opencontainers.image.version=$(VERSION) \
+	  --label org.opencontainers.image.revision=$(REVISION) \
+	  -t $(IMAGE):$(TAG) .
+
+print-image: ## print IMAGE:TAG, the image `make image` builds and `make deploy` sets
+	@echo '$(IMAGE):$(TAG)'
+
+# The environment K8S_DIR rendered with its image set to IMAGE:TAG: a kustomization
+# generated in a temporary directory refers to K8S_DIR (kustomize wants a relative
+# path) and sets `images:`, so no tracked file is edited.
+RENDER_WITH_IMAGE = dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT \
+	&& printf '%s\n' 'apiVersion: kustomize.config.k8s.io/v1beta1' 'kind: Kustomization' \
+	  'resources:' "  - $$(realpath --relative-to="$$dir" $(K8S_DIR))" \
+	  'images:' '  - name: fiboserver' '    newName: $(IMAGE)' '    newTag: $(TAG)' \
+	  >"$$dir/kustomization.yaml" \
+	&& kubectl kustomize "$$dir"
+
+manifests: ## print what `make deploy` applies (ENV=dev, prod or all; image IMAGE:TAG)
+	@case "$(ENV)" in dev|prod|all) ;; *) echo "ENV must be dev, prod or all, not '$(ENV)'" >&2; exit 2;; esac
+	@$(RENDER_WITH_IMAGE)
 
 push: ## push IMAGE:TAG to its registry (e.g. IMAGE=registry.example/fiboserver)
 	$(CONTAINER_ENGINE) push $(IMAGE):$(TAG)
@@ -67,10 +121,10 @@ tls-secret: ## create or update Secret `cloudnative` in namespace `cloudnative` 
 	kubectl create secret tls cloudnative --namespace cloudnative \
 	  --cert=tls/tls.crt --key=tls/tls.key --dry-run=client -o yaml | kubectl apply -f -
 
-deploy: ## kubectl apply -k the environment: ENV=dev (default), prod or all
+deploy: ## apply the environment with image IMAGE:TAG: ENV=dev (default), prod or all
 	@case "$(ENV)" in dev|prod|all) ;; *) echo "ENV must be dev, prod or all, not '$(ENV)'" >&2; exit 2;; esac
 	kubectl apply -f k8s/namespace.yaml
-	kubectl apply -k $(K8S_DIR)
+	set -o pipefail; { $(RENDER_WITH_IMAGE); } | kubectl apply -f -
 	for d in $(DEPLOYMENTS); do kubectl -n cloudnative rollout status deployment/$$d --timeout=5m || exit 1; done
 
 undeploy: ## kubectl delete -k the environment: ENV=dev (default), prod or all (all deletes the namespace)
@@ -83,6 +137,49 @@ $(CHECKOV):
 	.tools/checkov/bin/pip install --quiet 'checkov==3.3.30'
 
 checkov: $(CHECKOV) ## install checkov into its own venv .tools/checkov (tests/test_k8s.py runs it)
+
+# --- dependency lock and SBOM (issue 11; docs/dependencies.md) ----------------------
+# uv resolves for the image's platform whatever machine runs `make lock`.
+UV_VERSION := 0.13.8
+UV := .tools/uv/bin/uv
+LOCK := requirements.lock
+# UPGRADE=1: newest versions the ranges allow; otherwise the lock's pins are kept
+# where they still satisfy pyproject.toml.
+UPGRADE ?=
+CYCLONEDX_VERSION := 7.5.0
+SBOM_TOOL := .tools/sbom
+SBOM ?= sbom.cdx.json
+
+$(UV):
+	$(PYTHON) -m venv .tools/uv
+	.tools/uv/bin/pip install --quiet --upgrade pip
+	.tools/uv/bin/pip install --quiet 'uv==$(UV_VERSION)'
+
+lock: $(UV) ## refresh requirements.lock (hashed pins for CPython 3.11 on Linux x86_64) from pyproject.toml; UPGRADE=1
+	$(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+	  | $(UV) pip compile --quiet --generate-hashes --python-version 3.11 \
+	    --python-platform x86_64-manylinux_2_36 --custom-compile-command 'make lock' \
+	    $(if $(filter 1,$(UPGRADE)),--upgrade) --output-file $(LOCK) pyproject.toml -
+
+# cyclonedx-py for CPython 3.11 on Linux x86_64, installed as plain files: it runs
+# inside a container of the image (mounted read-only), with the image's python.
+$(SBOM_TOOL)/.installed: $(INSTALLED)
+	rm -rf $(SBOM_TOOL)
+	$(BIN)/pip install --quiet --disable-pip-version-check --target $(SBOM_TOOL) \
+	  --python-version 3.11 --platform manylinux2014_x86_64 --only-binary=:all: \
+	  'cyclonedx-bom==$(CYCLONEDX_VERSION)'
+	touch $@
+
+sbom: $(SBOM_TOOL)/.installed ## CycloneDX SBOM of IMAGE:TAG's Python environment (/opt/venv) to SBOM=sbom.cdx.json
+	@test -n "$(CONTAINER_ENGINE)" || { echo "make sbom: neither podman nor docker is installed" >&2; exit 1; }
+	$(CONTAINER_ENGINE) run --rm --network none --read-only --user 10001:10001 \
+	  -v $(CURDIR)/$(SBOM_TOOL):/sbom-tool:ro -v $(CURDIR)/pyproject.toml:/sbom-input/pyproject.toml:ro \
+	  --entrypoint /opt/venv/bin/python $(IMAGE):$(TAG) -I -c \
+	  'import runpy, sys; sys.path.insert(0, "/sbom-tool"); sys.argv = ["cyclonedx-py", *sys.argv[1:]]; runpy.run_module("cyclonedx_py", run_name="__main__")' \
+	  environment --pyproject /sbom-input/pyproject.toml --mc-type application \
+	  --output-reproducible --output-format JSON --output-file - /opt/venv/bin/python >$(SBOM).tmp
+	mv $(SBOM).tmp $(SBOM)
+	@echo "sbom: $(SBOM) for $(IMAGE):$(TAG)"
 
 # --- end to end with podman and nginx (issue 4; README "End to end") --------------
 # Needs root, podman (runc), debootstrap, nginx and curl: `.ci/run` installs them.
@@ -132,8 +229,13 @@ mutate: $(MUTATE_INSTALLED) ## mutation testing of fiboserver/ (mutmut); prints 
 KIBANA_URL ?= http://127.0.0.1:5601
 KIBANA_CURL_ARGS ?=
 KIBANA_OBJECTS := k8s/logging/kibana/saved-objects.ndjson
+# ELASTICSEARCH_URL: e.g. after `kubectl -n logging port-forward svc/elasticsearch 9200`.
+# ES_CURL_ARGS: extra curl options for it, e.g. -u elastic:<password> --cacert ca.crt.
+ELASTICSEARCH_URL ?= http://127.0.0.1:9200
+ES_CURL_ARGS ?=
+ES_DIR := k8s/logging/elasticsearch
 
-.PHONY: deploy-logging undeploy-logging kibana-import
+.PHONY: deploy-logging undeploy-logging elasticsearch-setup kibana-import
 
 deploy-logging: ## Fluent Bit DaemonSet to namespace logging; DEMO=1 first applies the demo Elasticsearch + Kibana
 	$(if $(filter 1,$(DEMO)),kubectl apply -k k8s/logging/elastic)
@@ -144,7 +246,19 @@ undeploy-logging: ## remove Fluent Bit, keep namespace logging; DEMO=1 deletes t
 	kubectl delete -k k8s/logging -l app.kubernetes.io/name=fluent-bit --ignore-not-found
 	$(if $(filter 1,$(DEMO)),kubectl delete -k k8s/logging/elastic --ignore-not-found)
 
-kibana-import: ## load the data view and saved searches into Kibana at KIBANA_URL (import API, overwrite)
+# PUT <url> <file>: fails unless Elasticsearch answers {"acknowledged": true}.
+es_put = out=$$(curl --silent --show-error --fail-with-body -X PUT "$(ELASTICSEARCH_URL)$(1)" \
+	  -H 'Content-Type: application/json' $(ES_CURL_ARGS) --data-binary @$(2)) \
+	  || { echo "elasticsearch-setup: PUT $(1) failed: $$out" >&2; exit 1; }; \
+	printf '%s' "$$out" | grep -Eq '"acknowledged"[[:space:]]*:[[:space:]]*true' \
+	  || { echo "elasticsearch-setup: PUT $(1) not acknowledged: $$out" >&2; exit 1; }; \
+	echo "elasticsearch-setup: $(1): $$out"
+
+elasticsearch-setup: ## ILM policy (14-day retention) and the fiboserver-* index template into ELASTICSEARCH_URL
+	@$(call es_put,/_ilm/policy/fiboserver-logs,$(ES_DIR)/ilm-policy.json)
+	@$(call es_put,/_index_template/fiboserver,$(ES_DIR)/index-template.json)
+
+kibana-import: elasticsearch-setup ## Elasticsearch setup, then the data view and saved searches into Kibana at KIBANA_URL
 	@out=$$(curl --silent --show-error --fail-with-body -X POST \
 	  "$(KIBANA_URL)/api/saved_objects/_import?overwrite=true" \
 	  -H 'kbn-xsrf: true' $(KIBANA_CURL_ARGS) --form file=@$(KIBANA_OBJECTS)) \
@@ -154,3 +268,20 @@ kibana-import: ## load the data view and saved searches into Kibana at KIBANA_UR
 	else \
 	  echo "kibana-import: Kibana did not import everything: $$out" >&2; exit 1; \
 	fi
+
+# --- a real single-node cluster (issue 9; README "Run it on a real cluster") -------
+# Upstream Kubernetes v1.34.4, etcd, containerd built from pinned Go modules
+# (tests/cluster/build/*/go.mod), cached in /var/cache/fiboserver/cluster; runc, CNI
+# plugins, catatonit, iptables from Debian (`.ci/run` installs them). Root only.
+CLUSTER := $(BIN)/python tests/cluster/cluster.py
+
+.PHONY: cluster-up cluster-e2e cluster-down
+
+cluster-up: $(INSTALLED) ## start a local single-node Kubernetes (first run compiles it); kubeconfig .cluster/kubeconfig
+	$(CLUSTER) up
+
+cluster-e2e: $(INSTALLED) ## the checks on the cluster of `make cluster-up` (apply -k, rollouts under load, PDB, probes, logs)
+	KUBECONFIG=$(CURDIR)/.cluster/kubeconfig $(BIN)/pytest -m cluster tests/cluster
+
+cluster-down: $(INSTALLED) ## stop the local cluster and remove everything it made (twice is harmless)
+	$(CLUSTER) down

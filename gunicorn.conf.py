@@ -7,44 +7,14 @@ with one JSON error record and exit status 78 (EX_CONFIG).
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
-from typing import Any, NoReturn
 
-from fiboserver import logs
-from fiboserver.cgroup import default_workers
-from fiboserver.config import CONFIG_ENV, ConfigError, load_config
-from fiboserver.worker import refuse_new_connections
+from fiboserver import hooks, logs
+from fiboserver.startup import config_or_exit, workers_or_exit
 
-log = logging.getLogger("fiboserver.server")
-
-
-def _refuse_to_start(msg: str, **fields: Any) -> NoReturn:
-    logs.configure_logging("INFO")
-    log.critical(msg, extra=fields)
-    sys.exit(os.EX_CONFIG)
-
-
-_config_path = os.environ.get(CONFIG_ENV)
-if not _config_path:
-    _refuse_to_start(
-        "invalid configuration", errmsg=f"environment variable {CONFIG_ENV} is not set"
-    )
 # Underscored names: gunicorn takes a public name that matches a setting as one.
-try:
-    _config = load_config(_config_path)
-except ConfigError as exc:
-    _refuse_to_start(
-        "invalid configuration",
-        file=exc.path,
-        **({"config_key": exc.key} if exc.key is not None else {}),
-        errmsg=str(exc),
-    )
-try:
-    _workers = default_workers(os.environ)
-except ValueError as exc:
-    _refuse_to_start("invalid configuration", errmsg=str(exc))
+_config = config_or_exit(os.environ)
+_workers = workers_or_exit(os.environ)
 
 # --- settings ---------------------------------------------------------------
 
@@ -54,9 +24,11 @@ bind = [f"0.0.0.0:{_config.port}"]
 # workers share its memory.
 preload_app = True
 
-# gthread: a few threads per process for slow clients; one process per CPU the
+# gthread's request handling behind an event loop that holds idle and slow
+# connections, gives the probes a thread of their own and sheds overload
+# (docs/worker.md); 4 threads for requests per process, one process per CPU the
 # container may use (cgroup quota), since Python computes under one GIL.
-worker_class = "fiboserver.worker.DrainingThreadWorker"
+worker_class = "fiboserver.worker.RequestThreadWorker"
 workers = _workers
 threads = 4
 
@@ -84,54 +56,19 @@ accesslog = None  # the app logs `start` and `end` for each request
 logger_class = "fiboserver.logs.GunicornLogger"
 errorlog = "-"
 
-# --- server hooks -------------------------------------------------------------
-
+# --- server hooks (fiboserver/hooks.py) ----------------------------------------
 
 # Master, once the listening sockets are open, before the workers start.
-def when_ready(server: Any) -> None:
-    logging.captureWarnings(True)
-    addresses = ",".join(str(listener) for listener in server.LISTENERS)
-    log.info("server start", extra={"addr": addresses})
-    _stop_gracefully_on_sigterm(server)
-
-
-def _stop_gracefully_on_sigterm(server: Any) -> None:
-    # gunicorn has no hook for SIGTERM in the master; wrap its handler, which
-    # runs in the main loop (not in signal context), so logging is safe.
-    handle_term = server.handle_term
-
-    def graceful_stop() -> None:
-        log.info("graceful stopping server", extra={"graceful_timeout": graceful_timeout})
-        # New connections are refused here, by the master, and only when the whole
-        # server stops: the listening socket is shared by all workers, so a filter
-        # set by one worker that exits alone (max_requests, its own SIGTERM) would
-        # leave the running service dropping every new connection.
-        for listener in server.LISTENERS:
-            try:
-                refuse_new_connections(listener.sock)
-            except OSError as exc:
-                # Without the filter, the workers still serve what is queued.
-                log.warning("cannot filter new connections", extra={"errmsg": str(exc)})
-        handle_term()
-
-    server.handle_term = graceful_stop
-
-
+when_ready = hooks.when_ready
+# Master, just before it forks a worker.
+pre_fork = hooks.pre_fork
 # Worker, after it has loaded the app and before it serves.
-def post_worker_init(worker: Any) -> None:
-    log.info("worker booted", extra={"pid": worker.pid})
-
-
+post_worker_init = hooks.post_worker_init
 # Worker, when it got SIGABRT from the master for exceeding `timeout`.
-def worker_abort(worker: Any) -> None:
-    log.error("worker aborted on timeout", extra={"pid": worker.pid})
-
-
+worker_abort = hooks.worker_abort
+# Worker, on every exit it makes itself (not when killed by a signal).
+worker_exit = hooks.worker_exit
 # Master, after a worker has exited for any reason (even SIGKILL).
-def child_exit(server: Any, worker: Any) -> None:
-    log.info("worker exited", extra={"pid": worker.pid})
-
-
+child_exit = hooks.child_exit
 # Master, just before the process exits.
-def on_exit(server: Any) -> None:
-    log.info("server stopped")
+on_exit = hooks.on_exit

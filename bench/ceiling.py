@@ -1,6 +1,6 @@
 """The ceiling of the stack: a bare WSGI callable under the service's own gunicorn settings.
 
-bench/run.py starts it as `gunicorn -c gunicorn.conf.py bench.ceiling:app` with the
+`make bench` starts it as `gunicorn -c gunicorn.conf.py bench.ceiling:app` with the
 same FIBOSERVER_CONFIG as the service it is compared with, so worker class,
 workers, threads and keep-alive are the service's and only the app differs. It
 answers `<prefix>/fibo?n=N` with the body and header set the service sends, using
@@ -31,7 +31,7 @@ StartResponse = Callable[..., Any]
 
 
 def _body(n: int) -> bytes:
-    """The service's JSON body for F(n); bench/run.py checks the two are byte-identical."""
+    """The service's JSON body for F(n); bench/servers.py checks the two are byte-identical."""
     return b'{"result": ' + fibonacci_digits(n).encode("ascii") + b"}"
 
 

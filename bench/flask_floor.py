@@ -1,6 +1,6 @@
 """The Flask floor: a plain Flask app answering `<prefix>/fibo` like the service, nothing else.
 
-bench/run.py runs it next to the service and the bare-WSGI ceiling, under the
+`make bench` runs it next to the service and the bare-WSGI ceiling, under the
 same gunicorn settings (`gunicorn -c gunicorn.conf.py bench.flask_floor:app`).
 It has what any Flask app has (request context, URL routing, a view, a
 Response) and none of the service's features: no request id, no log records,

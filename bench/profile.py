@@ -1,6 +1,6 @@
 """Where a worker's time goes under wrk load: py-spy on the service as deployed.
 
-Starts the PROD service the way bench/run.py does, loads it with wrk (cached
+Starts the PROD service the way `make bench` does, loads it with wrk (cached
 n=30 by default), records one worker with py-spy (`.venv/bin/pip install -e ".[bench]"`) and
 prints the share of samples by self time and by inclusive time of the layers
 of the hot path (gunicorn, Flask/Werkzeug, logging, the app's own code).
@@ -18,9 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
-from bench.run import PROD_CONFIG, ROOT, SUMMARY_LUA, Bench, running
+from bench.servers import SERVICE, Bench
+from bench.wrk import cached_load, random_load, start_wrk, wrk_argv
 
 # Inclusive buckets: a sample counts for the first pattern found in its stack (leaf first).
 LAYERS = (
@@ -59,34 +58,18 @@ def main() -> int:
         print("py-spy is not installed: .venv/bin/pip install -e '.[bench]'", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="fiboserver-profile-") as tmp:
-        bench_args = argparse.Namespace()
-        bench = Bench(bench_args, Path(tmp), yaml.safe_load(PROD_CONFIG.read_text()))
+        bench = Bench(Path(tmp))
         overrides = {"cacheresult": False} if args.uncached else {}
-        server = bench.server("profiled", bench.config("profiled", **overrides))
+        server = bench.server("profiled", SERVICE.with_config(**overrides))
         raw = Path(tmp) / "stacks.txt"
-        with running(server):
+        if args.uncached:
+            load = random_load(bench.prefix, int(bench.prod["maxseq"]), 1)
+        else:
+            load = cached_load(bench.prefix)
+        with bench.running(server):
             pid = server.wait_workers(int(server.print_config()["workers"]))[0]
-            if args.uncached:
-                script = ["-s", "bench/wrk/random_n.lua"]
-                url = f"http://127.0.0.1:{server.port}{server.prefix}/fibo"
-                extra = ["--", str(bench.prod["maxseq"]), server.prefix, "1"]
-            else:
-                script = ["-s", SUMMARY_LUA]
-                url = f"http://127.0.0.1:{server.port}{server.prefix}/fibo?n=30"
-                extra = []
-            wrk = subprocess.Popen(
-                [
-                    "wrk",
-                    "-t1",
-                    f"-c{args.connections}",
-                    f"-d{args.seconds + 3}s",
-                    *script,
-                    url,
-                    *extra,
-                ],
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-            )
+            argv = wrk_argv(server.port, load, 1, args.connections, args.seconds + 3)
+            wrk = start_wrk(argv, stdout=subprocess.DEVNULL)
             subprocess.run(
                 [
                     spy,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 
 from fiboserver.logs import request_id_var
+from fiboserver.metrics import RequestMetrics
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -89,11 +90,15 @@ class AccessLog:
     the response is sent, so every record written meanwhile carries it;
     `X-Request-ID` is added to every response, errors included, and `end` is
     written when the server closes the response, so `duration_ms` includes
-    sending it.
+    sending it. With `metrics`, the request is counted in flight from `start`
+    to `end` and recorded in the duration histogram with the `end` record's own
+    method, path, status and duration: the log and the metric agree on every
+    request.
     """
 
-    def __init__(self, wsgi_app: WSGIApplication) -> None:
+    def __init__(self, wsgi_app: WSGIApplication, metrics: RequestMetrics | None = None) -> None:
         self.wsgi_app = wsgi_app
+        self.metrics = metrics
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -105,6 +110,9 @@ class AccessLog:
             "client": f"{environ.get('REMOTE_ADDR', '')}:{environ.get('REMOTE_PORT', '')}",
         }
         log.info("start", extra=fields)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.started()
         status = ""
 
         def start_response_with_id(
@@ -121,6 +129,14 @@ class AccessLog:
             try:
                 fields["status"] = int(status[:3])
                 fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+                if metrics is not None:
+                    # The record's own values, the rounded duration included: a
+                    # request falls in the bucket a reader of the log would put it
+                    # in. Counted first: a request whose `end` is logged is counted.
+                    metrics.finished(
+                        fields["method"], fields["path"], fields["status"],
+                        fields["duration_ms"] / 1000,
+                    )  # fmt: skip
                 log.info("end", extra=fields)
             finally:
                 request_id_var.reset(token)
@@ -128,10 +144,50 @@ class AccessLog:
         try:
             body = self.wsgi_app(environ, start_response_with_id)
         except BaseException:
+            # No answer of ours and no `end` record: gunicorn answers 500 itself.
+            if metrics is not None:
+                metrics.abandoned()
             request_id_var.reset(token)
             raise
         return _Closing(body, end)
 
 
-def init_app(app: Flask) -> None:
-    app.wsgi_app = AccessLog(app.wsgi_app)  # type: ignore[method-assign]
+def refused(
+    *,
+    status: int,
+    errmsg: str,
+    request_id: str,
+    method: str,
+    path: str,
+    client: str,
+    duration_ms: float,
+    metrics: RequestMetrics | None = None,
+) -> None:
+    """The one record of a request the server answered without the app
+    (fiboserver.refusals: overload 503, the HTTP layer's 400/408/414/431):
+    the keys of `end`, plus what was refused in `errmsg`. Counted in the
+    request histogram like an `end`, with the record's own values."""
+    if metrics is not None:
+        metrics.observe(method, path, status, duration_ms / 1000)
+    log.warning(
+        "request refused",
+        extra={
+            "request_id": request_id,
+            "method": method,
+            "path": path,
+            "client": client,
+            "status": status,
+            "duration_ms": duration_ms,
+            "errmsg": errmsg,
+        },
+    )
+
+
+def request_metrics(app: object) -> RequestMetrics | None:
+    """What the app's access middleware records requests into (None without metrics)."""
+    wsgi_app = getattr(app, "wsgi_app", None)
+    return wsgi_app.metrics if isinstance(wsgi_app, AccessLog) else None
+
+
+def init_app(app: Flask, metrics: RequestMetrics | None = None) -> None:
+    app.wsgi_app = AccessLog(app.wsgi_app, metrics)  # type: ignore[method-assign]

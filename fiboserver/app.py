@@ -12,13 +12,24 @@ from werkzeug.sansio.response import Response as BaseResponse
 from fiboserver import access
 from fiboserver.cache import FiboCache
 from fiboserver.config import CONFIG_ENV, Config, load_config
-from fiboserver.routes import bp, json_response
+from fiboserver.metrics import (
+    EXTENSION_KEY,
+    MetricsSource,
+    RequestMetrics,
+    process_metrics,
+    static_rules,
+)
+from fiboserver.routes import PROBE_ROUTES, bp, json_response
 
 log = logging.getLogger("fiboserver.app")
 
 
-def create_app(config: Config | None = None) -> Flask:
-    """Build the app for `config`, by default the file named by $FIBOSERVER_CONFIG."""
+def create_app(config: Config | None = None, metrics: MetricsSource | None = None) -> Flask:
+    """Build the app for `config`, by default the file named by $FIBOSERVER_CONFIG.
+
+    With `metrics_port` set, it records metrics into `metrics()`, by default this
+    process's own (fiboserver.metrics.process_metrics).
+    """
     if config is None:
         config = load_config(os.environ[CONFIG_ENV])
     # No static route: nothing is served outside the environment's prefix.
@@ -28,13 +39,26 @@ def create_app(config: Config | None = None) -> Flask:
         FIBO_MAXSEQ=config.maxseq,
         FIBO_CACHE_MAX_BYTES=config.cache_max_bytes,
     )
-    access.init_app(app)
-    if config.cacheresult:
-        FiboCache(app)
     app.register_blueprint(bp, url_prefix=config.prefix)
+    source = (metrics or process_metrics) if config.metrics_port else None
+    if source is not None:
+        app.extensions[EXTENSION_KEY] = source
+    access.init_app(app, RequestMetrics(static_rules(app.url_map), source) if source else None)
+    if config.cacheresult:
+        FiboCache(app, metrics=source)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
     return app
+
+
+def probe_paths(app: object) -> frozenset[str]:
+    """The liveness and readiness paths of an app built by `create_app`
+    (empty for any other WSGI app): the worker serves them in their own lane."""
+    config = getattr(app, "config", None)
+    fiboserver = config.get("FIBOSERVER") if isinstance(config, dict) else None
+    if not isinstance(fiboserver, Config):
+        return frozenset()
+    return frozenset(fiboserver.prefix + route for route in PROBE_ROUTES)
 
 
 def _http_error(exc: HTTPException) -> BaseResponse:

@@ -7,6 +7,10 @@ walking every n up to maxseq keeps a worker's memory within `cache_max_bytes`
 its share of the ordered dict, and for a value of a page or more, the page that
 the C allocator keeps around it. One lock guards it: gthread serves requests
 from several threads, and every operation is a few dict moves.
+
+With metrics, each lookup counts as a hit or a miss (one counter update, the
+same event as the `cache hit` / `cache miss` record), and each store updates
+the size and entry gauges and counts evictions.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections import OrderedDict
 from flask import Flask
 
 from fiboserver import heap
+from fiboserver.metrics import Metrics, MetricsSource
 
 EXTENSION_KEY = "fibo_cache"
 # What an entry costs the OrderedDict beyond its key and value (CPython 3.11):
@@ -55,12 +60,19 @@ def elide(text: str, limit: int = LOGGED_VALUE_CHARS) -> str:
 class FiboCache:
     """LRU map n -> digits of F(n), bounded by `max_bytes` of accounted memory."""
 
-    def __init__(self, app: Flask | None = None, max_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        app: Flask | None = None,
+        max_bytes: int | None = None,
+        metrics: MetricsSource | None = None,
+    ) -> None:
         self.max_bytes = max_bytes if max_bytes is not None else 0
         self._entries: OrderedDict[int, str] = OrderedDict()
         self._size = 0
         self._evicted_since_release = 0
         self._lock = threading.Lock()
+        self._metrics_source = metrics
+        self._metrics: Metrics | None = None
         if app is not None:
             self.init_app(app)
 
@@ -84,25 +96,35 @@ class FiboCache:
             value += HEAP_PAGE_BYTES
         return sys.getsizeof(n) + value + ENTRY_OVERHEAD_BYTES
 
-    def _make_room(self, n: int, cost: int) -> int:
+    def _make_room(self, n: int, cost: int) -> tuple[int, int]:
         """Drop `n`'s old value and the least recently used entries until `cost`
-        fits; the accounted bytes evicted (the caller holds the lock)."""
+        fits; how many entries and accounted bytes were evicted (the caller holds
+        the lock)."""
         old = self._entries.pop(n, None)
         if old is not None:
             self._size -= self.entry_bytes(n, old)
-        evicted_bytes = 0
+        evictions = evicted_bytes = 0
         while self._entries and self._size + cost > self.max_bytes:
             evicted_n, evicted = self._entries.popitem(last=False)
             freed = self.entry_bytes(evicted_n, evicted)
             self._size -= freed
             evicted_bytes += freed
-        return evicted_bytes
+            evictions += 1
+        return evictions, evicted_bytes
+
+    def _bind_metrics(self) -> Metrics:
+        assert self._metrics_source is not None
+        self._metrics = self._metrics_source()
+        return self._metrics
 
     def get(self, n: int) -> str | None:
         with self._lock:
             digits = self._entries.get(n)
             if digits is not None:
                 self._entries.move_to_end(n)
+        if self._metrics_source is not None:
+            metrics = self._metrics or self._bind_metrics()
+            (metrics.cache_hits if digits is not None else metrics.cache_misses).inc()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("cache hit" if digits is not None else "cache miss", extra={"key": n})
         return digits
@@ -112,7 +134,8 @@ class FiboCache:
         if cost > self.max_bytes:
             return  # could never fit; storing it would only evict everything else
         with self._lock:
-            self._evicted_since_release += self._make_room(n, cost)
+            evictions, evicted_bytes = self._make_room(n, cost)
+            self._evicted_since_release += evicted_bytes
             self._entries[n] = digits
             self._size += cost
             # A dict never shrinks its table on deletion, and when values grow,
@@ -123,6 +146,13 @@ class FiboCache:
             release = self._evicted_since_release >= self.max_bytes * RELEASE_EVERY
             if release:
                 self._evicted_since_release = 0
+            if self._metrics_source is not None:
+                # Under the lock, so the gauges are written in the order of the changes.
+                metrics = self._metrics or self._bind_metrics()
+                metrics.cache_bytes.set(self._size)
+                metrics.cache_entries.set(len(self._entries))
+                if evictions:
+                    metrics.cache_evictions.inc(evictions)
         if release:
             heap.release_free_pages()
         if log.isEnabledFor(logging.DEBUG):

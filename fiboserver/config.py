@@ -16,6 +16,8 @@ import yaml
 CONFIG_ENV = "FIBOSERVER_CONFIG"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MAX_SEQ_LIMIT = 100_000
+# The OpenTelemetry Prometheus exporter's port; 0 turns metrics off (SPEC section 11).
+DEFAULT_METRICS_PORT = 9464
 _ENV_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,30}")
 
 
@@ -38,6 +40,7 @@ class Config:
     port: int = 8080
     loglevel: str = "INFO"
     cache_max_bytes: int = 32 * 1024 * 1024
+    metrics_port: int = DEFAULT_METRICS_PORT
 
     @property
     def prefix(self) -> str:
@@ -85,6 +88,7 @@ _RULES: dict[str, tuple[bool, Callable[[Any], str | None]]] = {
     "port": (False, _int_in(1, 65535)),
     "loglevel": (False, _loglevel),
     "cache_max_bytes": (False, _int_in(0)),
+    "metrics_port": (False, _int_in(0, 65535)),
 }
 
 
@@ -110,6 +114,11 @@ def parse_config(data: object, path: str) -> Config:
         if problem is not None:
             raise ConfigError(path, key, problem)
     values = dict(data)
+    port = values.get("port", Config.port)
+    if values.get("metrics_port", Config.metrics_port) == port:
+        raise ConfigError(
+            path, "metrics_port", f"must differ from port (both are {port}); 0 turns metrics off"
+        )
     values.setdefault("loglevel", default_loglevel(values["env"]))
     values["loglevel"] = values["loglevel"].upper()
     return Config(**values)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
 from fiboserver.cache import EXTENSION_KEY, FiboCache
+from fiboserver.echo import bounded, quoted
 from fiboserver.fibo import fibonacci_digits
 from fiboserver.lifecycle import is_draining
+from fiboserver.metrics import EXTENSION_KEY as METRICS_KEY
+from fiboserver.metrics import MetricsSource
 
 bp = Blueprint("fibo", __name__)
 log = logging.getLogger("fiboserver.fibo")
@@ -22,6 +26,9 @@ _PLAIN_INTEGER = re.compile(r"-?[0-9]+")
 # Anything else (more keys, %-escapes, no n) goes through request.args.
 _PLAIN_QUERY = re.compile(r"n=([0-9]{1,20})")
 JSON = "application/json"
+# The kubelet's probes (liveness, readiness): the worker gives them a lane of
+# their own so they answer in milliseconds however busy the other threads are.
+PROBE_ROUTES = ("/healthz", "/readyz")
 
 
 def json_response(payload: dict[str, Any], status: int = 200) -> Response:
@@ -29,18 +36,21 @@ def json_response(payload: dict[str, Any], status: int = 200) -> Response:
 
 
 def parse_n(raw: str | None, maxseq: int) -> int:
-    """The `n` query argument as an int in 0..maxseq; ValueError says what is wrong."""
+    """The `n` query argument as an int in 0..maxseq; ValueError says what is wrong.
+
+    The message quotes at most 40 characters of `raw` (fiboserver.echo): it goes
+    into the response and into the log record.
+    """
     if raw is None or raw == "":
         raise ValueError("query parameter n is required, e.g. ?n=10")
     if not _PLAIN_INTEGER.fullmatch(raw):
-        raise ValueError(f"n must be a plain base-10 integer, got {raw!r}")
+        raise ValueError(f"n must be a plain base-10 integer, got {quoted(raw)}")
     if raw.startswith("-"):
-        raise ValueError(f"n must not be negative, got {raw}")
+        raise ValueError(f"n must not be negative, got {bounded(raw)}")
     # Compare lengths first: int() refuses strings of over 4300 digits.
     significant = raw.lstrip("0")
     if len(significant) > len(str(maxseq)) or int(raw) > maxseq:
-        shown = raw if len(raw) <= 20 else raw[:17] + "..."
-        raise ValueError(f"n must be <= maxseq ({maxseq}), got {shown}")
+        raise ValueError(f"n must be <= maxseq ({maxseq}), got {bounded(raw)}")
     return int(raw)
 
 
@@ -55,7 +65,11 @@ def fibo() -> Response:
     cache: FiboCache | None = current_app.extensions.get(EXTENSION_KEY)
     digits = cache.get(n) if cache is not None else None
     if digits is None:
+        started = time.perf_counter()
         digits = fibonacci_digits(n)
+        metrics: MetricsSource | None = current_app.extensions.get(METRICS_KEY)
+        if metrics is not None:
+            metrics().compute_duration.observe(time.perf_counter() - started)
         if cache is not None:
             cache.put(n, digits)
     # Written by hand: json.dumps would convert through int, which is both slow

@@ -1,72 +1,118 @@
-"""gunicorn's gthread worker, taught to drain its listen queue on SIGTERM.
+"""The gunicorn worker: threads serve requests, an event loop holds the connections.
 
-The kernel completes TCP handshakes on a listening socket by itself and queues
-the connections until someone calls accept(). Closing the socket then resets
-every connection still queued: clients that connected successfully get
-ECONNRESET instead of an answer. gthread stops accepting as soon as SIGTERM
-arrives and closes the socket when its last request is done, so under load
-every connection made in between is lost.
+gunicorn's gthread hands every new connection to a pool thread at once, and the
+thread waits up to 5 s for the first byte: four idle connections stall a
+four-thread worker, and a client that dribbles its head keeps a thread for as
+long as it likes. This worker keeps gthread's request handling (gunicorn's
+parser, `wsgi.create`, `Response`, keep-alive, `max_requests`, the hooks) and
+replaces what happens before and after it, in the worker's main thread:
 
-This worker instead, on SIGTERM:
-1. marks the process as draining, so `/readyz` answers 503;
-2. relies on the master having attached, on a server-wide stop, a socket filter
-   that drops new SYNs on the listener (so new clients see a refused or timed-out
-   connect, never a reset), letting handshakes already under way complete;
-3. keeps accepting for DRAIN_LINGER seconds, serving everything that was queued
-   or was mid-handshake; then stops accepting and lets gthread finish the
-   requests in flight within `graceful_timeout`.
+- Every connection is read without blocking until its whole head has arrived
+  (fiboserver/heads.py); only then does a thread get it, with the bytes already
+  read handed to gunicorn's parser. Idle and slow clients cost a file
+  descriptor, not a thread, and are closed after HEAD_TIMEOUT (no complete
+  head) or `keepalive` (idle between requests).
+- Probe paths (`healthz`, `readyz` under the prefix) have a thread of their
+  own, so the kubelet gets its answer in milliseconds however busy the others are.
+- Other requests go through admission (fiboserver/admission.py): they start when
+  a thread is free, wait when one will be within about a second, and are
+  otherwise answered `503 overloaded` at once, at a paced rate.
+- The loop always accepts (a full listen queue would drop a probe's SYN).
+- On SIGTERM, what is already in the listen queue is accepted and served (the
+  master makes the kernel drop new SYNs), then what is in flight.
+
+A subclass of gthread's ThreadWorker, not of the base Worker: its request path,
+thread pool and wake-up pipe stay gunicorn's (docs/worker.md says more).
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
+import errno
 import logging
 import queue
-import select
+import selectors
 import signal
 import socket
-import struct
+import sys
+import threading
 import time
+from concurrent import futures
+from functools import partial
+from http import HTTPStatus
 from types import FrameType
 from typing import Any
 
+from gunicorn import http
 from gunicorn.workers.gthread import ThreadWorker
 
+from fiboserver import access, refusals
+from fiboserver.admission import Admission, Pacer, Verdict
+from fiboserver.app import probe_paths
+from fiboserver.connections import Conn, Connections, raise_open_files_limit
+from fiboserver.heads import (
+    HEAD_TIMEOUT,
+    HeadError,
+    head_length,
+    probe_prefixes,
+)
 from fiboserver.lifecycle import begin_draining
+from fiboserver.refusals import PendingRefusals
 
-# Long enough for any handshake that began before the filter to complete
-# (a round trip inside a cluster is well under a millisecond), short enough
-# that an idle worker still exits in a fraction of a second.
+# After SIGTERM: how long the listener is still accepted from (handshakes that
+# began before the master's SYN filter complete within a round trip, well under
+# a millisecond inside a cluster), and how long kept-alive and not yet
+# complete connections are still waited for (gthread's STOP_KEEPALIVE_LINGER).
 DRAIN_LINGER = 0.2
-
-SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
-# Classic BPF, run on each packet for the listener with the TCP header at 0:
-# drop a segment whose flags have SYN without ACK (a new connection), keep all else.
-_DROP_NEW_CONNECTIONS = [
-    (0x30, 0, 0, 13),  # ldb [13]           ; TCP flags
-    (0x54, 0, 0, 0x12),  # and #(SYN|ACK)
-    (0x15, 0, 1, 0x02),  # jeq #SYN, drop, keep
-    (0x06, 0, 0, 0),  # drop: ret #0
-    (0x06, 0, 0, 0xFFFFFFFF),  # keep: ret #-1
-]
+STOP_LINGER = 2.0
+# Probe requests waiting for the probe thread beyond which a probe path is
+# admitted like any other request: a flood of probes gets no priority.
+PROBE_LANE_MAX = 16
+# Connections accepted per wake-up while serving: one, as gthread does. Every
+# worker is woken for a new connection and one of them takes it, so a burst of
+# connections (a proxy's, wrk's) spreads over the workers; a worker taking a
+# batch would take the whole burst and leave the others idle. Draining at
+# SIGTERM takes the queue in batches of DRAIN_BATCH until it is empty.
+ACCEPT_BATCH = 1
+DRAIN_BATCH = 64
+# Out of file descriptors with none to free: how long accepting pauses.
+ACCEPT_PAUSE = 0.1
+RECV_BYTES = 8192  # gunicorn's own read size
+# How long a thread holding the GIL keeps it while another wants it (CPython's
+# default is 5 ms). Every system call of the loop lets a computing thread take
+# the GIL, and the loop waits up to this long to get it back: at 5 ms a few
+# such waits make a probe slow under load. docs/worker.md has the measurements.
+SWITCH_INTERVAL = 0.001
+# The heartbeat the master checks against `timeout` (30 s) is a utime() call:
+# once a second is plenty, once per loop turn is thousands under load.
+NOTIFY_INTERVAL = 1.0
 
 log = logging.getLogger("fiboserver.worker")
 
 
-def refuse_new_connections(sock: socket.socket) -> None:
-    """Make the kernel drop new SYNs for `sock` while queued connections stay."""
-    code = b"".join(struct.pack("HBBI", *insn) for insn in _DROP_NEW_CONNECTIONS)
-    program = ctypes.create_string_buffer(code, len(code))
-    # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
-    fprog = struct.pack("HP", len(_DROP_NEW_CONNECTIONS), ctypes.addressof(program))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
+    """gthread with threads for requests only; see the module docstring."""
 
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        if cfg.is_ssl:
+            # The loop reads heads as plain bytes; TLS ends at the ingress.
+            raise RuntimeError(f"{cls.__name__} does not terminate TLS: unset certfile")
 
-class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc]
-    """gthread worker whose SIGTERM loses no connection the kernel accepted."""
+    def init_process(self) -> None:
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        # Every idle connection costs a descriptor now, and running out of them
+        # means accept() fails while probes wait in the listen queue.
+        raise_open_files_limit()
+        self._probe_pool = futures.ThreadPoolExecutor(1, thread_name_prefix="probe")
+        self._serving = threading.local()  # the Conn a pool thread is serving
+        self._admission: Admission[Conn] = Admission(self.cfg.threads)
+        self._probes_pending = 0
+        self._names: dict[Any, Any] = {}
+        self._accept_paused_until = 0.0
+        super().init_process()  # creates the poller, then runs run()
 
-    _drained = False
-
+    # -- signals ---------------------------------------------------------------
     def init_signals(self) -> None:
         # From fork() until here the child still runs the master's handlers, which
         # only queue a signal for the master's loop, a loop this process never runs:
@@ -90,33 +136,290 @@ class DrainingThreadWorker(ThreadWorker):  # type: ignore[misc]
             self.handle_exit(signal.SIGTERM, None)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        begin_draining()
+        begin_draining()  # /readyz answers 503 from now on
         super().handle_exit(sig, frame)
 
-    def set_accept_enabled(self, enabled: bool) -> None:
-        # gthread calls this with False once the run loop ends on SIGTERM.
-        if not enabled and not self.alive and not self._drained:
-            self._drained = True
-            self._drain_listeners()
-        super().set_accept_enabled(enabled)
+    # -- the loop ----------------------------------------------------------------
+    def run(self) -> None:
+        self.conns = Connections(self.poller)
+        self._metrics = access.request_metrics(self.wsgi)
+        self._refusals = PendingRefusals(self.conns, Pacer(time.monotonic()), self._metrics)
+        self._probe_heads = probe_prefixes(probe_paths(self.wsgi))
+        self._max_line = self.cfg.limit_request_line
+        self.poller.register(
+            self.method_queue.fileno(), selectors.EVENT_READ, self.method_queue.run_callbacks
+        )
+        self.set_accept_enabled(True)
+        notified = 0.0
+        keepalive = self.cfg.keepalive
+        while self.alive:
+            now = time.monotonic()
+            if now - notified >= NOTIFY_INTERVAL:
+                self.notify()
+                notified = now
+            # Computed once a turn, looked at after it: a connection that starts
+            # waiting during the turn waits past the earliest of those already waiting.
+            due = self.conns.next_deadline()
+            self.wait_for_and_dispatch_events(self._timeout(now, due))
+            if not self.is_parent_alive():
+                break
+            now = time.monotonic()
+            if now >= due:
+                self._expire(now)
+            if self._refusals.pending:
+                self._refusals.write(now, keepalive)
+            if not self._accepting and now >= self._accept_paused_until:
+                self.set_accept_enabled(True)
+        self._drain()
 
-    def _drain_listeners(self) -> None:
-        # The master has already made the shared listener drop new SYNs when the
-        # server stops (gunicorn.conf.py); a worker exiting alone must not.
-        listeners: list[Any] = list(self.sockets)
-        deadline = time.monotonic() + DRAIN_LINGER
-        while True:
-            for listener in listeners:
-                self._accept_queued(listener)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            select.select(listeners, [], [], remaining)
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        try:
+            events = self.poller.select(timeout)
+        except InterruptedError:
+            return
+        for key, _ in events:
+            data = key.data
+            if data.__class__ is Conn:
+                self._on_readable(data)
+            else:
+                data(key.fileobj)
 
-    def _accept_queued(self, listener: Any) -> None:
-        """Accept until the listen queue is empty (accept() says EAGAIN)."""
+    def _timeout(self, now: float, due: float) -> float:
+        """Seconds until the loop has something to do without an event (`due`:
+        the earliest deadline of a waiting connection)."""
+        timeout = min(1.0, due - now)
+        if self._refusals.pending:
+            timeout = min(timeout, self._refusals.wait(now))
+        if not self._accepting and self.alive:
+            timeout = min(timeout, self._accept_paused_until - now)
+        return max(timeout, 0.0)
+
+    def _expire(self, now: float) -> None:
+        for conn in self.conns.expired(now):
+            if conn.buf:  # part of a head: say why it is closed
+                conn.head = conn.buf
+                self._refusals.add(
+                    conn, HTTPStatus.REQUEST_TIMEOUT, "request head timeout", "head timeout"
+                )
+            else:
+                self.conns.close(conn)
+
+    # -- accepting -----------------------------------------------------------------
+    def accept(self, listener: Any, batch: int = ACCEPT_BATCH) -> int:
+        """Accept what is queued, up to `batch` connections; each waits for its
+        head. Returns how many were accepted."""
+        name = self._names.get(listener)
+        if name is None:
+            name = self._names[listener] = listener.getsockname()
+        deadline = time.monotonic() + HEAD_TIMEOUT
+        accepted = 0
+        while accepted < batch:
+            try:
+                sock, addr = listener.accept()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                if not self.conns.evict_idle():
+                    # Nothing to free: pause rather than spin on a readable listener.
+                    self.set_accept_enabled(False)
+                    self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+                    break
+                continue
+            accepted += 1
+            conn = Conn(self.cfg, sock, addr, name)
+            conn.deadline = deadline
+            self.conns.accepted(conn)
+            # Most clients send their request right after connecting: read it
+            # now rather than after a round through the poller.
+            self._on_readable(conn)
+        return accepted
+
+    # -- reading heads ---------------------------------------------------------------
+    def _on_readable(self, conn: Conn) -> None:
+        if conn.waiting is None and conn.registered:
+            # Waiting for its refusal: the client left (after a flood, thousands
+            # may), or sent more, which shows once the refusal is written.
+            if conn.client_left():
+                self.conns.close(conn)  # the refusal is dropped unwritten
+            else:
+                self.conns.release(conn)
+            return
+        try:
+            data = conn.sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if conn.waiting is None:  # just accepted, nothing sent yet
+                self.conns.wait(conn, self.conns.heads, conn.deadline)
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.conns.close(conn)  # the client closed (or reset) its side
+            return
+        if conn.waiting is self.conns.closing:
+            return  # input after our last answer: dropped
+        self._feed(conn, conn.buf + data if conn.buf else data)
+
+    def _feed(self, conn: Conn, data: bytes) -> None:
+        """`data` is what the client sent since its last request: serve it when it
+        holds a whole head, else keep it and wait for more."""
+        try:
+            complete = head_length(data, self._max_line)
+        except HeadError as exc:
+            self.conns.unwait(conn)
+            conn.head, conn.buf, conn.head_only = data, b"", False
+            self._refusals.add(conn, exc.status, exc.error, exc.error)
+            return
+        if not complete:
+            conn.buf = data
+            heads = self.conns.heads
+            if conn.waiting is None:  # just accepted: its head timeout runs from then
+                self.conns.wait(conn, heads, conn.deadline)
+            elif conn.waiting is not heads:  # the first bytes of a next request
+                self.conns.unwait(conn)
+                self.conns.wait(conn, heads, time.monotonic() + HEAD_TIMEOUT)
+            return
+        self.conns.unwait(conn)
+        conn.head, conn.buf, conn.head_only = data, b"", complete == len(data)
+        self._dispatch(conn, time.monotonic())
+
+    def _dispatch(self, conn: Conn, now: float) -> None:
+        conn.started = now
+        if self._probes_pending < PROBE_LANE_MAX and conn.head.startswith(self._probe_heads):
+            self._probes_pending += 1
+            conn.probe = True
+            self._submit(self._probe_pool, conn)
+            return
+        conn.probe = False
+        verdict = self._admission.offer(conn, now)
+        if verdict is Verdict.START:
+            self._submit(self.tpool, conn)
+        elif verdict is Verdict.QUEUED:
+            self.conns.release(conn)
+        else:
+            self._refuse_overloaded(conn)
+
+    def _submit(self, pool: futures.ThreadPoolExecutor, conn: Conn) -> None:
+        self.conns.release(conn)
+        if conn.parser is None:
+            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+        conn.parser.unreader.unread(conn.head)
+        pool.submit(self.handle, conn).add_done_callback(partial(self._done, conn))
+
+    def _done(self, conn: Conn, fut: futures.Future[Any]) -> None:
+        # In the pool thread: hand the connection back to the loop.
+        self.method_queue.defer(self.finish_request, conn, fut)
+
+    def _start_waiting(self, now: float) -> None:
+        """Start queued requests while threads are free; shed those that waited too long."""
         while True:
-            before = self.nr_conns
-            self.accept(listener)
-            if self.nr_conns == before:
+            conn, expired = self._admission.take(now)
+            for late in expired:
+                self._refuse_overloaded(late)
+            if conn is None:
                 return
+            if conn.client_left():
+                self._admission.cancel()
+                self.conns.close(conn)
+                continue
+            self._submit(self.tpool, conn)
+
+    # -- back from a thread ---------------------------------------------------------------
+    def handle(self, conn: Conn) -> Any:
+        # In a pool thread. The time it takes is what admission estimates from:
+        # the time until finish_request runs would add the loop's own delays.
+        self._serving.conn = conn
+        started = time.monotonic()
+        try:
+            keep_alive = super().handle(conn)
+            if not keep_alive:
+                # Our side is done: the client sees the end of the answer now, not
+                # when the loop gets round to closing.
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_WR)
+            return keep_alive
+        finally:
+            conn.service = time.monotonic() - started
+
+    def finish_request(self, conn: Conn, fut: futures.Future[Any]) -> None:
+        now = time.monotonic()
+        if conn.probe:
+            self._probes_pending -= 1
+        else:
+            self._admission.done(conn.service)
+            if self._admission.waiting:
+                self._start_waiting(now)
+        try:
+            keep_alive = bool(fut.result())
+        except Exception:
+            keep_alive = False
+        if not keep_alive:
+            self.conns.close_lingering(conn)
+            return
+        conn.started = now
+        leftover = conn.parser.unreader.take_buffered()
+        if leftover:  # the client sent its next request already (pipelining)
+            self.conns.wait(conn, self.conns.heads, now + HEAD_TIMEOUT)
+            self._feed(conn, leftover)
+        else:
+            self.conns.wait(conn, self.conns.idle, now + self.cfg.keepalive)
+
+    # -- refusals -------------------------------------------------------------------------
+    def _refuse_overloaded(self, conn: Conn) -> None:
+        errmsg = f"overloaded: {self._admission.waiting} requests waiting"
+        self._refusals.add(
+            conn,
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            refusals.OVERLOADED,
+            errmsg,
+            refusals.RETRY_AFTER_OVERLOADED,
+        )
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """gunicorn's answer to a request it could not read or serve, as JSON."""
+        conn: Conn | None = getattr(self._serving, "conn", None)
+        if refusals.parse_error(exc) is None:
+            log.error("error handling request", exc_info=exc)
+        refusals.refuse_error(client, exc, conn, str(addr), self._metrics)
+
+    # -- stopping -----------------------------------------------------------------------------
+    def _drain(self) -> None:
+        """After SIGTERM (or max_requests): serve what the kernel queued, then what
+        is in flight, within graceful_timeout."""
+        now = time.monotonic()
+        log.info("worker stopping", extra={"pid": self.pid, "connections": self.conns.open})
+        self.conns.stop_by(now + STOP_LINGER)
+        if not self._accepting:
+            self.set_accept_enabled(True)
+        for listener in self.sockets:
+            while self.accept(listener, DRAIN_BATCH) == DRAIN_BATCH:
+                pass  # until the listen queue is empty
+        accept_until = now + DRAIN_LINGER
+        graceful_until = now + self.cfg.graceful_timeout
+        while now < graceful_until and (self._accepting or self.conns.open > 0):
+            self.notify()
+            if self._accepting and now >= accept_until:
+                self.set_accept_enabled(False)
+                continue
+            timeout = self._timeout(now, self.conns.next_deadline())
+            if self._accepting:
+                timeout = min(timeout, max(accept_until - now, 0.0))
+            self.wait_for_and_dispatch_events(timeout)
+            now = time.monotonic()
+            self._expire(now)
+            self._refusals.write(now, None)
+        self.set_accept_enabled(False)
+        self.conns.close_all()
+        self.tpool.shutdown(wait=False)
+        self._probe_pool.shutdown(wait=False)
+        self.poller.close()
+        self.method_queue.close()
+        for listener in self.sockets:
+            listener.close()
+
+    def handle_quit(self, sig: int, frame: FrameType | None) -> None:
+        self._probe_pool.shutdown(wait=False)
+        super().handle_quit(sig, frame)

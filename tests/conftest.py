@@ -150,3 +150,45 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if _reach is not None:
         _reach.close()
         _reach = None
+
+
+@pytest.fixture(scope="session")
+def cluster(pytestconfig: pytest.Config) -> Iterator[Any]:
+    """The local Kubernetes cluster for tests/cluster (marker `cluster`): the one
+    `make cluster-up` started, or with CI=true one brought up and down for this run;
+    otherwise the tests skip, saying how to run them (tests/cluster/clusterlib.py)."""
+    from clusterlib import session
+
+    yield from session(pytestconfig)
+
+
+# --- e2e (tests/e2e): the podman tools and the service image, once per session -----
+
+
+@pytest.fixture(scope="session")
+def podman_tools() -> dict[str, str]:
+    # runc: containers.conf selects it (crun fails on this host's cgroup layout).
+    found = {name: require_tool(name) for name in ("podman", "runc", "kubectl")}
+    require_tool("debootstrap")  # for the base image, when it is not cached yet
+    return found
+
+
+@pytest.fixture(scope="session")
+def e2e_image(
+    podman_tools: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, float, str]]:
+    """The service image, built once per session by `make image` on the local
+    debootstrap base: (tag, build seconds, what the base image builder said)."""
+    from podmanlib import NAME_PREFIX, build_image, podman  # tests/e2e, imported there first
+
+    def remove_leftovers() -> None:
+        binary = podman_tools["podman"]
+        names = podman(
+            binary, "ps", "-a", "--filter", f"name=^{NAME_PREFIX}", "--format", "{{.Names}}"
+        ).stdout.split()
+        if names:
+            podman(binary, "rm", "-f", "-t", "0", *names, check=False)
+
+    remove_leftovers()
+    yield build_image(podman_tools["podman"], tmp_path_factory.mktemp("build"))
+    remove_leftovers()

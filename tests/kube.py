@@ -7,6 +7,8 @@
 - ``validate_strict(objects, version)``: kubernetes-validate in strict mode (unknown
   fields are errors, not silently dropped as the API server would); a kind without a
   schema is an error too, unless listed in ``allow_kinds_without_schema``.
+- ``crd_validator(crd_file, version)``: a JSON Schema validator for the objects of a
+  vendored CustomResourceDefinition (tests/schemas), just as strict.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -76,6 +79,40 @@ def validate_strict(
             if obj.get("kind") not in allow_kinds_without_schema:
                 errors.append(f"{name}: {exc.message}")
     assert not errors, f"invalid for Kubernetes {version}:\n" + "\n".join(errors)
+
+
+def strict_schema(schema: Any) -> Any:
+    """CRD schemas leave unknown fields allowed (the API server prunes them); as a
+    linter we reject them: additionalProperties false wherever properties are
+    listed and the schema does not ask to keep unknown fields."""
+    if isinstance(schema, list):
+        return [strict_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict_schema(v) for k, v in schema.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+def crd_validator(crd_file: Path, version: str) -> tuple[str, jsonschema.protocols.Validator]:
+    """(kind, strict validator of its `version`) for the CRD in `crd_file`."""
+    crd = yaml.safe_load(crd_file.read_text())
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    assert served["served"], f"{crd_file.name}: {version} is not served"
+    schema = strict_schema(served["schema"]["openAPIV3Schema"])
+    return crd["spec"]["names"]["kind"], jsonschema.Draft7Validator(schema)
+
+
+def schema_errors(validator: jsonschema.protocols.Validator, obj: Obj) -> list[str]:
+    return [
+        f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
+        for e in validator.iter_errors(obj)
+    ]
 
 
 def checkov_binary() -> str:

@@ -1,5 +1,8 @@
 """Run the real fiboserver process (``gunicorn -c gunicorn.conf.py``) from tests and benchmarks.
 
+THE one helper that starts a real server: pytest, tests/e2e and bench/ (``make bench``)
+all start theirs through ``ServerProcess``.
+
 The process is started exactly as users start it: from the repository root, with
 ``FIBOSERVER_CONFIG`` naming a YAML file, using the gunicorn next to ``sys.executable``
 (i.e. ``.venv/bin/gunicorn``). Every line it writes to stdout or stderr is collected by
@@ -18,12 +21,23 @@ Typical use::
     srv.records      # every JSON log record, in arrival order
     srv.bad_lines    # lines that were not one JSON object (should stay empty)
 
-- ``config`` is a mapping (written as YAML to ``tmp_dir``; ``port`` is set to a free
-  loopback port unless the mapping has one), a ``Path`` used as is, or ``None`` to
-  leave ``FIBOSERVER_CONFIG`` unset. ``srv.port`` is the port in use.
+- ``config`` is a mapping (written as YAML to ``tmp_dir``; ``port`` and ``metrics_port``
+  are set to free loopback ports unless the mapping has them), a ``Path`` used as is,
+  or ``None`` to leave ``FIBOSERVER_CONFIG`` unset. ``srv.port`` is the port in use,
+  ``srv.metrics_port`` the one of /metrics (0: off, or unknown for a ``Path``).
+- ``PROMETHEUS_MULTIPROC_DIR`` is ``tmp_dir/<name>.metrics`` (``srv.metrics_dir``)
+  unless ``env`` names one (an empty value: the server makes a private one).
 - ``env`` adds or overrides environment variables (``WEB_CONCURRENCY``, ...). The
-  inherited ``WEB_CONCURRENCY``, ``GUNICORN_CMD_ARGS`` and ``FIBOSERVER_CONFIG`` are
-  dropped first so a developer's shell cannot change what a test runs.
+  inherited ``WEB_CONCURRENCY``, ``GUNICORN_CMD_ARGS``, ``FIBOSERVER_CONFIG`` and
+  ``PYTHONDONTWRITEBYTECODE`` are dropped first so a developer's shell cannot change
+  what a test runs (the image ships compiled bytecode: a measured start-up uses it too).
+- ``args`` follow ``-c gunicorn.conf.py`` (options, then an app such as
+  ``bench.ceiling:app``); ``cwd`` is the tree to run from (``bench.compare`` runs an
+  older commit's).
+- ``log_path``: stdout and stderr go to this file instead of being read line by
+  line. For load runs, where parsing every record would take CPU from the server
+  under test; ``records``, ``lines``, ``find`` and ``wait_for`` are then unused and
+  ``output()`` reads the file.
 - ``on_line(stream, line)`` is called from the reader thread for each line as it
   arrives, for tests that must react within milliseconds (e.g. signal a worker
   while it boots).
@@ -56,16 +70,20 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 HOST = "127.0.0.1"
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 Record = dict[str, Any]
 
 
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_port(avoid: int = 0) -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago (the kernel picks it),
+    other than `avoid`."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port: int = s.getsockname()[1]
+        if port != avoid:
+            return port
 
 
 def is_listening(port: int, timeout: float = 0.5) -> bool:
@@ -94,6 +112,61 @@ def child_pids(pid: int) -> set[int]:
     return children
 
 
+def listen_queue(port: int) -> int:
+    """Connections the kernel has accepted on a TCP listener on `port` that no
+    process has accept()ed yet (the `rx_queue` of a LISTEN socket in /proc/net/tcp)."""
+    queued = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                local, state, queues = fields[1], fields[3], fields[4]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    queued += int(queues.split(":")[1], 16)
+    return queued
+
+
+def established(port: int) -> int:
+    """Established TCP connections whose local port is `port` (the server's side
+    of its clients' connections), from /proc/net/tcp and tcp6."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
+def process_state(pid: int) -> str:
+    """The state letter of /proc/<pid>/stat: R, S, D, T (stopped), Z, ..."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def pending_signals(pid: int) -> set[int]:
+    """Signals sent to `pid` and not yet delivered (SigPnd and ShdPnd in /proc/<pid>/status)."""
+    mask = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("SigPnd", "ShdPnd"):
+            mask |= int(value, 16)
+    return {sig for sig in range(1, 65) if mask & (1 << (sig - 1))}
+
+
+def wait_until(
+    condition: Callable[[], object], timeout: float, what: str, interval: float = 0.01
+) -> None:
+    """Poll `condition` every `interval` s until it is true; fail naming `what`
+    after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(interval)
+
+
 class ServerProcess:
     """One real fiboserver process; see the module docstring."""
 
@@ -106,8 +179,11 @@ class ServerProcess:
         args: Sequence[str] = (),
         name: str = "fiboserver.yaml",
         on_line: Callable[[str, str], None] | None = None,
+        cwd: Path = REPO_ROOT,
+        log_path: Path | None = None,
     ) -> None:
         self.port: int = free_port()
+        self.metrics_port: int = 0
         self.config_path: Path | None
         if isinstance(config, Path):
             self.config_path = config
@@ -118,15 +194,29 @@ class ServerProcess:
             if "port" in data and isinstance(data["port"], int) and data["port"] > 0:
                 self.port = int(data["port"])
             data.setdefault("port", self.port)
+            if "metrics_port" not in data:
+                data["metrics_port"] = free_port(avoid=self.port)
+            if isinstance(data["metrics_port"], int) and not isinstance(data["metrics_port"], bool):
+                self.metrics_port = data["metrics_port"]
             self.config_path = tmp_dir / name
             self.config_path.write_text(yaml.safe_dump(data))
+        self.metrics_dir = tmp_dir / f"{Path(name).stem}.metrics"
         self._env = dict(os.environ)
-        for var in ("WEB_CONCURRENCY", "GUNICORN_CMD_ARGS", "FIBOSERVER_CONFIG"):
+        for var in (
+            "WEB_CONCURRENCY",
+            "GUNICORN_CMD_ARGS",
+            "FIBOSERVER_CONFIG",
+            "PYTHONDONTWRITEBYTECODE",
+            METRICS_DIR_ENV,
+        ):
             self._env.pop(var, None)
         if self.config_path is not None:
             self._env["FIBOSERVER_CONFIG"] = str(self.config_path)
+        self._env[METRICS_DIR_ENV] = str(self.metrics_dir)
         self._env.update(env or {})
         self._args = [GUNICORN, "-c", "gunicorn.conf.py", *args]
+        self.cwd = cwd
+        self.log_path = log_path
         self._on_line = on_line
         self._cond = threading.Condition()
         self.lines: list[tuple[str, str]] = []  # (stream name, raw line)
@@ -134,24 +224,52 @@ class ServerProcess:
         self.bad_lines: list[tuple[str, str]] = []
         self._readers: list[threading.Thread] = []
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0  # time.perf_counter() just before the process started
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> ServerProcess:
-        self.proc = subprocess.Popen(
-            self._args,
-            cwd=REPO_ROOT,
-            env=self._env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # own process group: teardown can kill workers too
-        )
+        self.started_at = time.perf_counter()
+        if self.log_path is not None:
+            with open(self.log_path, "ab") as log_file:  # the child keeps its own copy
+                self.proc = self._popen(log_file, subprocess.STDOUT)
+            return self
+        self.proc = self._popen(subprocess.PIPE, subprocess.PIPE)
         assert self.proc.stdout is not None and self.proc.stderr is not None
         for stream_name, stream in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
             t = threading.Thread(target=self._read, args=(stream_name, stream), daemon=True)
             t.start()
             self._readers.append(t)
         return self
+
+    def _popen(self, stdout: IO[bytes] | int, stderr: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self._args,
+            cwd=self.cwd,
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,  # own process group: teardown can kill workers too
+        )
+
+    def print_config(self) -> dict[str, str]:
+        """gunicorn's resolved settings for this command line and environment
+        (``--print-config``; the server itself need not run)."""
+        out = subprocess.run(
+            [*self._args[:3], "--print-config", *self._args[3:]],
+            cwd=self.cwd,
+            env=self._env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        settings = {}
+        for line in out.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                settings[key.strip()] = value.strip()
+        return settings
 
     def _read(self, stream_name: str, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
@@ -189,12 +307,58 @@ class ServerProcess:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
 
-    def wait(self, timeout: float = 30.0) -> int:
-        """Exit status of the master (negative: killed by that signal); waits for log EOF."""
+    def wait_ready(self, path: str, timeout: float = 30.0) -> float:
+        """Poll GET `path` until it answers 200; seconds from `start()` to that answer.
+        Fails with the log tail if the process exits; kills it after `timeout` s."""
+        assert self.proc is not None, "not started"
+        deadline = self.started_at + timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"exited {self.proc.returncode} before {path} answered 200; "
+                    f"last lines:\n{self._tail()}"
+                )
+            with contextlib.suppress(OSError):  # not listening yet
+                if self.get(path, timeout=1.0)[0] == 200:
+                    return time.perf_counter() - self.started_at
+            time.sleep(0.005)
+        self.close()
+        raise AssertionError(f"{path} not 200 within {timeout}s; last lines:\n{self._tail()}")
+
+    def worker_pids(self) -> list[int]:
+        return sorted(child_pids(self.pid))
+
+    def wait_workers(self, count: int, timeout: float = 30.0) -> list[int]:
+        """Wait until `count` workers run (the first 200 may come from the first one
+        alone); their pids."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = self.worker_pids()
+            if len(pids) == count:
+                return pids
+            time.sleep(0.02)
+        raise AssertionError(f"{len(self.worker_pids())} workers, expected {count}")
+
+    def stop(self, timeout: float = 40.0) -> tuple[float, int]:
+        """SIGTERM the master and wait: (seconds from the signal to its exit, exit
+        status). Kills the process group if it is still running after `timeout`."""
+        t0 = time.perf_counter()
+        self.terminate(signal.SIGTERM)
+        try:
+            code = self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise
+        return time.perf_counter() - t0, code
+
+    def wait(self, timeout: float = 30.0, *, log_eof: bool = True) -> int:
+        """Exit status of the master (negative: killed by that signal); waits for log
+        EOF unless `log_eof` is False (a new master from USR2 keeps the pipes open)."""
         assert self.proc is not None
         rc = self.proc.wait(timeout=timeout)
-        for t in self._readers:
-            t.join(timeout=5)
+        if log_eof:
+            for t in self._readers:
+                t.join(timeout=5)
         return rc
 
     def close(self) -> None:
@@ -242,6 +406,8 @@ class ServerProcess:
     ) -> Record:
         """First record (index >= `start`) with this `msg` matching `where`; waits up to
         `timeout` s. Fails with the log tail if it does not come or the process exits."""
+        if self.log_path is not None:
+            raise RuntimeError(f"records are not collected: the output goes to {self.log_path}")
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -252,7 +418,7 @@ class ServerProcess:
                 exited = self.proc is not None and self.proc.poll() is not None
                 readers_done = not any(t.is_alive() for t in self._readers)
                 if left <= 0 or (exited and readers_done):
-                    tail = "\n".join(f"{s}: {ln}" for s, ln in self.lines[-30:])
+                    tail = self._tail()
                     state = f"exited {self.proc.returncode}" if exited and self.proc else "running"
                     raise AssertionError(
                         f"no log record msg={msg!r} within {timeout}s ({state}); "
@@ -262,15 +428,25 @@ class ServerProcess:
 
     def output(self) -> str:
         """All captured lines, stdout and stderr interleaved in arrival order."""
+        if self.log_path is not None:
+            return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         with self._cond:
             return "\n".join(line for _, line in self.lines)
+
+    def _tail(self, count: int = 30) -> str:
+        if self.log_path is not None:
+            return "\n".join(self.output().splitlines()[-count:])
+        with self._cond:
+            return "\n".join(f"{s}: {ln}" for s, ln in self.lines[-count:])
 
     # -- HTTP ----------------------------------------------------------------------
     def url(self, path: str) -> str:
         return f"http://{HOST}:{self.port}{path}"
 
-    def connection(self, timeout: float = 30.0) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(HOST, self.port, timeout=timeout)
+    def connection(
+        self, timeout: float = 30.0, port: int | None = None
+    ) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(HOST, port or self.port, timeout=timeout)
 
     def get(
         self,
@@ -278,12 +454,21 @@ class ServerProcess:
         headers: Mapping[str, str] | None = None,
         method: str = "GET",
         timeout: float = 30.0,
+        port: int | None = None,
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
-        """One request on a fresh connection (Connection: close): (status, headers, body)."""
-        conn = self.connection(timeout)
+        """One request on a fresh connection (Connection: close): (status, headers, body).
+        `port`: another of the server's ports (``metrics_port``) instead of the API's."""
+        conn = self.connection(timeout, port)
         try:
             conn.request(method, path, headers={"Connection": "close", **(headers or {})})
             resp = conn.getresponse()
             return resp.status, resp.headers, resp.read()
         finally:
             conn.close()
+
+    def scrape(self, timeout: float = 10.0) -> str:
+        """The server's `GET /metrics` on ``metrics_port``, Prometheus text format."""
+        assert self.metrics_port, "metrics are off"
+        status, _, body = self.get("/metrics", timeout=timeout, port=self.metrics_port)
+        assert status == 200, (status, body[:200])
+        return body.decode()

@@ -8,50 +8,43 @@ gunicorn masters on loopback ports, as `make bench` does.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import require_tool
 
-from bench.run import (
-    CEILING_APP,
-    FLASK_FLOOR_APP,
-    PROD_CONFIG,
-    RANDOM_LUA,
-    SUMMARY_LUA,
+from bench.metrics_cost import METRICS_OFF, METRICS_ON
+from bench.servers import (
+    CEILING,
+    FLASK_FLOOR,
+    SERVICE,
     Bench,
     Server,
-    WrkSettings,
-    balanced,
     check_same_response,
     check_same_settings,
-    run_wrk,
-    running,
 )
+from bench.wrk import WrkSettings, balanced, cached_load, random_load, run_wrk
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
-    tmp = tmp_path_factory.mktemp("bench")
-    bench = Bench(argparse.Namespace(), tmp, yaml.safe_load(PROD_CONFIG.read_text()))
+    bench = Bench(tmp_path_factory.mktemp("bench"))
     started = {
-        "service": bench.server("service", bench.config("service")),
-        "ceiling": bench.server("ceiling", bench.config("ceiling"), CEILING_APP),
-        "floor": bench.server("floor", bench.config("floor"), FLASK_FLOOR_APP),
+        "service": bench.server("service", SERVICE),
+        "ceiling": bench.server("ceiling", CEILING),
+        "floor": bench.server("floor", FLASK_FLOOR),
     }
-    with running(*started.values()):
+    with bench.running(*started.values()):
         yield started
 
 
 @pytest.mark.parametrize("other", ["ceiling", "floor"])
 def test_same_gunicorn_settings(servers: dict[str, Server], other: str) -> None:
-    settings = check_same_settings(servers["service"], servers[other])
-    assert settings["worker_class"] == "fiboserver.worker.DrainingThreadWorker"
-    assert int(settings["threads"]) >= 1
+    settings = check_same_settings([servers["service"], servers[other]])[0]
+    assert settings["worker_class"] == "fiboserver.worker.RequestThreadWorker"
+    assert int(settings["threads"] or 0) >= 1
 
 
 @pytest.mark.parametrize("other", ["ceiling", "floor"])
@@ -66,24 +59,23 @@ def test_service_logs_its_requests_as_deployed(servers: dict[str, Server]) -> No
     status, headers, _ = service.get("/prod/fibo?n=30")
     assert status == 200
     rid = headers["X-Request-ID"]
-    end = f'"msg": "end", "request_id": "{rid}"'
-    # `end` is written once the response is sent, so it may follow the client's read.
-    deadline = time.monotonic() + 10
-    while end not in (text := Path(service.log_path).read_text()) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert service.log_path is not None
     # PROD logging is on in the benchmarked service: both access records are there.
+    # `end` is written once the response is sent, so it may follow the client's read.
+    end = f'"msg": "end", "request_id": "{rid}"'
+    deadline = time.monotonic() + 10
+    while end not in (text := service.log_path.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert f'"msg": "start", "request_id": "{rid}"' in text
     assert end in text
 
 
-@pytest.mark.parametrize("script", [SUMMARY_LUA, RANDOM_LUA])
-def test_wrk_scripts_report_a_summary(servers: dict[str, Server], script: str) -> None:
+@pytest.mark.parametrize("cached", [True, False])
+def test_wrk_scripts_report_a_summary(servers: dict[str, Server], cached: bool) -> None:
     require_tool("wrk")
-    ceiling = servers["ceiling"]
-    path = "/prod/fibo?n=30" if script == SUMMARY_LUA else "/prod/fibo"
-    args = [] if script == SUMMARY_LUA else ["100000", "/prod", "1"]
+    load = cached_load("/prod") if cached else random_load("/prod", 100_000, 1)
     ws = WrkSettings(threads=1, connections=2, duration_s=1, warmup_s=0, rounds=1)
-    result = run_wrk(f"http://127.0.0.1:{ceiling.port}{path}", ws, 1, script, args)
+    result = run_wrk(servers["ceiling"].port, load, ws, 1)
     assert result["requests"] > 0
     assert result["err_status"] == 0
     assert 0 < result["p50_us"] <= result["p99_us"] <= result["max_us"]
@@ -94,3 +86,17 @@ def test_balanced() -> None:
     assert not balanced([1.0, 0.0])
     assert not balanced([0.0, 1.04])
     assert balanced([0.95])
+
+
+def test_metrics_pair_differs_in_metrics_only(tmp_path: Path) -> None:
+    """bench/metrics_cost.py: "on" serves /metrics and counts, "off" has no metrics
+    at all; gunicorn settings and answers are the same."""
+    bench = Bench(tmp_path)
+    on, off = bench.server("on", METRICS_ON), bench.server("off", METRICS_OFF)
+    check_same_settings([on, off])
+    with bench.running(on, off):
+        check_same_response(on, off, "/prod/fibo?n=30")
+        assert on.metrics_port and off.metrics_port == 0
+        assert "fiboserver_cache_requests_total" in on.scrape()
+        assert off.log_path is not None
+        assert "metrics server start" not in off.log_path.read_text()

@@ -34,6 +34,7 @@ def test_minimal_config_gets_the_defaults() -> None:
     assert cfg.port == 8080
     assert cfg.loglevel == "INFO"
     assert cfg.cache_max_bytes == 33554432
+    assert cfg.metrics_port == 9464
     assert cfg.prefix == "/prod"
 
 
@@ -59,6 +60,7 @@ def test_every_key_given() -> None:
         "port": 65535,
         "loglevel": "WARNING",
         "cache_max_bytes": 1048576,
+        "metrics_port": 9100,
     }
     cfg = parse_config(data, "test.yaml")
     assert cfg == Config(
@@ -68,6 +70,7 @@ def test_every_key_given() -> None:
         port=65535,
         loglevel="WARNING",
         cache_max_bytes=1048576,
+        metrics_port=9100,
     )
     assert cfg.prefix == "/canary-1"
 
@@ -84,6 +87,9 @@ def test_every_key_given() -> None:
         ("loglevel", "DEBUG"),
         ("loglevel", "ERROR"),
         ("cacheresult", True),
+        ("metrics_port", 0),
+        ("metrics_port", 1),
+        ("metrics_port", 65535),
     ],
 )
 def test_boundaries_accepted(key: str, value: object) -> None:
@@ -115,6 +121,13 @@ BAD_VALUES: list[tuple[str, object]] = [
     ("cache_max_bytes", -1),
     ("cache_max_bytes", "32MB"),
     ("cache_max_bytes", False),
+    ("metrics_port", -1),
+    ("metrics_port", 65536),
+    ("metrics_port", "9464"),
+    ("metrics_port", True),
+    ("metrics_port", None),
+    # The API's port (8080 unless set): one listener each.
+    ("metrics_port", 8080),
 ]
 
 
@@ -127,6 +140,26 @@ def test_bad_value_names_key_and_path(key: str, value: object) -> None:
     assert err.value.path == "conf/x.yaml"
     assert isinstance(err.value.reason, str) and err.value.reason
     assert key in str(err.value) and "conf/x.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"port": 9000, "metrics_port": 9000},
+        {"port": 9464},  # the default metrics_port
+        {"metrics_port": 8080},  # the default port
+    ],
+)
+def test_metrics_port_must_differ_from_port(data: dict[str, int]) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"env": "PROD", "maxseq": 10, **data}, "x.yaml")
+    assert err.value.key == "metrics_port"
+    assert "must differ from port" in err.value.reason
+
+
+def test_metrics_off_frees_its_port_for_the_api() -> None:
+    cfg = parse_config({"env": "PROD", "maxseq": 10, "port": 9464, "metrics_port": 0}, "x.yaml")
+    assert (cfg.port, cfg.metrics_port) == (9464, 0)
 
 
 @pytest.mark.parametrize("missing", ["env", "maxseq"])
@@ -229,7 +262,7 @@ def directory(d: Path, port: int) -> Path:
     return path
 
 
-KNOWN = "env, maxseq, cacheresult, port, loglevel, cache_max_bytes"
+KNOWN = "env, maxseq, cacheresult, port, loglevel, cache_max_bytes, metrics_port"
 CASES = [
     Case("missing-file", missing_file, None, "cannot read: No such file or directory"),
     Case("directory", directory, None, "cannot read: Is a directory"),
@@ -296,6 +329,18 @@ CASES = [
         good_with(cache_max_bytes=-1),
         "cache_max_bytes",
         "must be >= 0, got -1",
+    ),
+    Case(
+        "metrics-port-too-big",
+        good_with(metrics_port=70000),
+        "metrics_port",
+        "must be in 0..65535, got 70000",
+    ),
+    Case(
+        "metrics-port-is-port",
+        lambda d, p: good_with(metrics_port=p)(d, p),
+        "metrics_port",
+        "must differ from port",
     ),
     Case("missing-env", good_with(env=None), "env", "required key is missing"),
     Case("missing-maxseq", good_with(maxseq=None), "maxseq", "required key is missing"),

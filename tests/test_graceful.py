@@ -18,78 +18,26 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from serverproc import HOST, ServerProcess, child_pids
+from clients import GRACEFUL_TIMEOUT, Counts, one_request, reference
+from serverproc import (
+    HOST,
+    ServerProcess,
+    child_pids,
+    listen_queue,
+    pending_signals,
+    process_state,
+    wait_until,
+)
 
-GRACEFUL_TIMEOUT = 20  # gunicorn.conf.py, SPEC section 5
 CLIENTS = 16
 PER_CLIENT_MAX = 400  # bounds every client loop in count...
 LOAD_DEADLINE = 60.0  # ...and in time
 # Mix of cheap and expensive n; the cache is off so each one is computed.
 N_VALUES = [0, 10, 93, 1000, 5000, 30000, 60000, 100000]
-
-
-def reference(values: list[int]) -> dict[int, Decimal]:
-    keep = set(values)
-    out: dict[int, Decimal] = {}
-    a, b = 0, 1
-    for n in range(max(values) + 1):
-        if n in keep:
-            out[n] = Decimal(a)  # Decimal: no int/str digit limit involved
-        a, b = b, a + b
-    return out
-
-
-@dataclass
-class Counts:
-    sent: int = 0  # connection established, request sent
-    ok: int = 0  # complete 200 with the right result
-    refused: int = 0  # connect refused or timed out (expected once stopping)
-    failed: int = 0  # anything else after the connection was established
-    after_signal_ok: int = 0
-    failures: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def one_request(
-    port: int, n: int, expected: Decimal, counts: Counts, signalled: threading.Event
-) -> bool:
-    """One GET on a fresh connection; False once connecting no longer works."""
-    try:
-        sock = socket.create_connection((HOST, port), timeout=3)
-    except OSError:  # refused, or SYN dropped while draining: the expected end
-        with counts.lock:
-            counts.refused += 1
-        return False
-    sock.settimeout(GRACEFUL_TIMEOUT + 10)
-    conn = http.client.HTTPConnection(HOST, port)
-    conn.sock = sock  # use exactly this connection, never a silent reconnect
-    try:
-        with counts.lock:
-            counts.sent += 1
-        conn.request("GET", f"/prod/fibo?n={n}", headers={"Connection": "close"})
-        resp = conn.getresponse()
-        body = resp.read()  # IncompleteRead if truncated
-        if resp.status != 200:
-            raise AssertionError(f"status {resp.status}: {body[:200]!r}")
-        result = json.loads(body, parse_int=Decimal)["result"]
-        if result != expected:
-            raise AssertionError(f"n={n}: wrong result")
-        with counts.lock:
-            counts.ok += 1
-            if signalled.is_set():
-                counts.after_signal_ok += 1
-    except Exception as exc:  # reset, EOF, truncation, bad body: all failures
-        with counts.lock:
-            counts.failed += 1
-            counts.failures.append(f"n={n}: {type(exc).__name__}: {exc}")
-    finally:
-        conn.close()
-    return True
 
 
 def test_sigterm_under_load_loses_no_request(
@@ -187,7 +135,9 @@ def test_readyz_answers_503_on_open_connection_after_sigterm(tmp_path: Path) -> 
 
             srv.terminate(signal.SIGTERM)
             srv.wait_for("graceful stopping server", timeout=5)
-            time.sleep(0.3)  # let the worker get the signal from the master
+            # The worker logs this once its loop has seen SIGTERM, which is after
+            # its signal handler marked it draining.
+            srv.wait_for("worker stopping", timeout=5)
             conn.request("GET", "/dev/readyz", headers={"X-Request-ID": "drain-1"})
             assert conn.sock is sock, "must be the connection opened before SIGTERM"
             resp = conn.getresponse()
@@ -244,3 +194,69 @@ def test_sigterm_to_a_booting_worker_is_not_lost(tmp_path: Path) -> None:
         srv.terminate(signal.SIGTERM)
         assert srv.wait(GRACEFUL_TIMEOUT + 10) == 0
         assert time.monotonic() - t_signal < 3
+
+
+# Far more connections than the workers' loops accept in one turn (one each,
+# fiboserver.worker ACCEPT_BATCH), so only a drain of the listen queue serves all.
+QUEUED_CLIENTS = 200
+
+
+def test_sigterm_serves_every_connection_already_in_the_listen_queue(tmp_path: Path) -> None:
+    """Deterministic: the connections are put in the listen queue on purpose.
+
+    The workers are stopped (SIGSTOP), clients connect and send their requests
+    (the kernel completes the handshakes and queues them), the master gets
+    SIGTERM and signals the workers, and only then do they continue. Every
+    client must get its answer; a worker that stops accepting at SIGTERM
+    (plain gthread) makes the kernel reset the queued connections when it
+    closes the listener. Each step waits for the event itself, never a sleep.
+    """
+    with ServerProcess(
+        {"env": "PROD", "maxseq": 1000}, tmp_path, env={"WEB_CONCURRENCY": "2"}
+    ) as srv:
+        srv.wait_for("server start", timeout=30)
+        workers = srv.wait_workers(2)
+        wait_until(lambda: len(srv.find("worker booted")) == 2, 30, "both workers booted")
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: all(process_state(pid) == "T" for pid in workers), 10, "workers stopped")
+        clients = []
+        try:
+            for i in range(QUEUED_CLIENTS):
+                sock = socket.create_connection((HOST, srv.port), timeout=30)
+                clients.append(sock)
+                request = f"GET /prod/fibo?n={i} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                sock.sendall(request.encode() + b"\r\n")
+            wait_until(
+                lambda: listen_queue(srv.port) == QUEUED_CLIENTS,
+                10,
+                f"{QUEUED_CLIENTS} connections in the listen queue",
+            )
+            srv.terminate(signal.SIGTERM)
+            srv.wait_for("graceful stopping server", timeout=10)
+            wait_until(
+                lambda: all(signal.SIGTERM in pending_signals(pid) for pid in workers),
+                10,
+                "SIGTERM pending in every worker",
+            )
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+            ref = reference(list(range(QUEUED_CLIENTS)))
+            failures = []
+            for i, sock in enumerate(clients):
+                try:
+                    resp = http.client.HTTPResponse(sock)
+                    resp.begin()
+                    body = resp.read()
+                    if resp.status != 200:
+                        failures.append(f"n={i}: status {resp.status}")
+                    elif json.loads(body, parse_int=Decimal)["result"] != ref[i]:
+                        failures.append(f"n={i}: wrong result")
+                except Exception as exc:  # a reset or an EOF: the connection was lost
+                    failures.append(f"n={i}: {type(exc).__name__}: {exc}")
+        finally:
+            for sock in clients:
+                sock.close()
+        assert failures == [], f"{len(failures)} of {QUEUED_CLIENTS} lost: {failures[:5]}"
+        assert srv.wait(GRACEFUL_TIMEOUT + 10) == 0
+    assert srv.find("server stopped")

@@ -34,6 +34,8 @@ NAMESPACE = "cloudnative"
 ENVS = ("dev", "prod")
 RENDER_DIRS = ("k8s", "k8s/overlays/dev", "k8s/overlays/prod", "k8s/gateway")
 GATEWAY_API = "gateway.networking.k8s.io/v1"
+# Envoy Gateway's own API (k8s/gateway/envoy-gateway), checked by its own test.
+ENVOY_GATEWAY_API = "gateway.envoyproxy.io/v1alpha1"
 # 1.30 (preStop `sleep` is beta and on by default from there) and the newest the
 # validator ships, found from the package, so an upgrade widens the test.
 K8S_VERSIONS = kube.schema_versions()
@@ -100,7 +102,7 @@ def test_root_is_namespace_both_environments_and_the_ingress() -> None:
 def k8s_objects() -> Iterator[Obj]:
     for rel in ("k8s", "k8s/gateway"):
         for o in render(rel):
-            if o["apiVersion"] != GATEWAY_API:
+            if o["apiVersion"] not in (GATEWAY_API, ENVOY_GATEWAY_API):
                 yield o
 
 
@@ -128,49 +130,25 @@ def test_strict_validation_rejects_an_unknown_field(version: str) -> None:
         kubernetes_validate.validate(deployment, version, strict=True)
 
 
-def strict_schema(schema: Any) -> Any:
-    """CRD schemas leave unknown fields allowed (the API server prunes them); as a
-    linter we reject them: additionalProperties false wherever properties are
-    listed and the schema does not ask to keep unknown fields."""
-    if isinstance(schema, list):
-        return [strict_schema(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: strict_schema(v) for k, v in schema.items()}
-    if (
-        "properties" in out
-        and "additionalProperties" not in out
-        and not out.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
-
-
 @functools.cache
 def gateway_validators() -> dict[str, jsonschema.protocols.Validator]:
     validators = {}
     for name in ("gateways", "httproutes"):
-        crd = yaml.safe_load((GATEWAY_SCHEMAS / f"{name}.yaml").read_text())
-        annotations = crd["metadata"]["annotations"]
+        crd_file = GATEWAY_SCHEMAS / f"{name}.yaml"
+        annotations = yaml.safe_load(crd_file.read_text())["metadata"]["annotations"]
         assert annotations["gateway.networking.k8s.io/bundle-version"] == "v1.6.1"
         assert annotations["gateway.networking.k8s.io/channel"] == "standard"
-        (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-        assert v1["served"], f"{name}: v1 is not served"
-        schema = strict_schema(v1["schema"]["openAPIV3Schema"])
-        validators[crd["spec"]["names"]["kind"]] = jsonschema.Draft7Validator(schema)
+        kind, validator = kube.crd_validator(crd_file, "v1")
+        validators[kind] = validator
     return validators
 
 
 def gateway_errors(o: Obj) -> list[str]:
-    validator = gateway_validators()[o["kind"]]
-    return [
-        f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
-        for e in validator.iter_errors(o)
-    ]
+    return kube.schema_errors(gateway_validators()[o["kind"]], o)
 
 
 def test_gateway_api_objects_valid_against_v1_crds() -> None:
-    objs = render("k8s/gateway")
+    objs = tuple(o for o in render("k8s/gateway") if o["apiVersion"] != ENVOY_GATEWAY_API)
     assert {o["kind"] for o in objs} == {"Gateway", "HTTPRoute"}
     for o in objs:
         assert o["apiVersion"] == GATEWAY_API, key(o)
@@ -356,7 +334,7 @@ def test_config_map_generated_mounted_and_accepted(env: str) -> None:
     env_vars = {e["name"]: e.get("value") for e in container["env"]}
     assert env_vars["FIBOSERVER_CONFIG"] == mount["mountPath"] + "/" + item["path"]
     # The container port is the port the config makes gunicorn bind.
-    (port,) = container["ports"]
+    (port,) = [p for p in container["ports"] if p["name"] == "http"]
     assert port == {"name": "http", "containerPort": config.port, "protocol": "TCP"}
     assert gunicorn_settings(env)["bind"] == repr([f"0.0.0.0:{config.port}"])
 
@@ -365,9 +343,10 @@ def test_config_map_generated_mounted_and_accepted(env: str) -> None:
 def test_replicas_and_rolling_update(env: str) -> None:
     objs = render("k8s")
     spec = one(objs, "Deployment", f"fiboserver-{env}")["spec"]
-    # 3 from the first apply on; in PROD the HPA may scale out from there.
-    assert spec["replicas"] == 3
     if env == "prod":
+        # No `replicas`: the HPA owns the count (a manifest value would be reset
+        # over the HPA's on every server-side apply or GitOps sync).
+        assert "replicas" not in spec
         hpa = one(objs, "HorizontalPodAutoscaler", "fiboserver-prod")
         assert hpa["apiVersion"] == "autoscaling/v2"
         assert hpa["spec"]["scaleTargetRef"] == {
@@ -382,6 +361,7 @@ def test_replicas_and_rolling_update(env: str) -> None:
         # Utilization is relative to the request: there must be one.
         assert "cpu" in container_of(env)["resources"]["requests"]
     else:
+        assert spec["replicas"] == 3
         assert not find(objs, "HorizontalPodAutoscaler", f"fiboserver-{env}")
     assert spec["strategy"]["type"] == "RollingUpdate"
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
@@ -465,6 +445,21 @@ def test_spread_over_nodes_and_zones(env: str) -> None:
     assert host["whenUnsatisfiable"] == "DoNotSchedule"
     # Zones are a preference only: single-zone clusters must still schedule.
     assert constraints["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+    # Tainted and cordoned nodes are not empty domains that would block a drain.
+    assert {c.get("nodeTaintsPolicy") for c in constraints.values()} == {"Honor"}
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_no_service_links(env: str) -> None:
+    assert pod_of(env)["spec"]["enableServiceLinks"] is False
+
+
+def test_generated_config_maps_are_immutable() -> None:
+    maps = find(render("k8s"), "ConfigMap")
+    assert {m["metadata"]["name"].rsplit("-", 1)[0] for m in maps} == {
+        f"fiboserver-config-{env}" for env in ENVS
+    }
+    assert all(m["immutable"] is True for m in maps)
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -510,6 +505,8 @@ def test_pod_disruption_budget(env: str) -> None:
     # least two pods keep serving.
     assert allowed == 1
     assert replicas - allowed >= 2
+    # Crash-looping pods do not hold a node drain hostage.
+    assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 def service_port(objs: tuple[Obj, ...], name: str, port: int | str) -> Obj:
@@ -531,23 +528,139 @@ def test_service(env: str) -> None:
     assert "http" in {p["name"] for p in container_of(env)["ports"]}
 
 
+# Where the proxies named in k8s/ run by default: the Ingress class `nginx` is
+# ingress-nginx's controller in namespace ingress-nginx; the GatewayClass `eg` is
+# Envoy Gateway, whose Envoy proxies run in envoy-gateway-system. Prometheus runs
+# in `monitoring` (SPEC 11).
+PROXY_NAMESPACES = {
+    ("Ingress", "nginx"): "ingress-nginx",
+    ("Gateway", "eg"): "envoy-gateway-system",
+}
+MONITORING_NAMESPACE = "monitoring"
+METRICS_PORT = 9464  # SPEC 11: the container port named `metrics`
+
+
+def proxy_namespaces() -> list[str]:
+    """The namespaces of the Ingress controller and the Gateway data plane that the
+    classes set in k8s/ingress.yaml and k8s/gateway/gateway.yaml stand for."""
+    ingress = one(render("k8s"), "Ingress")["spec"]["ingressClassName"]
+    gateway = one(render("k8s/gateway"), "Gateway")["spec"]["gatewayClassName"]
+    return [PROXY_NAMESPACES[("Ingress", ingress)], PROXY_NAMESPACES[("Gateway", gateway)]]
+
+
+def selector_matches(selector: Obj, labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels and the In/NotIn/Exists/DoesNotExist
+    expressions) against a set of labels, as the API server evaluates it."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        present = expr["key"] in labels
+        value = labels.get(expr["key"])
+        ok = {
+            "In": present and value in expr.get("values", []),
+            "NotIn": not present or value not in expr.get("values", []),
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[expr["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def admits(policy: Obj, container: Obj, namespace: str, port: int) -> bool:
+    """Whether the NetworkPolicy lets a pod in `namespace` (any pod there) open a
+    TCP connection to `port` of `container`. Named ports resolve to the
+    container's ports; a rule without ports or peers allows all of them."""
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    ns_labels = {"kubernetes.io/metadata.name": namespace}
+    for rule in policy.get("ingress", []):
+        ports = [named.get(p["port"], p["port"]) for p in rule.get("ports", [])]
+        if ports and port not in ports:
+            continue
+        for peer in rule.get("from", [{}]):
+            assert set(peer) == {"namespaceSelector"}, f"unexpected peer {peer}"
+            if selector_matches(peer["namespaceSelector"], ns_labels):
+                return True
+    return False
+
+
 @pytest.mark.parametrize("env", ENVS)
-def test_network_policy_admits_only_the_ingress_controller(env: str) -> None:
-    policy = one(render("k8s"), "NetworkPolicy", f"fiboserver-{env}")["spec"]
-    assert policy["policyTypes"] == ["Ingress"]
-    (rule,) = policy["ingress"]
-    (peer,) = rule["from"]
-    assert list(peer) == ["namespaceSelector"], "only a namespace, no pod or IP peers"
-    labels = peer["namespaceSelector"]["matchLabels"]
-    assert list(labels) == ["kubernetes.io/metadata.name"]
-    assert labels["kubernetes.io/metadata.name"]
-    assert rule["ports"] == [{"protocol": "TCP", "port": "http"}]
+def test_network_policy_rules(env: str) -> None:
+    """Exactly two rules: the proxies in front of the service to `http`, Prometheus
+    to `metrics`; no egress at all. Ports and namespaces checked against the
+    Service, the Deployment, the Ingress and the Gateway."""
+    objs = render("k8s")
+    policy = one(objs, "NetworkPolicy", f"fiboserver-{env}")["spec"]
+    container = container_of(env)
+    proxies = proxy_namespaces()
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["egress"] == []
+    assert policy["ingress"] == [
+        {
+            "from": [
+                {
+                    "namespaceSelector": {
+                        "matchExpressions": [
+                            {"key": "kubernetes.io/metadata.name", "operator": "In",
+                             "values": proxies}
+                        ]
+                    }
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": "http"}],
+        },
+        {
+            "from": [
+                {"namespaceSelector": {"matchLabels": {
+                    "kubernetes.io/metadata.name": MONITORING_NAMESPACE}}}
+            ],
+            "ports": [{"protocol": "TCP", "port": "metrics"}],
+        },
+    ]  # fmt: skip
+    # The port names exist on the container: `http` is what the Service targets,
+    # `metrics` is SPEC 11's 9464 and no Service port leads to it.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": overlay_config(env).port, "metrics": METRICS_PORT}
+    svc_ports = one(objs, "Service", f"fiboserver-{env}")["spec"]["ports"]
+    assert [p["targetPort"] for p in svc_ports] == ["http"]
+    # And what that means, connection by connection.
+    http, metrics = ports["http"], ports["metrics"]
+    for ns in proxies:
+        assert admits(policy, container, ns, http)
+        assert not admits(policy, container, ns, metrics)
+    assert admits(policy, container, MONITORING_NAMESPACE, metrics)
+    assert not admits(policy, container, MONITORING_NAMESPACE, http)
+    for ns in (NAMESPACE, "default", "kube-system", "logging"):
+        assert not admits(policy, container, ns, http), ns
+        assert not admits(policy, container, ns, metrics), ns
+
+
+def test_network_policy_evaluator() -> None:
+    """The evaluator above is not vacuous: it admits and refuses as Kubernetes does."""
+    container = {"ports": [{"name": "http", "containerPort": 8080}]}
+    by_name = {"kubernetes.io/metadata.name": "a"}
+    allow_a: Obj = {"ingress": [{"from": [{"namespaceSelector": {"matchLabels": by_name}}],
+                            "ports": [{"port": "http"}]}]}  # fmt: skip
+    assert admits(allow_a, container, "a", 8080)
+    assert not admits(allow_a, container, "b", 8080)
+    assert not admits(allow_a, container, "a", 9464)
+    allow_all_ns: Obj = {"ingress": [{"from": [{"namespaceSelector": {}}]}]}
+    assert admits(allow_all_ns, container, "b", 9464)
+    assert not admits({"ingress": []}, container, "a", 8080)
+    expr = {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                                  "values": ["a"]}]}  # fmt: skip
+    assert selector_matches(expr, {"kubernetes.io/metadata.name": "b"})
+    assert not selector_matches(expr, by_name)
 
 
 def test_namespace() -> None:
-    ns = one(render("k8s"), "Namespace", NAMESPACE)
-    # The pods meet the `restricted` Pod Security Standard, so it is enforced.
-    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    labels = one(render("k8s"), "Namespace", NAMESPACE)["metadata"]["labels"]
+    # The pods meet the `restricted` Pod Security Standard: enforced, and warned
+    # about and audited at the same level, all pinned to one Kubernetes minor.
+    for mode in ("enforce", "warn", "audit"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted", mode
+        version = labels[f"pod-security.kubernetes.io/{mode}-version"]
+        assert version == "v1.34", f"{mode}-version {version}: pin a minor, not latest"
 
 
 ROUTES = {"/dev": "fiboserver-dev", "/prod": "fiboserver-prod"}
@@ -575,17 +688,25 @@ def test_ingress_routes_tls_and_class() -> None:
 
 
 def test_controller_names_are_set_in_one_place() -> None:
-    """The ingress class, the Gateway class and the controller namespace the
-    NetworkPolicy admits: each appears in exactly one manifest line."""
-    files = [p for p in K8S.rglob("*.yaml") if "logging" not in p.relative_to(K8S).parts]
-    for needle in ("ingressClassName:", "gatewayClassName:", "kubernetes.io/metadata.name:"):
-        lines = [
-            f"{p}:{n}"
+    """The ingress class, the Gateway class and each namespace the NetworkPolicy
+    admits: each appears in exactly one manifest line of the app's k8s/ tree."""
+    own = {"logging", "monitoring"}  # their own stacks, with their own namespaces
+    files = [p for p in K8S.rglob("*.yaml") if not own & set(p.relative_to(K8S).parts)]
+
+    def lines_with(pattern: str) -> list[str]:
+        return [
+            f"{p.relative_to(ROOT)}:{n}"
             for p in files
             for n, line in enumerate(p.read_text().splitlines(), 1)
-            if line.strip().startswith(needle)
+            if not line.strip().startswith("#") and re.search(pattern, line)
         ]
-        assert len(lines) == 1, f"{needle} in {lines}"
+
+    for needle in ("ingressClassName:", "gatewayClassName:", "kubernetes.io/metadata.name"):
+        found = lines_with(re.escape(needle))
+        assert len(found) == (2 if needle.startswith("kubernetes.io") else 1), (needle, found)
+    for namespace in [*proxy_namespaces(), MONITORING_NAMESPACE]:
+        found = lines_with(rf"(^|[\s:-]){re.escape(namespace)}\s*$")
+        assert len(found) == 1, (namespace, found)
 
 
 def test_gateway_and_routes() -> None:
@@ -626,6 +747,45 @@ def test_gateway_and_routes() -> None:
         routes[match["path"]["value"]] = backend["name"]
     assert routes == ROUTES
     assert redirects == 1
+
+
+# Envoy Gateway's duration format (BackendTrafficPolicy CRD, gateway.envoyproxy.io).
+ENVOY_DURATION = re.compile(r"^([0-9]{1,5}(h|m|s|ms)){1,4}$")
+# ingress-nginx's default upstream keep-alive timeout (`upstream-keepalive-timeout`).
+INGRESS_NGINX_UPSTREAM_IDLE_S = 60
+
+
+def envoy_seconds(duration: str) -> float:
+    assert ENVOY_DURATION.match(duration), duration
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(int(n) * units[u] for n, u in re.findall(r"([0-9]+)(ms|h|m|s)", duration))
+
+
+def test_gateway_closes_idle_upstream_connections_first() -> None:
+    """The proxy, not gunicorn, closes an idle pooled connection: otherwise the next
+    request may go out on a connection gunicorn is closing (a 503 for the client).
+    Gateway API v1.6.1 standard has no such field; Envoy Gateway's
+    BackendTrafficPolicy sets it, for the Gateway of class `eg` only."""
+    objs = render("k8s/gateway")
+    gateway = one(objs, "Gateway")
+    policies = find(objs, "BackendTrafficPolicy")
+    assert (gateway["spec"]["gatewayClassName"] == "eg") == bool(policies)
+    (policy,) = policies
+    assert policy["apiVersion"] == ENVOY_GATEWAY_API
+    assert policy["metadata"]["namespace"] == gateway["metadata"]["namespace"]
+    spec = policy["spec"]
+    assert spec["targetRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+         "name": gateway["metadata"]["name"]}
+    ]  # fmt: skip
+    assert set(spec) == {"targetRefs", "timeout"} and list(spec["timeout"]) == ["http"]
+    idle = envoy_seconds(spec["timeout"]["http"]["connectionIdleTimeout"])
+    for env in ENVS:
+        keepalive = float(gunicorn_settings(env)["keepalive"])
+        # At least 10 s earlier: timers on both sides are not exact.
+        assert 0 < idle <= keepalive - 10, (env, idle, keepalive)
+        assert keepalive - 10 >= INGRESS_NGINX_UPSTREAM_IDLE_S, env
+    assert envoy_seconds("1h30m") == 5400 and envoy_seconds("250ms") == 0.25
 
 
 # --- checkov ----------------------------------------------------------------------

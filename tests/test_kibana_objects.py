@@ -163,7 +163,17 @@ class _Kibana(BaseHTTPRequestHandler):
     uploads: ClassVar[list[tuple[str, list[dict[str, Any]]]]] = []
     status: ClassVar[int] = 200
     conflicts: ClassVar[set[str]] = set()
+    # Elasticsearch, for the PUTs of `make elasticsearch-setup`, which kibana-import
+    # runs first: (path, Content-Type, body) of each, and the answer it gets
+    # (tests/test_elasticsearch_setup.py checks them).
+    es_puts: ClassVar[list[tuple[str, str, bytes]]] = []
+    es_reply: ClassVar[dict[str, Any]] = {"acknowledged": True}
     separators: ClassVar[tuple[str, str]] = (",", ":")
+
+    def do_PUT(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).es_puts.append((self.path, self.headers.get("Content-Type", ""), body))
+        self.answer(200, self.es_reply)
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -246,7 +256,11 @@ class _Kibana(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def kibana() -> Iterator[tuple[str, type[_Kibana]]]:
-    handler = type("Handler", (_Kibana,), {"uploads": [], "conflicts": set()})
+    handler = type(
+        "Handler",
+        (_Kibana,),
+        {"uploads": [], "conflicts": set(), "es_puts": [], "es_reply": {"acknowledged": True}},
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -261,7 +275,14 @@ def run_import(url: str, *overrides: str) -> subprocess.CompletedProcess[str]:
     make = require_tool("make")
     require_tool("curl")
     return subprocess.run(
-        [make, "--no-print-directory", "kibana-import", f"KIBANA_URL={url}", *overrides],
+        [
+            make,
+            "--no-print-directory",
+            "kibana-import",
+            f"KIBANA_URL={url}",
+            f"ELASTICSEARCH_URL={url}",
+            *overrides,
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -278,6 +299,9 @@ def test_make_kibana_import_is_accepted(
     handler.separators = separators
     proc = run_import(url)
     assert proc.returncode == 0, proc.stderr
+    # Elasticsearch first (policy, then the template naming it), then Kibana.
+    puts = [path for path, _, _ in handler.es_puts]
+    assert puts == ["/_ilm/policy/fiboserver-logs", "/_index_template/fiboserver"]
     ((path, objects),) = handler.uploads
     assert path == "/api/saved_objects/_import?overwrite=true"
     # The file as it is, every object imported: the answer `make` accepted.

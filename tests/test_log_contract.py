@@ -27,11 +27,12 @@ import re
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
+from clients import exchange, parse_response
 from serverproc import ServerProcess
 
 # FLB_ML_CRI_REGEX from fluent/fluent-bit src/multiline/flb_ml_parser_cri.c (the
@@ -46,21 +47,48 @@ CRI_MAX_LINE = 16384
 # one of them would produce a duplicate key, which Elasticsearch rejects.
 PIPELINE_KEYS = frozenset({"time", "stream", "_p", "log", "@timestamp", "kubernetes"})
 
+# THE type table: the index template that `make kibana-import` installs for
+# fiboserver-* pins each field's Elasticsearch type, and the checks below hold the
+# service's records to it, read from that one file. Elasticsearch type -> the JSON
+# type (json_type below) a record's value must have for it.
+INDEX_TEMPLATE = (
+    Path(__file__).resolve().parent.parent
+    / "k8s"
+    / "logging"
+    / "elasticsearch"
+    / "index-template.json"
+)
+JSON_TYPE_OF = {
+    "keyword": "string", "text": "string", "long": "int", "float": "float",
+    "double": "float", "date": "date", "date_nanos": "date", "boolean": "bool",
+}  # fmt: skip
+# Keys the pipeline adds (cri parser, kubernetes filter, es output), not the service.
+PIPELINE_ADDED = frozenset({"time", "stream", "_p", "@timestamp", "kubernetes"})
+
+
+def template_field_types() -> dict[str, str]:
+    """The service's fields in the index template: name -> JSON type."""
+    template = json.loads(INDEX_TEMPLATE.read_text())
+    properties = template["template"]["mappings"]["properties"]
+    return {
+        name: JSON_TYPE_OF[spec["type"]]
+        for name, spec in properties.items()
+        if name not in PIPELINE_ADDED
+    }
+
+
+FIELD_TYPES = template_field_types()
 # Fields of the service's records that the saved searches
-# (k8s/logging/kibana/saved-objects.ndjson) and the README's KQL examples use,
-# with the JSON type each query needs (`duration_ms > 100` needs a number that
-# keeps its fraction: float; `level : "ERROR"` a string; ...).
-QUERY_FIELDS: dict[str, type] = {
-    "level": str,
-    "logger": str,
-    "msg": str,
-    "request_id": str,
-    "method": str,
-    "path": str,
-    "status": int,
-    "duration_ms": float,
-    "errmsg": str,
-}
+# (k8s/logging/kibana/saved-objects.ndjson) and the README's KQL examples use;
+# their types are the template's (`duration_ms > 100` needs a number that keeps
+# its fraction: float; `level : "ERROR"` a string; ...).
+QUERY_FIELDS: dict[str, str] = {
+    name: FIELD_TYPES[name]
+    for name in (
+        "level", "logger", "msg", "request_id", "method", "path", "status", "duration_ms",
+        "errmsg",
+    )
+}  # fmt: skip
 # Fields the pipeline adds (kubernetes filter with Labels On, es output), named as
 # they are after Replace_Dots (the label app.kubernetes.io/instance becomes
 # app_kubernetes_io/instance). test_logging_manifests.py checks those settings.
@@ -75,7 +103,6 @@ PIPELINE_FIELDS = frozenset(
         "kubernetes.labels.app_kubernetes_io/instance",
     }
 )
-TYPE_NAMES = {str: "string", int: "int", float: "float", bool: "bool"}
 LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 INT64 = (-(2**63), 2**63 - 1)
 CUSTOM_ID = "contract-test.0001_A"
@@ -196,7 +223,15 @@ def keys_anywhere(obj: object) -> Iterator[str]:
 # --- the corpus: every line of real runs ---------------------------------------------
 
 
-def drive(srv: ServerProcess, prefix: str) -> set[int]:
+class Client(Protocol):
+    """What `drive` sends requests through: a ServerProcess, or the cluster's edge."""
+
+    def get(
+        self, path: str, headers: Mapping[str, str] | None = ..., method: str = ...
+    ) -> tuple[int, Any, bytes]: ...
+
+
+def drive(srv: Client, prefix: str) -> set[int]:
     """Requests of every kind, errors included; returns the statuses seen."""
     p = prefix
     requests: list[tuple[str, str, dict[str, str]]] = [
@@ -230,10 +265,20 @@ def drive(srv: ServerProcess, prefix: str) -> set[int]:
     return statuses
 
 
+def refused_by_the_http_layer(port: int) -> set[int]:
+    """Requests the server refuses before the app, one `request refused` record
+    each; sent to the server itself (an edge in front would refuse them first)."""
+    statuses: set[int] = set()
+    for raw in (b"GARBAGE\r\n\r\n", b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n"):
+        answer, _ = exchange(port, raw)
+        statuses.add(parse_response(answer)[0])
+    return statuses
+
+
 def run_service(tmp: Path, env: str) -> tuple[list[tuple[str, str]], set[int]]:
     with ServerProcess({"env": env, "maxseq": 100000}, tmp, env={"WEB_CONCURRENCY": "2"}) as srv:
         srv.wait_for("server start", timeout=30)
-        statuses = drive(srv, "/" + env.lower())
+        statuses = drive(srv, "/" + env.lower()) | refused_by_the_http_layer(srv.port)
         srv.wait_for("end", where=lambda r: r.get("request_id") == CUSTOM_ID, timeout=10)
         srv.terminate(signal.SIGTERM)
         assert srv.wait(30) == 0, srv.output()
@@ -254,7 +299,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str
     for env in ("DEV", "PROD"):
         lines, statuses = run_service(tmp_path_factory.mktemp(env.lower()), env)
         # The runs really covered successes and client errors.
-        assert {200, 400, 404, 405} <= statuses, statuses
+        assert {200, 400, 404, 405, 414} <= statuses, statuses
         runs[env] = lines
     runs["unknown key"] = run_bad_config(
         tmp_path_factory.mktemp("bad1"), {"env": "DEV", "maxseq": 10, "bogus": 1}
@@ -264,14 +309,22 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str
 
 
 @pytest.fixture(scope="module")
-def merged(corpus: dict[str, list[tuple[str, str]]]) -> list[dict[str, Any]]:
+def cri_files(corpus: dict[str, list[tuple[str, str]]]) -> dict[str, list[str]]:
+    """Each run's lines as containerd's CRI logger writes them into the container's
+    log file. (tests/cluster/test_cri_logs.py runs the contract on the kubelet's
+    real files under /var/log/pods instead.)"""
+    return {
+        run: [f for stream, line in lines for f in containerd_lines(stream, line, time.time_ns())]
+        for run, lines in corpus.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def merged(cri_files: dict[str, list[str]]) -> list[dict[str, Any]]:
     """Every line as Elasticsearch receives it (before Replace_Dots and @timestamp)."""
     out: list[dict[str, Any]] = []
-    for lines in corpus.values():
-        assert lines
-        file_lines: list[str] = []
-        for stream, line in lines:
-            file_lines += containerd_lines(stream, line, time.time_ns())
+    for file_lines in cri_files.values():
+        assert file_lines
         out += [merge_log(r) for r in cri_records(file_lines)]
     return out
 
@@ -279,11 +332,11 @@ def merged(corpus: dict[str, list[tuple[str, str]]]) -> list[dict[str, Any]]:
 # --- the contract --------------------------------------------------------------------------
 
 
-def test_every_line_merges(
-    corpus: dict[str, list[tuple[str, str]]], merged: list[dict[str, Any]]
-) -> None:
-    # merge_log already failed on any line that is not a JSON object or collides.
-    assert len(merged) == sum(len(lines) for lines in corpus.values())
+def test_every_line_merges(cri_files: dict[str, list[str]], merged: list[dict[str, Any]]) -> None:
+    # merge_log already failed on any line that is not a JSON object or collides;
+    # every line printed (one final `F` piece each) became one record.
+    finals = [ln for lines in cri_files.values() for ln in lines if ln.split(" ", 3)[2] == "F"]
+    assert len(merged) == len(finals)
     for record in merged:
         assert record["_p"] == "F" and record["stream"] in {"stdout", "stderr"}
         assert {"ts", "level", "logger", "msg"} <= set(record), record
@@ -369,7 +422,28 @@ def test_query_fields_exist_with_their_types(merged: list[dict[str, Any]]) -> No
         values = [r[field] for r in merged if field in r]
         assert values, f"no record has {field!r}"
         for value in values:
-            assert json_type(value) == TYPE_NAMES[wanted], f"{field}={value!r}"
+            assert json_type(value) == wanted, f"{field}={value!r}"
+
+
+def test_every_field_has_its_template_type(merged: list[dict[str, Any]]) -> None:
+    """Every key the service writes is pinned in the index template, with the type
+    its values have: a new log key needs its line in index-template.json."""
+    unpinned: dict[str, str] = {}
+    wrong: list[str] = []
+    for record in merged:
+        for key, value in record.items():
+            if key in PIPELINE_ADDED:
+                continue
+            if key not in FIELD_TYPES:
+                unpinned.setdefault(key, str(record.get("msg")))
+            elif json_type(value) != FIELD_TYPES[key]:
+                wrong.append(f"{key}={value!r} is {json_type(value)}, template: {FIELD_TYPES[key]}")
+    assert not unpinned, f"keys not in {INDEX_TEMPLATE.name} (key: first msg): {unpinned}"
+    assert not wrong, wrong
+    # The ones the issue names, as it names them.
+    expected = {"status": "int", "duration_ms": "float", "key": "int", "value": "string",
+                "request_id": "string", "ts": "date"}  # fmt: skip
+    assert {k: FIELD_TYPES[k] for k in expected} == expected
 
 
 def test_records_the_queries_look_for(merged: list[dict[str, Any]]) -> None:
@@ -385,5 +459,11 @@ def test_records_the_queries_look_for(merged: list[dict[str, Any]]) -> None:
     # The errors-and-warnings search: invalid n is logged as a WARNING with errmsg.
     failed = [r for r in merged if r["msg"] == "fibo calculate failed"]
     assert failed and all(r["level"] == "WARNING" and r["errmsg"] for r in failed)
+    # The HTTP layer's refusals are WARNINGs with the types of `end`'s keys.
+    refused = [r for r in merged if r["msg"] == "request refused"]
+    assert {r["status"] for r in refused} >= {400, 414}
+    for r in refused:
+        assert r["level"] == "WARNING" and isinstance(r["duration_ms"], float)
+        assert isinstance(r["errmsg"], str) and isinstance(r["request_id"], str)
     # A configuration error is one ERROR/CRITICAL record (both runs that refused).
     assert sum(r["level"] in {"ERROR", "CRITICAL"} for r in merged) >= 2

@@ -26,8 +26,10 @@ from kube import (
 LOGGING = REPO_ROOT / "k8s" / "logging"
 ELASTIC = LOGGING / "elastic"
 CONFIG_KEY = "fluent-bit.yaml"
-# The position DB is the one host path Fluent Bit may write.
+# The position DB and the filesystem buffer: the one host path Fluent Bit may write.
 STATE_DIR = "/var/lib/fluent-bit"
+# What it reads: the container log files and the links to them, nothing else.
+LOG_DIRS = {"/var/log/pods", "/var/log/containers"}
 ENV_REF = re.compile(r"^\$\{([A-Z_][A-Z0-9_]*)\}$")
 
 
@@ -171,13 +173,13 @@ def test_host_mounts_are_read_only(logging_objs: list[Obj], elastic_objs: list[O
                     continue
                 host_path = host_volumes[m["name"]]
                 seen_host_paths.add(host_path)
+                # Mounted at the same path: /var/log/containers links resolve.
+                assert m["mountPath"] == host_path
                 if host_path == STATE_DIR:
-                    # The position DB: writable, and mounted at the same path.
-                    assert m["mountPath"] == STATE_DIR
                     assert not m.get("readOnly", False)
                 else:
                     assert m.get("readOnly") is True, f"{name}: {host_path} must be read-only"
-    assert seen_host_paths == {"/var/log", "/var/lib/docker/containers", STATE_DIR}
+    assert seen_host_paths == LOG_DIRS | {STATE_DIR}
 
 
 def test_images_pinned(logging_objs: list[Obj], elastic_objs: list[Obj]) -> None:
@@ -244,8 +246,9 @@ def test_probes_use_builtin_http_server(fb_container: dict[str, Any], pipeline: 
     assert port["containerPort"] == service["http_port"] == 2020
     readiness = fb_container["readinessProbe"]["httpGet"]
     liveness = fb_container["livenessProbe"]["httpGet"]
-    assert readiness["path"] == "/api/v2/health"
-    assert liveness["path"] in {"/api/v1/uptime", "/api/v2/health"}
+    # Neither probe depends on Elasticsearch: /api/v2/health (health_check) turns
+    # 500 when the outputs fail, which an outage must not turn into NotReady agents.
+    assert readiness["path"] == liveness["path"] == "/api/v1/uptime"
     for probe in (readiness, liveness):
         assert probe["port"] in {port["name"], port["containerPort"]}
 
@@ -285,7 +288,11 @@ def test_tail_input(pipeline: Any, fb_container: dict[str, Any]) -> None:
     db = PurePosixPath(tail["db"])
     assert db.parent == PurePosixPath(STATE_DIR)
     assert any(m["mountPath"] == STATE_DIR for m in fb_container["volumeMounts"])
-    assert re.fullmatch(r"\d+MB", tail["mem_buf_limit"])
+    # Filesystem buffering: reading never pauses (a paused tail loses what the
+    # kubelet rotates away); mem_buf_limit would only apply to memory buffering.
+    assert tail["storage.type"] == "filesystem"
+    assert on(tail["storage.pause_on_chunks_overlimit"]) is False
+    assert "mem_buf_limit" not in tail
     assert on(tail["skip_long_lines"])
     # Fluent Bit's own pod is excluded (no feedback loop), the app's pods are not.
     own = "/var/log/containers/fluent-bit-x7k2p_logging_fluent-bit-" + "a" * 64 + ".log"
@@ -304,7 +311,8 @@ def test_kubernetes_filter(pipeline: Any) -> None:
     assert on(kube["merge_log"]) is True
     assert on(kube["keep_log"]) is False
     assert on(kube["k8s-logging.parser"]) is True
-    assert on(kube["k8s-logging.exclude"]) is True
+    # A pod cannot hide its own logs by annotation.
+    assert on(kube["k8s-logging.exclude"]) is False
     assert on(kube["labels"]) is True
     # No custom merge key: the app's keys land at the top level, where the
     # saved searches and KQL examples look for them.
@@ -329,9 +337,15 @@ def test_es_outputs(pipeline: Any, logging_objs: list[Obj], fb_container: dict[s
         assert on(out["logstash_format"]) is True
         assert on(out["suppress_type_name"]) is True
         assert on(out["replace_dots"]) is True
-        # Bounded retries: an integer, not no_limits/False.
-        assert isinstance(out["retry_limit"], int) and not isinstance(out["retry_limit"], bool)
-        assert 1 <= out["retry_limit"] <= 20
+        if out["logstash_prefix"] == "fiboserver":
+            # Ours: retried until delivered (the template and the contract test
+            # rule out permanent refusals); the disk limit bounds the outage.
+            assert out["retry_limit"] == "no_limits"
+        else:
+            # Other namespaces' records may be refused for good: bounded.
+            assert isinstance(out["retry_limit"], int) and not isinstance(out["retry_limit"], bool)
+            assert 1 <= out["retry_limit"] <= 100
+        assert re.fullmatch(r"\d+G", out["storage.total_limit_size"]), out
         # Address, credentials and TLS come from the environment, not this file.
         for key in ("host", "port", "http_user", "http_passwd", "tls", "tls.verify"):
             ref = ENV_REF.match(str(out[key]))
@@ -361,6 +375,59 @@ def test_output_routing(pipeline: Any) -> None:
     for t, expected in cases.items():
         matched = [prefix for prefix, rx in routes if rx.search(t)]
         assert matched == [expected], (t, matched)
+
+
+def test_filesystem_buffering(pipeline: Any, fb_container: dict[str, Any], daemonset: Obj) -> None:
+    """Every input buffers to files on the node, every output bounds its share of the
+    disk, and what may sit in memory fits the container's memory limit."""
+    service = pipeline["service"]
+    storage = PurePosixPath(service["storage.path"])
+    assert storage.is_relative_to(STATE_DIR), "the buffer must be on the hostPath"
+    assert any(m["mountPath"] == STATE_DIR for m in fb_container["volumeMounts"])
+    assert service["storage.sync"] == "normal"
+    assert on(service["storage.checksum"]) and on(service["storage.delete_irrecoverable_chunks"])
+    assert on(service["storage.metrics"])
+    inputs = pipeline["pipeline"]["inputs"]
+    outputs = pipeline["pipeline"]["outputs"]
+    assert inputs and all(i["storage.type"] == "filesystem" for i in inputs)
+    assert outputs and all("storage.total_limit_size" in o for o in outputs)
+    # Chunks are ~2 MB; up to max_chunks_up of them plus the backlog being loaded
+    # must leave half of the memory limit to the rest of Fluent Bit.
+    chunks_up = int(service["storage.max_chunks_up"])
+    backlog = parse_size(service["storage.backlog.mem_limit"])
+    limit = parse_size(fb_container["resources"]["limits"]["memory"])
+    assert chunks_up * 2 * 10**6 + backlog <= limit / 2, (chunks_up, backlog, limit)
+    # Retry waits are capped, so buffered chunks go out soon after a recovery.
+    assert int(service["scheduler.base"]) < int(service["scheduler.cap"]) <= 120
+
+
+def parse_size(text: str) -> int:
+    """Fluent Bit sizes (K, M, G: decimal, as flb_utils_size_to_bytes reads them)
+    and Kubernetes quantities (Ki, Mi, Gi: binary)."""
+    m = re.fullmatch(r"(\d+)(K|M|G|KB|MB|GB|Ki|Mi|Gi)?", str(text))
+    assert m, text
+    unit = m.group(2) or ""
+    factor = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20,
+              "Gi": 2**30}[unit.removesuffix("B") if unit.endswith("B") else unit]  # fmt: skip
+    return int(m.group(1)) * factor
+
+
+def test_priority_and_its_quota(daemonset: Obj, logging_objs: list[Obj]) -> None:
+    spec = daemonset["spec"]["template"]["spec"]
+    # Never evicted by the kubelet under node pressure (critical priority).
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert spec["enableServiceLinks"] is False
+    quota = one(logging_objs, "ResourceQuota")["spec"]
+    assert quota["scopeSelector"]["matchExpressions"] == [
+        {"scopeName": "PriorityClass", "operator": "In", "values": ["system-node-critical"]}
+    ]
+    assert int(quota["hard"]["pods"]) >= 5000  # one per node, the largest clusters
+
+
+def test_generated_config_is_immutable(logging_objs: list[Obj]) -> None:
+    generated = [o for o in logging_objs if o["kind"] in {"ConfigMap", "Secret"}]
+    assert len(generated) == 3
+    assert all(o["immutable"] is True for o in generated)
 
 
 def test_undeploy_label_spares_the_namespace(logging_objs: list[Obj]) -> None:

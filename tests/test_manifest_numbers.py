@@ -201,7 +201,7 @@ DRIFT = {
         initialDelaySeconds=30
     ),
     "a new port without a row": lambda o: _container(o)["ports"].append(
-        {"name": "metrics", "containerPort": 9464}
+        {"name": "debug", "containerPort": 5678}
     ),
     "prod memory limit 1Gi": lambda o: _container(o)["resources"]["limits"].update(memory="1Gi"),
     "preStop dropped": lambda o: _container(o).pop("lifecycle"),

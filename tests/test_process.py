@@ -10,14 +10,13 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from serverproc import GUNICORN, REPO_ROOT, Record, ServerProcess, child_pids
+from serverproc import Record, ServerProcess, child_pids
 
 TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
@@ -149,20 +148,7 @@ def test_loglevel_key_overrides_the_env_default(tmp_path: Path) -> None:
 def test_resolved_gunicorn_settings(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("env: PROD\nmaxseq: 10\nport: 18081\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("GUNICORN_CMD_ARGS",)}
-    env.update(FIBOSERVER_CONFIG=str(config), WEB_CONCURRENCY="3")
-    out = subprocess.run(
-        [GUNICORN, "-c", "gunicorn.conf.py", "--print-config"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    settings = dict(
-        (k.strip(), v.strip()) for k, _, v in (line.partition("=") for line in out.splitlines())
-    )
+    settings = ServerProcess(config, tmp_path, env={"WEB_CONCURRENCY": "3"}).print_config()
     assert settings["bind"] == "['0.0.0.0:18081']"
     assert settings["workers"] == "3"
     assert settings["graceful_timeout"] == "20"

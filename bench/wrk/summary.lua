@@ -1,4 +1,4 @@
--- wrk script: print one machine-readable summary line for bench/run.py.
+-- wrk script: print one machine-readable summary line for bench/wrk.py.
 -- Latencies are in microseconds, as wrk records them.
 function done(summary, latency, requests)
   local e = summary.errors

@@ -87,34 +87,45 @@ def pip_conf_for_build(tmp: Path) -> Path:
     return path
 
 
+def make(*args: str, timeout: float = 900.0) -> subprocess.CompletedProcess[str]:
+    """`make <args>` in the repository with podman's CONTAINERS_CONF; fails loudly."""
+    proc = subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=podman_env(),
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"make {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n"
+            f"{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
 def build_image(binary: str, tmp: Path, tag: str = TEST_IMAGE) -> tuple[str, float, str]:
-    """`podman build` of the project's Dockerfile on the local base;
-    (tag, seconds, what the base image builder said)."""
+    """`make image` (the project's Dockerfile, labels and all) with podman on the
+    local base; (tag, seconds, what the base image builder said)."""
     base_note = ensure_base_image()
-    base = BASE_IMAGE
     previous = image_id(binary, tag)
     pip_conf = pip_conf_for_build(tmp)
+    name, _, version_tag = tag.rpartition(":")
+    # No registry: the base is local; pip reaches the package index through the
+    # host network with the host's CA bundle.
+    flags = (
+        f"--network host --pull=never -v /etc/ssl/certs:/etc/ssl/certs:ro"
+        f" -v {pip_conf}:/etc/pip.conf:ro"
+    )
     t0 = time.monotonic()
-    podman(
-        binary,
-        "build",
-        "--build-arg",
-        f"BASE_IMAGE={base}",
-        # No registry: the base is local; pip reaches the package index through the
-        # host network with the host's CA bundle.
-        "--network",
-        "host",
-        "--pull=never",
-        "-v",
-        "/etc/ssl/certs:/etc/ssl/certs:ro",
-        "-v",
-        f"{pip_conf}:/etc/pip.conf:ro",
-        "-t",
-        tag,
-        "-f",
-        str(REPO_ROOT / "Dockerfile"),
-        str(REPO_ROOT),
-        timeout=900,
+    make(
+        "image",
+        f"CONTAINER_ENGINE={binary}",
+        f"BASE_IMAGE={BASE_IMAGE}",
+        f"IMAGE={name}",
+        f"TAG={version_tag}",
+        f"BUILD_FLAGS={flags}",
     )
     seconds = time.monotonic() - t0
     if previous is not None and previous != image_id(binary, tag):

@@ -19,13 +19,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import require_tool
 from kube import render
 from podmanlib import (
     NAME_PREFIX,
     REPO_ROOT,
     Record,
-    build_image,
     http_get,
     json_records,
     podman,
@@ -46,30 +44,14 @@ def say(capsys: pytest.CaptureFixture[str], text: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def tools() -> dict[str, str]:
-    # runc: containers.conf selects it (crun fails on this host's cgroup layout).
-    found = {name: require_tool(name) for name in ("podman", "runc", "kubectl")}
-    require_tool("debootstrap")  # for the base image, when it is not cached yet
-    return found
-
-
-def _remove_leftovers(binary: str) -> None:
-    names = podman(
-        binary, "ps", "-a", "--filter", f"name=^{NAME_PREFIX}", "--format", "{{.Names}}"
-    ).stdout.split()
-    if names:
-        podman(binary, "rm", "-f", "-t", "0", *names, check=False)
+def tools(podman_tools: dict[str, str]) -> dict[str, str]:
+    return podman_tools
 
 
 @pytest.fixture(scope="module")
-def image(
-    tools: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, float, str]]:
-    """The service image, built once per run from the project's Dockerfile."""
-    _remove_leftovers(tools["podman"])
-    built = build_image(tools["podman"], tmp_path_factory.mktemp("build"))
-    yield built
-    _remove_leftovers(tools["podman"])
+def image(e2e_image: tuple[str, float, str]) -> tuple[str, float, str]:
+    """The session's one build of the service image (tests/conftest.py)."""
+    return e2e_image
 
 
 def overlay(env: str) -> tuple[Manifest, Manifest]:
@@ -168,19 +150,26 @@ def test_container_with_the_deployments_constraints(
     for f in cfg_dir.iterdir():
         f.chmod(0o644)
     port = free_port()
+    metrics_port = free_port()
+    container_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     env = [f"--env={e['name']}={e['value']}" for e in c.get("env", [])]
     grace = int(pod["terminationGracePeriodSeconds"])
+    # The pod's memory emptyDirs (/tmp, the metrics directory) as tmpfs mounts.
+    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    tmpfs = [f"--tmpfs={m['mountPath']}" for m in c["volumeMounts"] if m["name"] in empty_dirs]
+    assert f"--tmpfs={mounts['tmp']['mountPath']}" in tmpfs
     podman(
         pm, "run", "--detach", "--name", container,
-        # readOnlyRootFilesystem; only /tmp writable (the emptyDir), nothing else
-        # that podman would otherwise add as tmpfs.
-        "--read-only", "--read-only-tmpfs=false", "--tmpfs", mounts["tmp"]["mountPath"],
+        # readOnlyRootFilesystem; only the emptyDirs writable, nothing else that
+        # podman would otherwise add as tmpfs.
+        "--read-only", "--read-only-tmpfs=false", *tmpfs,
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "--user", f"{sc['runAsUser']}:{sc['runAsGroup']}",
         "--memory", str(mem), "--cpus", str(cpus),
         "-v", f"{cfg_dir}:{mounts['config']['mountPath']}:ro",
         *env,
         "-p", f"127.0.0.1:{port}:{c['ports'][0]['containerPort']}",
+        "-p", f"127.0.0.1:{metrics_port}:{container_ports['metrics']}",
         image[0],
     )  # fmt: skip
     say(
@@ -193,6 +182,11 @@ def test_container_with_the_deployments_constraints(
     status, body = http_get(f"http://127.0.0.1:{port}/dev/fibo?n=10")
     assert status == 200 and json.loads(body)["result"] == 55, (status, body)
     say(capsys, f"container: ready in {ready:.1f} s; /dev/fibo?n=10 -> {body.decode()}")
+    # Metrics on the `metrics` port, their files in the pod's emptyDir.
+    status, body = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
+    assert status == 200, (status, body[:200])
+    assert b'fiboserver_cache_requests_total{result="miss"} 1.0' in body
+    say(capsys, f"container: /metrics on {container_ports['metrics']}, {len(body)} bytes")
 
     inspect = json.loads(podman(pm, "inspect", container).stdout)[0]
     hc = inspect["HostConfig"]

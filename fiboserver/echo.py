@@ -1,0 +1,27 @@
+"""Bounded echoes: how much of what a client sent may appear in an answer or a log record.
+
+An error message that quotes the client helps them find their mistake, but the
+whole input (up to 4 KB of request line, or more) in every response and every
+log record costs bandwidth and log storage and hands an attacker a way to fill
+both. SPEC section 2: at most 40 characters of client input; the rest is elided.
+"""
+
+from __future__ import annotations
+
+ECHO_LIMIT = 40
+_ELLIPSIS = "..."
+
+
+def bounded(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`text` if it has at most `limit` characters, else its first `limit` and '...'.
+
+    The ellipsis is not client input, so the quote itself keeps `limit` characters.
+    """
+    if len(text) <= limit:
+        return text
+    return text[:limit] + _ELLIPSIS
+
+
+def quoted(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`bounded(text)` as a Python literal (quotes, control characters escaped)."""
+    return repr(bounded(text, limit))

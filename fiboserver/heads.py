@@ -1,0 +1,119 @@
+"""Request heads as the worker's event loop sees them, before any thread is involved.
+
+The worker (fiboserver/worker.py) reads every connection without blocking and
+keeps the bytes until the head (request line and header fields, up to the empty
+line) is complete; only then does a thread parse it with gunicorn's parser.
+This module holds the pure part: where a head ends, when it is too large to
+wait for, whether it asks for a probe path, and the few fields an answer
+written without the app needs (method, path, request id).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+# The whole head must arrive within this many seconds of the connection opening
+# (or, on a kept-alive connection, of the first byte of the next request); nginx
+# calls it client_header_timeout. A client that has sent nothing by then is
+# closed; one that sent part of a head gets a 408. Kubelet probes, proxies and
+# other services send their request at once.
+HEAD_TIMEOUT = 10.0
+# Largest head waited for: ingress-nginx's large_client_header_buffers (4 x 8 KiB),
+# so nothing the proxy in front lets through is refused here.
+MAX_HEAD_BYTES = 32 * 1024
+
+_HEAD_END = b"\r\n\r\n"
+_LINE_END = b"\r\n"
+# Probe requests are GET or HEAD of the exact path, with or without a query.
+_GET_OR_HEAD = (b"GET ", b"HEAD ")
+_PATH_ENDS = (b" ", b"?")
+_REQUEST_ID = b"\r\nx-request-id:"
+_CONTENT_LENGTH = b"\r\ncontent-length:"
+_TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
+_CONNECTION = b"\r\nconnection:"
+
+
+class HeadError(Exception):
+    """A head the loop answers itself, without waiting for the rest of it."""
+
+    def __init__(self, status: HTTPStatus, error: str) -> None:
+        super().__init__(status, error)
+        self.status = status
+        self.error = error
+
+
+def head_length(buf: bytes, max_line: int, max_head: int = MAX_HEAD_BYTES) -> int:
+    """Bytes of `buf` that make up a complete head, or 0 while more are needed.
+
+    Raises HeadError (414 or 431) when the request line or the head is already
+    longer than gunicorn's parser would accept, so the client is answered now
+    rather than when its head timeout ends. A head ending in bare LFs counts as
+    complete: gunicorn's parser refuses those with a 400, which is the answer.
+    """
+    end = buf.find(_HEAD_END)
+    if end >= 0:
+        return end + len(_HEAD_END)
+    line_end = buf.find(_LINE_END)
+    if (line_end < 0 and len(buf) > max_line + 2) or line_end > max_line:
+        raise HeadError(HTTPStatus.REQUEST_URI_TOO_LONG, "request line too long")
+    if len(buf) > max_head:
+        raise HeadError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request header too large")
+    if b"\n\n" in buf:
+        return len(buf)
+    return 0
+
+
+def probe_prefixes(paths: frozenset[str]) -> tuple[bytes, ...]:
+    """Starts of the request heads that ask for one of `paths` (the probes).
+
+    `head.startswith(prefixes)` is one C call: the loop checks every head.
+    """
+    return tuple(
+        method + path.encode("ascii") + end
+        for method in _GET_OR_HEAD
+        for path in sorted(paths)
+        for end in _PATH_ENDS
+    )
+
+
+def request_line(head: bytes) -> tuple[str, str]:
+    """(method, target) of the head's request line, as far as it has them.
+
+    For log records of answers the loop gives itself; the caller bounds them.
+    A missing part is an empty string.
+    """
+    line = head.lstrip(b"\r\n").split(b"\r\n", 1)[0].split(b"\n", 1)[0]
+    parts = line.split(b" ", 2)
+    method = parts[0].decode("latin-1")
+    target = parts[1].decode("latin-1") if len(parts) > 1 else ""
+    return method, target
+
+
+def reusable(head: bytes) -> bool:
+    """Whether the connection can take its next request after an answer the loop
+    wrote itself: an HTTP/1.1 GET or HEAD with no body to skip and no
+    `Connection: close`."""
+    line_end = head.find(_LINE_END)
+    if line_end < 0 or not head.startswith(_GET_OR_HEAD):
+        return False
+    if not head[:line_end].endswith(b" HTTP/1.1"):
+        return False
+    fields = head[line_end:].lower()
+    if _CONTENT_LENGTH in fields or _TRANSFER_ENCODING in fields:
+        return False
+    start = fields.find(_CONNECTION)
+    if start < 0:
+        return True
+    end = fields.find(_LINE_END, start + len(_CONNECTION))
+    return b"close" not in fields[start + len(_CONNECTION) : end]
+
+
+def incoming_request_id(head: bytes) -> str | None:
+    """The value of the head's X-Request-ID field (any case), if it has one."""
+    start = head.lower().find(_REQUEST_ID)
+    if start < 0:
+        return None
+    start += len(_REQUEST_ID)
+    end = head.find(_LINE_END, start)
+    value = head[start:] if end < 0 else head[start:end]
+    return value.strip(b" \t").decode("latin-1")

@@ -1,0 +1,173 @@
+"""Test clients: one request per fresh TCP connection, counted by outcome.
+
+A request whose connection was established must get a complete, correct 200;
+a connect that is refused or times out is counted apart (expected once a
+server stops taking connections); a reset, an EOF or a truncated or wrong body
+after connect is a failure.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from serverproc import HOST
+
+GRACEFUL_TIMEOUT = 20  # gunicorn.conf.py, SPEC section 5
+
+
+def reference(values: list[int]) -> dict[int, Decimal]:
+    keep = set(values)
+    out: dict[int, Decimal] = {}
+    a, b = 0, 1
+    for n in range(max(values) + 1):
+        if n in keep:
+            out[n] = Decimal(a)  # Decimal: no int/str digit limit involved
+        a, b = b, a + b
+    return out
+
+
+@dataclass
+class Counts:
+    sent: int = 0  # connection established, request sent
+    ok: int = 0  # complete 200 with the right result
+    refused: int = 0  # connect refused or timed out (expected once stopping)
+    failed: int = 0  # anything else after the connection was established
+    after_signal_ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def one_request(
+    port: int, n: int, expected: Decimal, counts: Counts, signalled: threading.Event
+) -> bool:
+    """One GET on a fresh connection; False once connecting no longer works."""
+    try:
+        sock = socket.create_connection((HOST, port), timeout=3)
+    except OSError:  # refused, or SYN dropped while draining: the expected end
+        with counts.lock:
+            counts.refused += 1
+        return False
+    sock.settimeout(GRACEFUL_TIMEOUT + 10)
+    conn = http.client.HTTPConnection(HOST, port)
+    conn.sock = sock  # use exactly this connection, never a silent reconnect
+    try:
+        with counts.lock:
+            counts.sent += 1
+        conn.request("GET", f"/prod/fibo?n={n}", headers={"Connection": "close"})
+        resp = conn.getresponse()
+        body = resp.read()  # IncompleteRead if truncated
+        if resp.status != 200:
+            raise AssertionError(f"status {resp.status}: {body[:200]!r}")
+        result = json.loads(body, parse_int=Decimal)["result"]
+        if result != expected:
+            raise AssertionError(f"n={n}: wrong result")
+        with counts.lock:
+            counts.ok += 1
+            if signalled.is_set():
+                counts.after_signal_ok += 1
+    except Exception as exc:  # reset, EOF, truncation, bad body: all failures
+        with counts.lock:
+            counts.failed += 1
+            counts.failures.append(f"n={n}: {type(exc).__name__}: {exc}")
+    finally:
+        conn.close()
+    return True
+
+
+def exchange(port: int, data: bytes, timeout: float = 15.0) -> tuple[bytes, float]:
+    """Send `data` on a fresh connection, half-close, read until the server closes:
+    (everything it sent, seconds from connect to its close)."""
+    started = time.perf_counter()
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks), time.perf_counter() - started
+
+
+def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers with lower-case names, body) of one raw HTTP/1.1 response."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *fields = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for field_line in fields:
+        name, _, value = field_line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+def probe(port: int, path: str, timeout: float = 15.0) -> tuple[int, float]:
+    """GET `path` on a fresh connection and read the answer by its length, as the
+    kubelet does (Connection: close, no wait for the server's FIN): (status, seconds)."""
+    started = time.perf_counter()
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, time.perf_counter() - started
+    finally:
+        conn.close()
+
+
+def p99(samples: list[float]) -> float:
+    """Nearest-rank 99th percentile (the largest of up to 100 samples)."""
+    ordered = sorted(samples)
+    return ordered[max(0, -(-99 * len(ordered) // 100) - 1)]
+
+
+# Cores the rest of the machine may use during a measured run before a wall-clock
+# comparison is no longer about the server (the machine has 2, shared).
+OTHER_LOAD_LIMIT = 0.25
+
+
+def completed_per_second(run: dict[str, Any]) -> float:
+    """Requests a wrk run (bench.pairs.measured_wrk) got a 2xx/3xx for, per second."""
+    return _completed(run) / _seconds(run)
+
+
+def _completed(run: dict[str, Any]) -> float:
+    return float(run["requests"] - run["err_status"])
+
+
+def _seconds(run: dict[str, Any]) -> float:
+    return float(run["duration_us"]) / 1e6
+
+
+def _server_cpu_seconds(run: dict[str, Any]) -> float:
+    return float(run["server_cpu_us_per_req"]) * float(run["requests"]) / 1e6
+
+
+def kept_throughput(
+    loaded: list[dict[str, Any]], unloaded: list[dict[str, Any]]
+) -> tuple[float, str]:
+    """The completed requests of the `loaded` runs as a share of the `unloaded` ones'
+    (each set pooled), and what it was judged by.
+
+    Per second of wall clock, as a user sees it, when the rest of the machine stayed
+    quiet during all the runs. When it did not (other engineers' work on a shared
+    machine), the server got a different share of the cores in each run, and
+    requests per second of the server's own CPU are compared instead: the
+    overhead the load adds per request, which is what the ratio is about.
+    """
+    busy = max(run["other_cores"] for run in [*loaded, *unloaded])
+
+    def rate(runs: list[dict[str, Any]], per: Callable[[dict[str, Any]], float]) -> float:
+        return sum(_completed(r) for r in runs) / max(sum(per(r) for r in runs), 1e-9)
+
+    if busy <= OTHER_LOAD_LIMIT:
+        return rate(loaded, _seconds) / rate(unloaded, _seconds), "per second"
+    return (
+        rate(loaded, _server_cpu_seconds) / rate(unloaded, _server_cpu_seconds),
+        f"per server CPU second (other load up to {busy:.2f} cores)",
+    )

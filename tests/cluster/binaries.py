@@ -1,0 +1,206 @@
+"""The cluster's programs: Go-built upstream components cached outside the clone, and
+the Debian tools the cluster needs.
+
+Each component is one pinned Go module (tests/cluster/build/<component>/go.mod and
+go.sum, committed) built with ``go build`` into
+``/var/cache/fiboserver/cluster/<component>-<version>/`` (``FIBOSERVER_CLUSTER_CACHE``
+moves it). A stamp file there holds a digest of go.mod, go.sum, the flags and the Go
+version: the same inputs on the same machine reuse the binaries, so only the first
+``make cluster-up`` compiles. Go's own module and build caches are outside the clone
+too (GOMODCACHE, GOCACHE defaults).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BUILD_DIR = HERE / "build"
+CACHE = Path(os.environ.get("FIBOSERVER_CLUSTER_CACHE", "/var/cache/fiboserver/cluster"))
+GO = os.environ.get("GO") or shutil.which("go") or "/usr/local/go/bin/go"
+
+KUBERNETES_VERSION = "v1.34.4"
+
+
+def _version_ldflags(pkg: str, version: str) -> list[str]:
+    # What upstream's hack/lib/version.sh stamps, so `kubectl version` and the
+    # node's kubeletVersion say v1.34.4 instead of a development version.
+    major, minor = version.lstrip("v").split(".")[:2]
+    return [
+        f"-X {pkg}.gitVersion={version}",
+        f"-X {pkg}.gitMajor={major}",
+        f"-X {pkg}.gitMinor={minor}",
+        f"-X {pkg}.gitTreeState=clean",
+    ]
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str  # directory under build/ and cache key prefix
+    version: str
+    # binary name -> Go package
+    packages: dict[str, str]
+    ldflags: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+    @property
+    def moddir(self) -> Path:
+        return BUILD_DIR / self.name
+
+    @property
+    def bindir(self) -> Path:
+        return CACHE / f"{self.name}-{self.version}"
+
+    def path(self, binary: str) -> Path:
+        return self.bindir / binary
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for f in ("go.mod", "go.sum"):
+            h.update((self.moddir / f).read_bytes())
+        h.update(repr((self.packages, self.ldflags, self.tags, go_version())).encode())
+        return h.hexdigest()
+
+    def cached(self) -> bool:
+        stamp = self.bindir / ".stamp"
+        return (
+            stamp.is_file()
+            and stamp.read_text().strip() == self.digest()
+            and all(self.path(b).is_file() for b in self.packages)
+        )
+
+
+KUBERNETES = Component(
+    "kubernetes",
+    KUBERNETES_VERSION,
+    {
+        name: f"k8s.io/kubernetes/cmd/{name}"
+        for name in (
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubelet",
+            "kube-proxy",
+        )
+    },
+    ldflags=(
+        *_version_ldflags("k8s.io/component-base/version", KUBERNETES_VERSION),
+        *_version_ldflags("k8s.io/client-go/pkg/version", KUBERNETES_VERSION),
+    ),
+)
+ETCD = Component("etcd", "v3.6.16", {"etcd": "go.etcd.io/etcd/server/v3"})
+CONTAINERD = Component(
+    "containerd",
+    "v2.0.14",
+    {
+        name: f"github.com/containerd/containerd/v2/cmd/{name}"
+        for name in ("containerd", "containerd-shim-runc-v2", "ctr")
+    },
+    ldflags=("-X github.com/containerd/containerd/v2/version.Version=v2.0.14",),
+    # No btrfs/devmapper/zfs snapshotters (overlayfs is used); no cgo needed.
+    tags=("no_btrfs", "no_devmapper", "no_zfs", "urfave_cli_no_docs"),
+)
+# crictl: the kubelet's view of containers (host PIDs, sandboxes) for tests and for
+# `make cluster-down`, which removes every pod sandbox through the CRI.
+CRITOOLS = Component("cri-tools", "v1.34.0", {"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"})
+# The edge: a real Ingress controller run as a host process (tests/cluster/edges.py).
+TRAEFIK = Component(
+    "traefik",
+    "v3.6.12",
+    {"traefik": "github.com/traefik/traefik/v3/cmd/traefik"},
+    ldflags=("-X github.com/traefik/traefik/v3/pkg/version.Version=v3.6.12",),
+)
+COMPONENTS = (KUBERNETES, ETCD, CONTAINERD, CRITOOLS, TRAEFIK)
+
+# What the cluster uses as it is, and how to get it: Debian packages (.ci/run
+# installs them): runc (the OCI runtime podman uses here too), catatonit (the pause
+# process), iptables and conntrack (kube-proxy), openssl (certificates), podman and
+# debootstrap (the images), iproute2 (addresses and routes); and kubectl.
+TOOLS = {
+    "runc": "apt-get install runc",
+    "iptables": "apt-get install iptables",
+    "conntrack": "apt-get install conntrack",
+    "catatonit": "apt-get install catatonit",
+    "openssl": "apt-get install openssl",
+    "podman": "apt-get install podman",
+    "debootstrap": "apt-get install debootstrap",
+    "ip": "apt-get install iproute2",
+    "kubectl": "the Kubernetes command line client",
+}
+CNI_BIN_DIR = Path("/usr/lib/cni")
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
+
+
+def go_version() -> str:
+    out = subprocess.run([GO, "env", "GOVERSION"], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def missing_tools() -> list[str]:
+    """What is missing to build and run the cluster, each with how to get it."""
+    missing = [f"{tool} ({how})" for tool, how in TOOLS.items() if shutil.which(tool) is None]
+    if not all((CNI_BIN_DIR / p).is_file() for p in CNI_PLUGINS):
+        missing.append(
+            f"CNI plugins {', '.join(CNI_PLUGINS)} in {CNI_BIN_DIR} "
+            "(apt-get install containernetworking-plugins)"
+        )
+    if not Path(GO).is_file() and shutil.which(GO) is None:
+        missing.append("go (Go 1.24 or newer; e.g. /usr/local/go/bin/go)")
+    if os.geteuid() != 0:
+        missing.append("root (the kubelet, containerd and kube-proxy need it)")
+    return missing
+
+
+def build(component: Component, log: Path) -> float:
+    """Build `component` into its cache directory unless cached; seconds spent."""
+    if component.cached():
+        return 0.0
+    t0 = time.monotonic()
+    tmp = component.bindir.with_name(component.bindir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cmd = [
+        "nice", "-n", "10", GO, "build", "-trimpath",
+        "-ldflags", " ".join(("-s", "-w", *component.ldflags)),
+        *(("-tags", ",".join(component.tags)) if component.tags else ()),
+        "-o", f"{tmp}/",
+        *component.packages.values(),
+    ]  # fmt: skip
+    # Static binaries, as upstream releases them; -mod=readonly: go.sum is the pin.
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly"}
+    with log.open("ab") as out:
+        out.write(f"\n$ (cd {component.moddir}) {' '.join(cmd)}\n".encode())
+        out.flush()
+        proc = subprocess.run(cmd, cwd=component.moddir, env=env, stdout=out, stderr=out)
+    if proc.returncode != 0:
+        raise SystemExit(f"building {component.name} {component.version} failed: see {log}")
+    # `go build -o dir/` names a binary after its package path's last element, or the
+    # one before a major-version suffix (go.etcd.io/etcd/server/v3 -> server).
+    for binary, pkg in component.packages.items():
+        parts = pkg.split("/")
+        built = tmp / (parts[-2] if re.fullmatch(r"v\d+", parts[-1]) else parts[-1])
+        if built != tmp / binary:
+            built.rename(tmp / binary)
+    (tmp / ".stamp").write_text(component.digest() + "\n")
+    shutil.rmtree(component.bindir, ignore_errors=True)
+    tmp.rename(component.bindir)
+    return time.monotonic() - t0
+
+
+def build_all(log: Path) -> dict[str, float]:
+    """Every component, cached or built; {name: seconds spent building}."""
+    spent: dict[str, float] = {}
+    for c in COMPONENTS:
+        if not c.cached():
+            print(f"cluster: building {c.name} {c.version} (first time on this machine; "
+                  f"log {log})", file=sys.stderr, flush=True)  # fmt: skip
+        spent[c.name] = build(c, log)
+    return spent

@@ -1,0 +1,147 @@
+"""The edge in front of the cluster, listening on 127.0.0.1 only.
+
+- `traefik_edge()`: a real Ingress controller, Traefik v3.6 (built like the
+  cluster's parts, binaries.TRAEFIK), run as a host process with the cluster's
+  kubeconfig. Its kubernetesIngress provider serves the Ingress unchanged: the
+  IngressClass `nginx` (k8s/ingress.yaml's one controller-specific field) is
+  created here naming Traefik as its controller, as a cluster admin would; TLS
+  comes from the Ingress's Secret; requests go to the Service's endpoints (pod
+  IPs) as the EndpointSlices list them, terminating pods fenced off from new
+  requests. The ssl-redirect annotation is ingress-nginx's: Traefik's entry point
+  redirect does the same. (Traefik's kubernetesIngressNGINX provider, which reads
+  the annotation, keeps sending new requests to terminating pods in v3.6:
+  traefik/traefik#13287, fixed in v3.7, which cannot be built here: docs/cluster.md.)
+- `nginx_edge()`: tests/e2e/edge.py's nginx, rendered from the same Ingress, its
+  upstreams pointed at each Service's ClusterIP, so every request crosses kube-proxy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from binaries import TRAEFIK
+from clusterlib import NS, Cluster
+from conftest import require_tool
+from edge import Load, Nginx, _TLSConnection, plan_from_ingress, rendered_ingress
+from layout import KUBECONFIG, REPO_ROOT
+from serverproc import free_port
+
+HOST = "cloudnative"  # the Ingress's host, also the certificate's name
+
+
+@dataclass
+class Edge:
+    kind: str
+    https_port: int
+    http_port: int
+    cafile: Path
+
+    def get(
+        self, path: str, headers: Mapping[str, str] | None = None, method: str = "GET"
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """One HTTPS request through the edge (like ServerProcess.get)."""
+        ctx = ssl.create_default_context(cafile=str(self.cafile))
+        conn = _TLSConnection(HOST, self.https_port, ctx, None)
+        try:
+            conn.request(method, path, headers={"Connection": "close", **(headers or {})})
+            resp = conn.getresponse()
+            return resp.status, resp.headers, resp.read()
+        finally:
+            conn.close()
+
+    def load(self, path: str, *, threads: int = 4, rate: float = 25.0) -> Load:
+        """edge.Load against this edge: HTTPS to 127.0.0.1 with SNI `cloudnative`."""
+        return Load(HOST, self.https_port, self.cafile, path, threads=threads, rate=rate)
+
+
+def tls_files() -> dict[str, Path]:
+    """`make certgen`'s files (cluster-up ran it and made Secret `cloudnative` of them)."""
+    subprocess.run(["make", "-s", "certgen"], cwd=REPO_ROOT, check=True, capture_output=True)
+    return {n: REPO_ROOT / "tls" / n for n in ("ca.crt", "tls.crt", "tls.key")}
+
+
+@contextlib.contextmanager
+def nginx_edge(cluster: Cluster, prefix: Path) -> Iterator[Edge]:
+    plan = plan_from_ingress(rendered_ingress())
+    backends = {
+        svc: [f"{cluster.get('-n', NS, 'service', svc)['spec']['clusterIP']}:{port}"]
+        for svc, port in {(r.service, r.port) for r in plan.routes}
+    }
+    files = tls_files()
+    ngx = Nginx(require_tool("nginx"), plan, {"cloudnative": (files["tls.crt"],
+                files["tls.key"])}, prefix)  # fmt: skip
+    try:
+        ngx.start(backends)
+        yield Edge("nginx (rendered from the Ingress, upstreams = Service ClusterIPs)",
+                   ngx.https_port, ngx.http_port, files["ca.crt"])  # fmt: skip
+    finally:
+        ngx.stop()
+
+
+# The class the Ingress names, served by Traefik's Ingress provider on this cluster.
+INGRESS_CLASS = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "IngressClass",
+    "metadata": {"name": "nginx"},
+    "spec": {"controller": "traefik.io/ingress-controller"},
+}
+
+
+@contextlib.contextmanager
+def traefik_edge(cluster: Cluster, prefix: Path) -> Iterator[Edge]:
+    files = tls_files()
+    cluster.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(INGRESS_CLASS))
+    http_port, https_port = free_port(), free_port()
+    conf = prefix / "traefik.yaml"
+    conf.write_text(json.dumps({
+        "entryPoints": {
+            # Plain HTTP only redirects to HTTPS (the Ingress's ssl-redirect).
+            "web": {"address": f"127.0.0.1:{http_port}", "http": {"redirections": {
+                "entryPoint": {"to": "websecure", "scheme": "https", "permanent": True}}}},
+            "websecure": {"address": f"127.0.0.1:{https_port}", "http": {"tls": {}}},
+        },
+        "providers": {"kubernetesIngress": {}},
+        "log": {"level": "INFO"},
+    }))  # fmt: skip
+    log = (prefix / "traefik.log").open("ab")
+    proc = subprocess.Popen(
+        [str(TRAEFIK.path("traefik")), f"--configFile={conf}"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        env={**os.environ, "KUBECONFIG": str(KUBECONFIG)},
+    )  # fmt: skip
+    edge = Edge(f"Traefik {TRAEFIK.version} (Ingress controller)", https_port, http_port,
+                files["ca.crt"])  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (prefix / "traefik.log").read_text()[-3000:]
+            with contextlib.suppress(OSError):
+                if all(edge.get(f"{p}/readyz")[0] == 200 for p in ("/dev", "/prod")):
+                    break
+            assert time.monotonic() < deadline, (prefix / "traefik.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield edge
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def cluster_edge(cluster: Cluster, prefix: Path) -> contextlib.AbstractContextManager[Edge]:
+    """The edge the cluster tests use: Traefik (FIBOSERVER_EDGE=nginx picks nginx)."""
+    if os.environ.get("FIBOSERVER_EDGE") == "nginx":
+        return nginx_edge(cluster, prefix)
+    return traefik_edge(cluster, prefix)

@@ -1,0 +1,31 @@
+"""`make cluster-down` leaves nothing behind, and a second one is harmless.
+
+Runs last among the cluster tests (pytest collects this directory's files by
+name), on the cluster this test session brought up (CI=true). A cluster you
+started yourself stays up: `make cluster-down` ends it and lists anything left.
+"""
+
+from __future__ import annotations
+
+import pytest
+from clusterlib import Cluster, run_make
+from down import leftovers
+
+pytestmark = pytest.mark.cluster
+
+
+def test_down_twice_leaves_nothing_behind(cluster: Cluster) -> None:
+    if not cluster.owned:
+        pytest.skip("the cluster is yours (make cluster-up); `make cluster-down` removes it "
+                    "and fails listing anything left behind")  # fmt: skip
+    first = run_make("cluster-down", timeout=600)
+    cluster.down_done = True
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "stopped kubelet" in first.stdout, first.stdout
+    second = run_make("cluster-down", timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "nothing (was not running)" in second.stdout, second.stdout
+    # Processes, mounts, state directories, kubepods cgroups, the bridge and veths,
+    # iptables rules and chains of kube-proxy and the CNI network, route_localnet,
+    # and what was added under /var/log/pods, /var/log/containers, /run/containerd.
+    assert leftovers(cluster.host_before) == []

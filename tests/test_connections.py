@@ -1,0 +1,118 @@
+"""fiboserver.connections: the worker loop's waiting sets, on real sockets and a real poller."""
+
+from __future__ import annotations
+
+import resource
+import selectors
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from fiboserver.connections import Conn, Connections, raise_open_files_limit
+
+
+@pytest.fixture
+def conns() -> Iterator[Connections]:
+    with selectors.DefaultSelector() as poller:
+        yield Connections(poller)
+
+
+def _conn(conns: Connections) -> tuple[Conn, socket.socket]:
+    server, client = socket.socketpair()
+    conn = Conn(None, server, ("127.0.0.1", 1), ("127.0.0.1", 2))
+    conns.accepted(conn)
+    return conn, client
+
+
+def test_sockets_stay_blocking_for_the_threads(conns: Connections) -> None:
+    conn, client = _conn(conns)
+    with client:
+        assert conn.sock.getblocking()
+        assert conn.data_ready and conn.parser is None and not conn.initialized
+        conns.close(conn)
+
+
+def test_a_connection_waits_in_one_set_in_deadline_order(conns: Connections) -> None:
+    first, c1 = _conn(conns)
+    second, c2 = _conn(conns)
+    with c1, c2:
+        conns.wait(first, conns.heads, 10.0)
+        conns.wait(second, conns.heads, 20.0)
+        assert list(conns.heads) == [first, second] and conns.next_deadline() == 10.0
+        assert first.registered and conns.poller.get_key(first.sock).data is first
+        assert list(conns.expired(15.0)) == [first]
+        assert first.waiting is None and list(conns.heads) == [second]
+        # Out of its set, still registered: it may wait again without a system call.
+        assert first.registered
+        conns.wait(first, conns.idle, 30.0)
+        conns.release(second)
+        assert not second.registered and second.waiting is None
+        assert conns.next_deadline() == 30.0
+        conns.close(first)
+        conns.close(second)
+    assert conns.open == 0 and conns.next_deadline() == float("inf")
+
+
+def test_close_lingering_half_closes_and_waits_for_the_client(conns: Connections) -> None:
+    conn, client = _conn(conns)
+    with client:
+        conns.close_lingering(conn)
+        assert client.recv(10) == b""  # our side is shut: the client sees the end
+        assert conn.waiting is conns.closing and conns.open == 1
+        conns.close(conn)
+    assert conns.open == 0
+
+
+def test_eviction_frees_the_longest_idle_silent_connection(conns: Connections) -> None:
+    talking, c1 = _conn(conns)
+    silent, c2 = _conn(conns)
+    idle, c3 = _conn(conns)
+    with c1, c2, c3:
+        talking.buf = b"GET /"
+        conns.wait(talking, conns.heads, 5.0)
+        conns.wait(silent, conns.heads, 6.0)
+        conns.wait(idle, conns.idle, 7.0)
+        assert conns.evict_idle()  # kept-alive first
+        assert idle.sock.fileno() == -1
+        assert conns.evict_idle()
+        assert silent.sock.fileno() == -1
+        assert not conns.evict_idle()  # a partial head is not thrown away
+        conns.close_all()
+    assert conns.open == 0
+
+
+def test_stopping_caps_every_wait(conns: Connections) -> None:
+    waiting, c1 = _conn(conns)
+    later, c2 = _conn(conns)
+    with c1, c2:
+        conns.wait(waiting, conns.idle, 75.0)
+        conns.stop_by(2.0)
+        assert waiting.deadline == 2.0
+        conns.wait(later, conns.heads, 10.0)
+        assert later.deadline == 2.0
+        conns.close_all()
+
+
+def test_open_files_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+        assert raise_open_files_limit() == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_conn_sets_every_attribute_gthread_gives_a_connection(conns: Connections) -> None:
+    """Conn does not call TConn's constructor (it would make the socket non-blocking):
+    a gunicorn that adds an attribute there must not go unnoticed."""
+    from gunicorn.workers.gthread import TConn
+
+    server, client = socket.socketpair()
+    with server, client:
+        theirs = set(vars(TConn(None, server, ("127.0.0.1", 1), ("127.0.0.1", 2))))
+    conn, other = _conn(conns)
+    with other:
+        assert theirs <= set(vars(conn)), theirs - set(vars(conn))
+        conns.close(conn)

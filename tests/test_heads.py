@@ -1,0 +1,102 @@
+"""fiboserver.heads: where a request head ends and what the event loop reads from it."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import pytest
+
+from fiboserver.heads import (
+    MAX_HEAD_BYTES,
+    HeadError,
+    head_length,
+    incoming_request_id,
+    probe_prefixes,
+    request_line,
+)
+
+LINE_LIMIT = 4094  # gunicorn's limit_request_line default
+
+
+def test_a_complete_head_and_what_follows_it() -> None:
+    head = b"GET /prod/fibo?n=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert head_length(head, LINE_LIMIT) == len(head)
+    assert head_length(head + b"GET /next", LINE_LIMIT) == len(head)
+
+
+@pytest.mark.parametrize(
+    "partial", [b"", b"G", b"GET /prod/readyz HTTP/1.1\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n"]
+)
+def test_an_incomplete_head_waits_for_more(partial: bytes) -> None:
+    assert head_length(partial, LINE_LIMIT) == 0
+
+
+def test_bare_lf_heads_go_to_the_parser_which_refuses_them() -> None:
+    data = b"GET / HTTP/1.0\n\n"
+    assert head_length(data, LINE_LIMIT) == len(data)
+
+
+def test_a_request_line_over_the_limit_is_refused_before_it_ends() -> None:
+    with pytest.raises(HeadError) as refused:
+        head_length(b"GET /" + b"a" * LINE_LIMIT, LINE_LIMIT)
+    assert refused.value.status is HTTPStatus.REQUEST_URI_TOO_LONG
+    # ...and when it has ended, too.
+    with pytest.raises(HeadError):
+        head_length(b"GET /" + b"a" * LINE_LIMIT + b" HTTP/1.1\r\nHost: x\r\n", LINE_LIMIT)
+    # Exactly at the limit it is still waited for.
+    assert head_length(b"G" * LINE_LIMIT + b"\r\n", LINE_LIMIT) == 0
+
+
+def test_a_head_over_the_limit_is_refused_with_431() -> None:
+    data = b"GET / HTTP/1.1\r\n" + b"X-Pad: " + b"a" * MAX_HEAD_BYTES
+    with pytest.raises(HeadError) as refused:
+        head_length(data, LINE_LIMIT)
+    assert refused.value.status is HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    assert head_length(data[:MAX_HEAD_BYTES], LINE_LIMIT) == 0
+
+
+def test_probe_prefixes_match_exactly_the_probe_paths() -> None:
+    prefixes = probe_prefixes(frozenset({"/prod/healthz", "/prod/readyz"}))
+    for head in (
+        b"GET /prod/readyz HTTP/1.1\r\n\r\n",
+        b"GET /prod/healthz HTTP/1.1\r\n\r\n",
+        b"HEAD /prod/readyz HTTP/1.1\r\n\r\n",
+        b"GET /prod/readyz?verbose=1 HTTP/1.1\r\n\r\n",
+    ):
+        assert head.startswith(prefixes), head
+    for head in (
+        b"GET /prod/readyzz HTTP/1.1\r\n\r\n",
+        b"GET /prod/fibo?n=1 HTTP/1.1\r\n\r\n",
+        b"POST /prod/readyz HTTP/1.1\r\n\r\n",
+        b"GET /dev/readyz HTTP/1.1\r\n\r\n",
+        b"get /prod/readyz HTTP/1.1\r\n\r\n",
+    ):
+        assert not head.startswith(prefixes), head
+    assert probe_prefixes(frozenset()) == ()
+
+
+def test_request_line_parts() -> None:
+    assert request_line(b"GET /prod/fibo?n=1 HTTP/1.1\r\nHost: x\r\n\r\n") == (
+        "GET",
+        "/prod/fibo?n=1",
+    )
+    assert request_line(b"GARBAGE\r\n\r\n") == ("GARBAGE", "")
+    assert request_line(b"\r\nGET /x HTTP/1.1\r\n\r\n") == ("GET", "/x")
+    assert request_line(b"") == ("", "")
+
+
+def test_incoming_request_id_in_any_case() -> None:
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nx-REQUEST-id:  abc-1 \r\n\r\n"
+    assert incoming_request_id(head) == "abc-1"
+    assert incoming_request_id(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") is None
+    # Only a header field, never the request line.
+    assert incoming_request_id(b"GET /x-request-id: HTTP/1.1\r\n\r\n") is None
+
+
+def test_the_app_names_its_probe_paths() -> None:
+    from fiboserver.app import create_app, probe_paths
+    from fiboserver.config import Config
+
+    app = create_app(Config(env="PROD", maxseq=10))
+    assert probe_paths(app) == {"/prod/healthz", "/prod/readyz"}
+    assert probe_paths(object()) == frozenset()  # any other WSGI app: no probe lane

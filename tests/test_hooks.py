@@ -1,0 +1,69 @@
+"""fiboserver.hooks and fiboserver.listener: the master's side of a graceful stop.
+
+The socket filter is checked on a real listening socket on 127.0.0.1: after it
+is attached a new connect gets no answer, while a connection the kernel had
+already queued is still accepted and served.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+from serverproc import HOST, ServerProcess
+
+from fiboserver.listener import refuse_new_connections
+
+
+def _listener() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((HOST, 0))
+    sock.listen(16)
+    return sock
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="socket filters need root on this kernel")
+def test_filter_refuses_new_connections_and_keeps_queued_ones() -> None:
+    with _listener() as listener:
+        addr = listener.getsockname()
+        queued = socket.create_connection(addr, timeout=2)  # handshake done, not accepted
+        refuse_new_connections(listener)
+        with pytest.raises(OSError) as refused:
+            socket.create_connection(addr, timeout=0.5).close()
+        # A dropped SYN is never answered: the connect times out, nothing resets it.
+        assert isinstance(refused.value, TimeoutError) or refused.value.errno == errno.ETIMEDOUT
+        served, _ = listener.accept()
+        with served, queued:
+            queued.sendall(b"ping")
+            assert served.recv(4) == b"ping"
+
+
+def test_filter_is_per_socket() -> None:
+    """Another listener (a new master after USR2 binds its own) is untouched."""
+    with _listener() as filtered, _listener() as other:
+        try:
+            refuse_new_connections(filtered)
+        except PermissionError:
+            pytest.skip("this kernel refuses socket filters to this process")
+        with socket.create_connection(other.getsockname(), timeout=2):
+            conn, _ = other.accept()
+            conn.close()
+
+
+def test_graceful_stop_logs_the_effective_timeout(tmp_path: Path) -> None:
+    """`graceful stopping server` reports what gunicorn will use, overrides included."""
+    with ServerProcess(
+        {"env": "PROD", "maxseq": 100},
+        tmp_path,
+        env={"WEB_CONCURRENCY": "1", "GUNICORN_CMD_ARGS": "--graceful-timeout 7"},
+    ) as srv:
+        srv.wait_for("worker booted")
+        srv.terminate(signal.SIGTERM)
+        assert srv.wait(30) == 0
+    stopping = srv.find("graceful stopping server")
+    assert [r["graceful_timeout"] for r in stopping] == [7]
+    assert srv.find("server stopped"), srv.output()

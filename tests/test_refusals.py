@@ -1,0 +1,148 @@
+"""fiboserver.refusals and fiboserver.echo: the answers the server writes without the app,
+and how much of the client's input they and their log record quote."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from http import HTTPStatus
+
+import pytest
+from conftest import JsonCapture
+from gunicorn.http import errors as http_errors
+
+from fiboserver import refusals
+from fiboserver.echo import ECHO_LIMIT, bounded, quoted
+from fiboserver.routes import parse_n
+
+
+def _split(data: bytes) -> tuple[str, dict[str, str], bytes]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *fields = head.decode("latin-1").split("\r\n")
+    headers = dict(f.split(": ", 1) for f in fields)
+    return status, headers, body
+
+
+def test_response_is_json_with_request_id_and_closes() -> None:
+    data = refusals.response(HTTPStatus.SERVICE_UNAVAILABLE, "overloaded", "rid-1", retry_after=1)
+    status, headers, body = _split(data)
+    assert status == "HTTP/1.1 503 Service Unavailable"
+    assert json.loads(body) == {"error": "overloaded"}
+    assert headers == {
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+        "X-Request-ID": "rid-1",
+        "Retry-After": "1",
+        "Connection": "close",
+    }
+
+
+def test_response_to_head_has_no_body() -> None:
+    data = refusals.response(HTTPStatus.BAD_REQUEST, "x", "rid", with_body=False)
+    _, headers, body = _split(data)
+    assert body == b"" and int(headers["Content-Length"]) > 0
+    assert "Retry-After" not in headers
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (http_errors.LimitRequestLine(9000, 4094), HTTPStatus.REQUEST_URI_TOO_LONG),
+        (http_errors.LimitRequestHeaders("x"), HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE),
+        (http_errors.InvalidRequestLine("GARBAGE"), HTTPStatus.BAD_REQUEST),
+        (http_errors.InvalidRequestMethod("g"), HTTPStatus.BAD_REQUEST),
+        (http_errors.InvalidHTTPVersion("HTTP/9"), HTTPStatus.BAD_REQUEST),
+        (http_errors.InvalidHeader("x"), HTTPStatus.BAD_REQUEST),
+        (http_errors.UnsupportedTransferCoding("x"), HTTPStatus.NOT_IMPLEMENTED),
+    ],
+)
+def test_parse_errors_map_to_their_status(exc: Exception, status: HTTPStatus) -> None:
+    answer = refusals.parse_error(exc)
+    assert answer is not None and answer[0] is status
+
+
+def test_other_exceptions_are_server_faults() -> None:
+    assert refusals.parse_error(RuntimeError("boom")) is None
+
+
+def test_refuse_writes_the_answer_and_one_bounded_record(fibo_logs: JsonCapture) -> None:
+    server, client = socket.socketpair()
+    with server, client:
+        refusals.refuse(
+            server,
+            HTTPStatus.REQUEST_URI_TOO_LONG,
+            "request line too long",
+            errmsg="request line too long",
+            incoming_id="rid-414",
+            method="GET",
+            target="/prod/fibo?n=" + "1" * 9000,
+            client="127.0.0.1:1234",
+            started=time.monotonic(),
+        )
+        status, headers, body = _split(client.recv(4096))
+    assert status.startswith("HTTP/1.1 414 ")
+    assert headers["X-Request-ID"] == "rid-414"
+    assert json.loads(body) == {"error": "request line too long"}
+    (record,) = fibo_logs.find("request refused")
+    assert record["level"] == "WARNING"
+    assert record["status"] == 414 and record["request_id"] == "rid-414"
+    assert record["path"] == "/prod/fibo" and record["method"] == "GET"
+    assert isinstance(record["duration_ms"], float) and record["client"] == "127.0.0.1:1234"
+
+
+def test_refuse_bounds_the_path_it_logs(fibo_logs: JsonCapture) -> None:
+    server, client = socket.socketpair()
+    with server, client:
+        refusals.refuse(
+            server,
+            HTTPStatus.BAD_REQUEST,
+            "malformed request",
+            errmsg="malformed request",
+            incoming_id="not a valid id!",
+            method="X" * 100,
+            target="/" + "p" * 5000,
+            client="127.0.0.1:1",
+            started=time.monotonic(),
+        )
+        _, headers, _ = _split(client.recv(4096))
+    (record,) = fibo_logs.find("request refused")
+    assert record["path"] == "/" + "p" * (ECHO_LIMIT - 1) + "..."
+    assert record["method"] == "X" * ECHO_LIMIT + "..."
+    assert record["request_id"] == headers["X-Request-ID"] != "not a valid id!"
+
+
+def test_echo_keeps_at_most_the_limit() -> None:
+    assert bounded("a" * ECHO_LIMIT) == "a" * ECHO_LIMIT
+    assert bounded("a" * (ECHO_LIMIT + 1)) == "a" * ECHO_LIMIT + "..."
+    assert quoted("1x") == "'1x'"
+    assert quoted("\x00" * 100) == repr("\x00" * ECHO_LIMIT + "...")
+
+
+@pytest.mark.parametrize("raw", ["1" * 4000, "x" * 4000, "-" + "1" * 4000, "1" * 21])
+def test_parse_n_quotes_at_most_40_characters(raw: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        parse_n(raw, 100000)
+    message = str(refused.value)
+    echoed = message.split(", got ", 1)[1].strip("'").removesuffix("...")
+    assert raw.startswith(echoed) and len(echoed) <= ECHO_LIMIT, message
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (http_errors.InvalidRequestLine("G" * 5000), 400),
+        (RuntimeError("boom " * 1000), 500),
+    ],
+)
+def test_refuse_error_answers_what_the_thread_raised(
+    fibo_logs: JsonCapture, exc: Exception, status: int
+) -> None:
+    server, client = socket.socketpair()
+    with server, client:
+        refusals.refuse_error(server, exc, None, "127.0.0.1:9")
+        got, headers, body = _split(client.recv(4096))
+    assert got.split()[1] == str(status) and json.loads(body)["error"]
+    (record,) = fibo_logs.find("request refused")
+    assert record["status"] == status and record["request_id"] == headers["X-Request-ID"]
+    assert len(record["errmsg"]) < 100  # the exception's text is quoted, bounded
