@@ -205,6 +205,24 @@ bench: $(INSTALLED) ## benchmark against the bare-WSGI ceiling (needs wrk: apt-g
 	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install -y wrk" >&2; exit 2; }
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# --- mutation testing (issue 13; docs/mutation.md) --------------------------------
+# Not part of `make test`: it runs the unit and process tests once per mutant
+# (about an hour on 2 cores). Each run starts from a fresh mutants/ copy, so the
+# score is that of the tree as it is. MUTATE_JOBS: mutants tested in parallel.
+MUTATE_JOBS ?= 2
+MUTATE_INSTALLED := $(VENV)/.installed-mutate
+
+.PHONY: mutate
+
+$(MUTATE_INSTALLED): $(INSTALLED)
+	$(BIN)/pip install --quiet -e '.[dev,mutate]'
+	touch $@
+
+mutate: $(MUTATE_INSTALLED) ## mutation testing of fiboserver/ (mutmut); prints the score and every survivor
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children $(MUTATE_JOBS)
+	$(BIN)/python tests/mutation/summary.py $(BIN)/mutmut
+
 # --- logs to Kibana (issue 5; README "Logs in Kibana") ------------------------------
 # KIBANA_URL: e.g. after `kubectl -n logging port-forward svc/kibana 5601:5601`.
 # KIBANA_CURL_ARGS: extra curl options, e.g. -u elastic:<password> or --cacert ca.crt.

@@ -53,9 +53,10 @@ def _int_in(low: int, high: int | None = None) -> Callable[[Any], str | None]:
         # bool is an int subclass in Python, but `port: true` is a mistake, not 1.
         if not isinstance(value, int) or isinstance(value, bool):
             return f"must be an integer, got {type(value).__name__}"
-        if value < low or (high is not None and value > high):
-            bounds = f"{low}..{high}" if high is not None else f">= {low}"
-            return f"must be in {bounds}, got {value}"
+        if high is not None and not low <= value <= high:
+            return f"must be in {low}..{high}, got {value}"
+        if value < low:
+            return f"must be >= {low}, got {value}"
         return None
 
     return check

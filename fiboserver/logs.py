@@ -7,7 +7,6 @@ own keys. Records written while a request is served carry its `request_id`.
 
 from __future__ import annotations
 
-import json
 import logging
 import logging.config
 import time
@@ -15,6 +14,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from gunicorn.glogging import Logger as _GunicornLogger
+from pythonjsonlogger.json import JsonEncoder
 from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
 
 # Set by the access hooks for the duration of a request (one context per thread).
@@ -62,7 +62,9 @@ class JsonFormatter(_LibraryJsonFormatter):
         super().__init__(fmt=())
         # One encoder for every record: json.dumps(cls=...) builds a new one per
         # record. Encoding keeps no state between calls, so threads can share it.
-        self._encoder = json.JSONEncoder(default=self.json_default)
+        # The library's encoder class: it writes datetimes, exceptions and any other
+        # object as text, where json's own would fail and lose the record.
+        self._encoder = JsonEncoder(default=self.json_default)
 
     def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
         return self._encoder.encode(log_data)

@@ -54,7 +54,6 @@ def parse_n(raw: str | None, maxseq: int) -> int:
     return int(raw)
 
 
-@bp.get("/fibo")
 def fibo() -> Response:
     try:
         plain = _PLAIN_QUERY.fullmatch(request.environ.get("QUERY_STRING", ""))
@@ -78,15 +77,20 @@ def fibo() -> Response:
     return Response('{"result": ' + digits + "}", mimetype=JSON)
 
 
-@bp.get("/healthz")
 def healthz() -> Response:
     # Liveness: answers whenever the process can; stays 200 while draining,
     # since restarting a pod that is finishing its requests helps nobody.
     return json_response({"status": "ok"})
 
 
-@bp.get("/readyz")
 def readyz() -> Response:
     if is_draining():
         return json_response({"status": "draining"}, 503)
     return json_response({"status": "ready"})
+
+
+# Registered here rather than with @bp.get: mutmut (`make mutate`) leaves decorated
+# functions alone, and these three are the service.
+bp.add_url_rule("/fibo", view_func=fibo, methods=["GET"])
+bp.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
+bp.add_url_rule("/readyz", view_func=readyz, methods=["GET"])

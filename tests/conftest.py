@@ -6,7 +6,9 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,6 +62,94 @@ def fibo_logs() -> Iterator[JsonCapture]:
     finally:
         logger.removeHandler(capture.handler)
         logger.setLevel(old_level)
+
+
+# --- make mutate (docs/mutation.md) ------------------------------------------------
+# mutmut runs, for each mutant, the tests that reached the mutated function while it
+# collected its statistics (MUTANT_UNDER_TEST=stats). Two kinds of reach escape it,
+# and are handed to it here:
+# - the servers the tests start: they write the functions they ran to a file
+#   (tests/mutation/sitecustomize.py); after each test its new lines go to mutmut as
+#   if the test had made those calls itself;
+# - work done once in a module- or session-scoped fixture (e.g. test_config's bad
+#   files, all started at once): mutmut files it under the first test only; here
+#   every test that uses the fixture gets it.
+# Outside that phase none of this is active.
+MUTATION_SITE = Path(__file__).resolve().parent / "mutation"
+
+
+class _MutmutReach:
+    def __init__(self) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="fiboserver-mutmut-hits-")
+        os.close(fd)
+        self.offset = 0
+        self.by_fixture: dict[str, set[str]] = {}
+        self.saved_env = {k: os.environ.get(k) for k in ("PYTHONPATH", "FIBOSERVER_MUTMUT_HITS")}
+        paths = [str(MUTATION_SITE), *filter(None, [os.environ.get("PYTHONPATH")])]
+        os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+        os.environ["FIBOSERVER_MUTMUT_HITS"] = self.path
+
+    @staticmethod
+    def recorded() -> set[str]:
+        """mutmut's record of the functions reached since the last test ended."""
+        from mutmut.state import state
+
+        hits: set[str] = state()._stats
+        return hits
+
+    def collect_servers(self) -> None:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written waits
+        self.offset += len(complete)
+        self.recorded().update(complete.decode().split())
+
+    def close(self) -> None:
+        for key, value in self.saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        os.unlink(self.path)
+
+
+_reach: _MutmutReach | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _reach
+    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        _reach = _MutmutReach()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> Iterator[Any]:
+    if _reach is None or fixturedef.scope == "function":
+        return (yield)
+    _reach.collect_servers()
+    before = set(_reach.recorded())
+    try:
+        return (yield)
+    finally:
+        _reach.collect_servers()
+        reached = _reach.by_fixture.setdefault(fixturedef.argname, set())
+        reached |= _reach.recorded() - before
+
+
+@pytest.hookimpl(tryfirst=True)  # before mutmut's own hook files the calls under this test
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    if _reach is not None:
+        _reach.collect_servers()
+        for name in getattr(item, "fixturenames", ()):
+            _reach.recorded().update(_reach.by_fixture.get(name, ()))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _reach
+    if _reach is not None:
+        _reach.close()
+        _reach = None
 
 
 @pytest.fixture(scope="session")

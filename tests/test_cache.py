@@ -12,7 +12,7 @@ from conftest import JsonCapture
 from flask import Flask
 
 from fiboserver.app import create_app
-from fiboserver.cache import FiboCache
+from fiboserver.cache import LOGGED_VALUE_CHARS, FiboCache, elide
 from fiboserver.config import parse_config
 
 
@@ -229,3 +229,11 @@ def test_concurrent_requests_all_correct(budget: int) -> None:
     assert errors == []
     assert done[0] == 16 * 40
     assert cache_of(app).size_bytes <= budget
+
+
+def test_logged_values_are_elided_in_the_middle_to_32_characters() -> None:
+    digits = "".join(str(i % 10) for i in range(100))
+    assert LOGGED_VALUE_CHARS == 32
+    assert elide(digits[:32]) == digits[:32]  # fits: as it is
+    assert elide(digits[:33]) == digits[:14] + "..." + digits[18:33]
+    assert elide(digits) == digits[:14] + "..." + digits[-15:]

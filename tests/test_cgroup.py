@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fiboserver.cgroup import cpu_limit, default_workers
+from fiboserver.cgroup import cpu_limit, default_workers, workers_for
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -38,6 +38,7 @@ def v1(root: Path, quota: str, period: str = "100000", controller: str = "cpu") 
         ("100000 50000", 2.0),  # the period is not always 100 ms
         ("max 100000", None),
         ("max", None),
+        ("50000", 0.5),  # no period given: the kernel's default, 100 ms
     ],
 )
 def test_v2_cpu_max(tmp_path: Path, cpu_max: str, expected: float | None) -> None:
@@ -53,7 +54,7 @@ def test_v2_cpu_max(tmp_path: Path, cpu_max: str, expected: float | None) -> Non
         ("-1", "100000", None),
     ],
 )
-@pytest.mark.parametrize("controller", ["cpu", "cpu,cpuacct"])
+@pytest.mark.parametrize("controller", ["cpu", "cpu,cpuacct", "cpuacct,cpu"])
 def test_v1_cfs_quota(
     tmp_path: Path, quota: str, period: str, expected: float | None, controller: str
 ) -> None:
@@ -63,6 +64,14 @@ def test_v1_cfs_quota(
 def test_no_cgroup_files_means_no_limit(tmp_path: Path) -> None:
     assert cpu_limit(str(tmp_path)) is None
     assert cpu_limit(str(tmp_path / "does-not-exist")) is None
+
+
+def test_v1_controller_without_both_files_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    assert cpu_limit(str(tmp_path)) is None
+    v1(tmp_path, "300000", controller="cpu,cpuacct")
+    assert cpu_limit(str(tmp_path)) == 3.0
 
 
 def test_v2_wins_over_v1_when_both_exist(tmp_path: Path) -> None:
@@ -111,3 +120,14 @@ def test_web_concurrency_overrides_the_limit(tmp_path: Path) -> None:
     assert default_workers({"WEB_CONCURRENCY": "1"}, str(v1(tmp_path / "v1", "800000"))) == 1
     # Unrelated variables do not matter.
     assert default_workers({"OTHER": "7"}, root) == 1
+
+
+@pytest.mark.parametrize(("limit", "usable", "workers"), [(None, 1, 1), (None, 3, 3), (0.5, 8, 1)])
+def test_workers_for(limit: float | None, usable: int, workers: int) -> None:
+    assert workers_for(limit, usable) == workers
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_web_concurrency_below_one_is_refused_with_the_reason(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ValueError, match=rf"^WEB_CONCURRENCY must be >= 1, got '{value}'$"):
+        default_workers({"WEB_CONCURRENCY": value}, str(tmp_path))

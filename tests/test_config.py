@@ -1,14 +1,16 @@
 """Configuration (SPEC section 1): the pure rules, and bad files given to the real process.
 
 Each bad file is run as `gunicorn -c gunicorn.conf.py` with FIBOSERVER_CONFIG set:
-it must exit non-zero before listening, print only JSON lines and no traceback,
-and log an ERROR or CRITICAL record naming the file and the offending key. The
-processes run a few at a time in a module fixture; each case is its own test.
+it must exit with status 78 (EX_CONFIG, as the README promises) before listening,
+print only JSON lines and no traceback, and log an ERROR or CRITICAL record naming
+the file and the offending key. The processes run a few at a time in a module
+fixture; each case is its own test.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -216,6 +218,7 @@ class Case:
     # Writes the file (or not) into the case directory; returns its path, None: unset.
     make: Callable[[Path, int], Path | None]
     key: str | None  # the key the error must name (None: a fault of the whole file)
+    reason: str  # how the record's errmsg goes on after "<file>: key '<key>': " (a prefix)
     port_valid: bool = True
 
 
@@ -259,34 +262,88 @@ def directory(d: Path, port: int) -> Path:
     return path
 
 
+KNOWN = "env, maxseq, cacheresult, port, loglevel, cache_max_bytes, metrics_port"
 CASES = [
-    Case("missing-file", missing_file, None),
-    Case("directory", directory, None),
-    Case("not-utf8", text_file(b"env: DEV\nmaxseq: \xff\xfe10\n"), None),
-    Case("invalid-yaml", text_file("env: [DEV\nmaxseq: 10\nport: PORT\n"), None),
-    Case("yaml-tab-indent", text_file("env: DEV\n\tmaxseq: 10\n"), None),
-    Case("top-level-list", text_file("- env\n- DEV\n"), None),
-    Case("top-level-scalar", text_file("DEV\n"), None),
-    Case("empty-file", text_file(""), None),
-    Case("unknown-key", good_with(bogus_key=1), "bogus_key"),
-    Case("maxseq-string", good_with(maxseq="ten"), "maxseq"),
-    Case("maxseq-float", good_with(maxseq=1.5), "maxseq"),
-    Case("cacheresult-string", good_with(cacheresult="yes"), "cacheresult"),
-    Case("port-bool", good_with(port=True), "port", port_valid=False),
-    Case("env-int", good_with(env=5), "env"),
-    Case("maxseq-negative", good_with(maxseq=-1), "maxseq"),
-    Case("maxseq-too-big", good_with(maxseq=100001), "maxseq"),
-    Case("port-zero", good_with(port=0), "port", port_valid=False),
-    Case("port-too-big", good_with(port=65536), "port", port_valid=False),
-    Case("env-underscore", good_with(env="dev_1"), "env"),
-    Case("env-empty", good_with(env=""), "env"),
-    Case("env-32-chars", good_with(env="D" * 32), "env"),
-    Case("loglevel-trace", good_with(loglevel="TRACE"), "loglevel"),
-    Case("cache-max-bytes-negative", good_with(cache_max_bytes=-1), "cache_max_bytes"),
-    Case("metrics-port-too-big", good_with(metrics_port=70000), "metrics_port"),
-    Case("metrics-port-is-port", lambda d, p: good_with(metrics_port=p)(d, p), "metrics_port"),
-    Case("missing-env", good_with(env=None), "env"),
-    Case("missing-maxseq", good_with(maxseq=None), "maxseq"),
+    Case("missing-file", missing_file, None, "cannot read: No such file or directory"),
+    Case("directory", directory, None, "cannot read: Is a directory"),
+    Case("not-utf8", text_file(b"env: DEV\nmaxseq: \xff\xfe10\n"), None, "not UTF-8 text: "),
+    Case(
+        "invalid-yaml",
+        text_file("env: [DEV\nmaxseq: 10\nport: PORT\n"),
+        None,
+        "invalid YAML: while parsing a flow sequence in ",
+    ),
+    Case("yaml-tab-indent", text_file("env: DEV\n\tmaxseq: 10\n"), None, "invalid YAML: "),
+    Case(
+        "top-level-list",
+        text_file("- env\n- DEV\n"),
+        None,
+        "must be a YAML mapping of keys to values, got list",
+    ),
+    Case(
+        "top-level-scalar",
+        text_file("DEV\n"),
+        None,
+        "must be a YAML mapping of keys to values, got str",
+    ),
+    Case("empty-file", text_file(""), None, "must be a YAML mapping of keys to values, got empty"),
+    Case("unknown-key", good_with(bogus_key=1), "bogus_key", f"unknown key (known: {KNOWN})"),
+    Case("maxseq-string", good_with(maxseq="ten"), "maxseq", "must be an integer, got str"),
+    Case("maxseq-float", good_with(maxseq=1.5), "maxseq", "must be an integer, got float"),
+    Case(
+        "cacheresult-string",
+        good_with(cacheresult="yes"),
+        "cacheresult",
+        "must be true or false, got 'yes'",
+    ),
+    Case(
+        "port-bool", good_with(port=True), "port", "must be an integer, got bool", port_valid=False
+    ),
+    Case("env-int", good_with(env=5), "env", "must be a string, got int"),
+    Case("maxseq-negative", good_with(maxseq=-1), "maxseq", "must be in 0..100000, got -1"),
+    Case("maxseq-too-big", good_with(maxseq=100001), "maxseq", "must be in 0..100000, got 100001"),
+    Case("port-zero", good_with(port=0), "port", "must be in 1..65535, got 0", port_valid=False),
+    Case(
+        "port-too-big",
+        good_with(port=65536),
+        "port",
+        "must be in 1..65535, got 65536",
+        port_valid=False,
+    ),
+    Case(
+        "env-underscore",
+        good_with(env="dev_1"),
+        "env",
+        "must match ^[A-Za-z][A-Za-z0-9-]{0,30}$, got 'dev_1'",
+    ),
+    Case("env-empty", good_with(env=""), "env", "must match ^[A-Za-z][A-Za-z0-9-]{0,30}$, got ''"),
+    Case("env-32-chars", good_with(env="D" * 32), "env", "must match "),
+    Case(
+        "loglevel-trace",
+        good_with(loglevel="TRACE"),
+        "loglevel",
+        "must be one of DEBUG, INFO, WARNING, ERROR, got 'TRACE'",
+    ),
+    Case(
+        "cache-max-bytes-negative",
+        good_with(cache_max_bytes=-1),
+        "cache_max_bytes",
+        "must be >= 0, got -1",
+    ),
+    Case(
+        "metrics-port-too-big",
+        good_with(metrics_port=70000),
+        "metrics_port",
+        "must be in 0..65535, got 70000",
+    ),
+    Case(
+        "metrics-port-is-port",
+        lambda d, p: good_with(metrics_port=p)(d, p),
+        "metrics_port",
+        "must differ from port",
+    ),
+    Case("missing-env", good_with(env=None), "env", "required key is missing"),
+    Case("missing-maxseq", good_with(maxseq=None), "maxseq", "required key is missing"),
 ]
 
 
@@ -331,7 +388,7 @@ def error_records(out: Outcome) -> list[Record]:
 
 
 def check_refused_start(out: Outcome) -> None:
-    assert out.rc != 0 and out.rc != -999, f"exit status {out.rc}\n{out.output}"
+    assert out.rc == os.EX_CONFIG == 78, f"exit status {out.rc}\n{out.output}"
     assert "Traceback" not in out.output, out.output
     assert out.bad_lines == [], f"non-JSON lines: {out.bad_lines}"
     assert out.records, "no log record at all"
@@ -349,6 +406,12 @@ def test_bad_file_stops_the_process(outcomes: dict[str, Outcome], case: Case) ->
     assert naming_file, f"no ERROR/CRITICAL record names {out.path}: {texts}"
     if case.key is not None:
         assert [t for t in naming_file if case.key in t], f"no record names key {case.key}"
+    # The message says what is wrong, on one line: "<file>: key '<key>': <reason>".
+    where = "file" if case.key is None else f"key {case.key!r}"
+    (record,) = [r for r in error_records(out) if r.get("msg") == "invalid configuration"]
+    assert record["errmsg"].startswith(f"{out.path}: {where}: {case.reason}"), record["errmsg"]
+    assert "\n" not in record["errmsg"] and "XX" not in record["errmsg"], record["errmsg"]
+    assert record["file"] == str(out.path) and record.get("config_key") == case.key, record
     if case.port_valid:
         assert not out.listening_after
 
@@ -357,3 +420,44 @@ def test_unset_variable_stops_the_process(outcomes: dict[str, Outcome]) -> None:
     out = outcomes["env-var-unset"]
     check_refused_start(out)
     assert any(CONFIG_ENV in json.dumps(r) for r in error_records(out)), out.output
+
+
+def test_zero_web_concurrency_stops_the_process(tmp_path: Path) -> None:
+    # (gunicorn itself rejects a negative or non-integer value before our config runs.)
+    with ServerProcess({"env": "DEV", "maxseq": 10}, tmp_path, env={"WEB_CONCURRENCY": "0"}) as srv:
+        rc = srv.wait(timeout=30)
+        port = srv.port
+    out = Outcome(None, port, rc, srv.records, srv.bad_lines, srv.output(), False)
+    check_refused_start(out)
+    assert not is_listening(port, 0.2)
+    assert any("WEB_CONCURRENCY" in json.dumps(r) for r in error_records(out)), out.output
+
+
+# -- good files at the edges, given to the real process --------------------------------
+
+
+def test_the_lowest_allowed_values_start_the_service(tmp_path: Path) -> None:
+    """maxseq 0 serves F(0) alone; cache_max_bytes 0 caches nothing."""
+    config = {"env": "DEV", "maxseq": 0, "cache_max_bytes": 0}
+    with ServerProcess(config, tmp_path, env={"WEB_CONCURRENCY": "1"}) as srv:
+        srv.wait_for("worker booted", timeout=30)
+        for _ in range(2):
+            status, _, body = srv.get("/dev/fibo?n=0")
+            assert (status, json.loads(body)) == (200, {"result": 0})
+        status, _, body = srv.get("/dev/fibo?n=1")
+        assert status == 400 and "maxseq (0)" in json.loads(body)["error"]
+        srv.wait_for("end", where=lambda r: r.get("status") == 400)
+        assert len(srv.find("cache miss")) == 2 and srv.find("cache fibo") == []
+
+
+def test_the_file_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    path = tmp_path / "fiboserver.yaml"
+    # The C locale without coercion: Python's default encoding is ASCII there.
+    c_locale = {"LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    srv = ServerProcess(path, tmp_path, env={"WEB_CONCURRENCY": "1", **c_locale})
+    text = f"# Fibonacci, naïvely\nenv: DEV\nmaxseq: 10\nport: {srv.port}\n"
+    path.write_text(text, encoding="utf-8")
+    with srv:
+        srv.wait_for("worker booted", timeout=30)
+        status, _, body = srv.get("/dev/fibo?n=10")
+        assert (status, json.loads(body)) == (200, {"result": 55})

@@ -5,7 +5,8 @@ fiboserver-*, its ILM policy, and `make elasticsearch-setup` (run by
 The bodies are checked against the shapes of Elasticsearch's composable index
 template and ILM APIs (PUT _index_template/<name>, PUT _ilm/policy/<name>); the
 field types themselves are the contract test's table (tests/test_log_contract.py
-reads them from the same file). The requests go to a local capture server.
+reads them from the same file). The requests go to the local Elasticsearch and
+Kibana stand-in of tests/test_kibana_objects.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import test_log_contract as contract
 import yaml
 from conftest import require_tool
 from kube import REPO_ROOT
-from test_kibana_objects import _Capture, capture_server  # noqa: F401 (fixture)
+from test_kibana_objects import _Kibana, kibana  # noqa: F401 (fixture)
 
 ES_DIR = REPO_ROOT / "k8s" / "logging" / "elasticsearch"
 TEMPLATE = ES_DIR / "index-template.json"
@@ -106,16 +107,16 @@ def run_setup(url: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_make_elasticsearch_setup_puts_policy_then_template(
-    capture_server: tuple[str, type[_Capture]],  # noqa: F811
+    kibana: tuple[str, type[_Kibana]],  # noqa: F811
 ) -> None:
-    url, handler = capture_server
+    url, handler = kibana
     proc = run_setup(url)
     assert proc.returncode == 0, proc.stderr
-    sent = [(m, p, h["Content-Type"], b) for m, p, h, b in handler.requests]
+    sent = handler.es_puts
     policy_name = load(TEMPLATE)["template"]["settings"]["index.lifecycle.name"]
     assert sent == [
-        ("PUT", f"/_ilm/policy/{policy_name}", "application/json", POLICY.read_bytes()),
-        ("PUT", "/_index_template/fiboserver", "application/json", TEMPLATE.read_bytes()),
+        (f"/_ilm/policy/{policy_name}", "application/json", POLICY.read_bytes()),
+        ("/_index_template/fiboserver", "application/json", TEMPLATE.read_bytes()),
     ]
 
 
@@ -125,12 +126,12 @@ def test_make_elasticsearch_setup_puts_policy_then_template(
     ids=["not-acknowledged", "error"],
 )
 def test_make_elasticsearch_setup_fails_when_refused(
-    capture_server: tuple[str, type[_Capture]],  # noqa: F811
+    kibana: tuple[str, type[_Kibana]],  # noqa: F811
     reply: dict[str, Any],
 ) -> None:
-    url, handler = capture_server
+    url, handler = kibana
     handler.es_reply = reply
     proc = run_setup(url)
     assert proc.returncode != 0
     assert re.search(r"elasticsearch-setup: PUT /_ilm/policy/\S+ not acknowledged", proc.stderr)
-    assert len(handler.requests) == 1, "stops at the first refusal"
+    assert len(handler.es_puts) == 1, "stops at the first refusal"

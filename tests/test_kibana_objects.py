@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -143,40 +144,122 @@ def test_readme_kql_examples_use_proven_fields() -> None:
 
 # --- make kibana-import ------------------------------------------------------------------
 
+# Types Kibana 8.x/9.x imports (a subset: what a log setup exports).
+IMPORTABLE_TYPES = {"index-pattern", "search", "visualization", "dashboard", "lens", "query"}
 
-class _Capture(BaseHTTPRequestHandler):
-    """Stands in for Kibana's import endpoint only to record what `make` sends; the
-    answer is Kibana's documented response shape, success or not as the test sets."""
 
-    requests: ClassVar[list[tuple[str, str, dict[str, str], bytes]]] = []
-    reply: ClassVar[dict[str, Any]] = {}
-    # Elasticsearch's answer to the PUTs of `make elasticsearch-setup`, which
-    # kibana-import runs first (tests/test_elasticsearch_setup.py checks them).
+class _Kibana(BaseHTTPRequestHandler):
+    """Kibana's saved-objects import endpoint, checking the upload as Kibana does.
+
+    POST /api/saved_objects/_import with a `kbn-xsrf` header (else 400), a
+    multipart/form-data body whose `file` field is an .ndjson file (else 400/415),
+    `overwrite` and `createNewCopies` not both set; each line one saved object of an
+    importable type whose references resolve (here, within the file: the Kibana is
+    empty). The answer is Kibana's: `success`, `successCount`, `successResults`,
+    and `errors` per object that failed. `status` makes it answer an HTTP error
+    instead, `conflicts` makes it refuse those ids (an object it cannot overwrite).
+    """
+
+    uploads: ClassVar[list[tuple[str, list[dict[str, Any]]]]] = []
+    status: ClassVar[int] = 200
+    conflicts: ClassVar[set[str]] = set()
+    # Elasticsearch, for the PUTs of `make elasticsearch-setup`, which kibana-import
+    # runs first: (path, Content-Type, body) of each, and the answer it gets
+    # (tests/test_elasticsearch_setup.py checks them).
+    es_puts: ClassVar[list[tuple[str, str, bytes]]] = []
     es_reply: ClassVar[dict[str, Any]] = {"acknowledged": True}
     separators: ClassVar[tuple[str, str]] = (",", ":")
 
     def do_PUT(self) -> None:
-        self.do_POST()
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).es_puts.append((self.path, self.headers.get("Content-Type", ""), body))
+        self.answer(200, self.es_reply)
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).requests.append((self.command, self.path, dict(self.headers), body))
-        reply = type(self).reply if self.command == "POST" else type(self).es_reply
-        payload = json.dumps(reply, separators=type(self).separators).encode()
-        self.send_response(200)
+        path, _, query = self.path.partition("?")
+        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        if path != "/api/saved_objects/_import":
+            return self.answer(404, {"statusCode": 404, "error": "Not Found"})
+        if "kbn-xsrf" not in self.headers:
+            return self.bad_request("Request must contain a kbn-xsrf header.")
+        if params.get("overwrite") == "true" and params.get("createNewCopies") == "true":
+            return self.bad_request("createNewCopies and overwrite cannot be used together")
+        ctype = self.headers.get("Content-Type", "")
+        if not ctype.startswith("multipart/form-data"):
+            return self.answer(415, {"statusCode": 415, "error": "Unsupported Media Type"})
+        form = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {ctype}\r\n\r\n".encode() + body)
+        files = [
+            part for part in form.iter_parts()
+            if part.get_param("name", header="content-disposition") == "file"
+        ]  # fmt: skip
+        if len(files) != 1:
+            return self.bad_request("[request body.file]: expected value of type [Stream]")
+        filename = files[0].get_filename() or ""
+        if not filename.endswith(".ndjson"):
+            return self.bad_request(f"Invalid file extension {filename!r}")
+        raw = files[0].get_payload(decode=True)
+        assert isinstance(raw, bytes)
+        try:
+            objects = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+        except ValueError as exc:
+            return self.bad_request(f"not NDJSON: {exc}")
+        type(self).uploads.append((self.path, objects))
+        self.answer(self.status, self.result(objects, params.get("overwrite") == "true"))
+
+    def result(self, objects: list[dict[str, Any]], overwrite: bool) -> dict[str, Any]:
+        if self.status != 200:
+            return {"statusCode": self.status, "error": "Internal Server Error", "message": "x"}
+        present = {(o.get("type"), o.get("id")) for o in objects}
+        ok, errors = [], []
+        for o in objects:
+            kind, oid = o.get("type"), o.get("id")
+            title = o.get("attributes", {}).get("title")
+            error: dict[str, Any] | None = None
+            if not isinstance(oid, str) or not isinstance(o.get("attributes"), dict):
+                error = {"type": "unknown", "message": "not a saved object"}
+            elif kind not in IMPORTABLE_TYPES:
+                error = {"type": "unsupported_type"}
+            elif missing := [
+                r for r in o.get("references", []) if (r.get("type"), r.get("id")) not in present
+            ]:
+                error = {"type": "missing_references", "references": missing}
+            elif oid in self.conflicts or not overwrite:
+                error = {"type": "conflict"}  # (in an empty Kibana only with `conflicts`)
+            if error is None:
+                ok.append({"id": oid, "type": kind, "meta": {"title": title}})
+            else:
+                errors.append({"id": oid, "type": kind, "title": title, "error": error})
+        answer: dict[str, Any] = {
+            "success": not errors,
+            "successCount": len(ok),
+            "successResults": ok,
+        }
+        if errors:
+            answer["errors"] = errors
+        return answer
+
+    def bad_request(self, message: str) -> None:
+        self.answer(400, {"statusCode": 400, "error": "Bad Request", "message": message})
+
+    def answer(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload, separators=self.separators).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(payload)
+        self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
 @pytest.fixture
-def capture_server() -> Iterator[tuple[str, type[_Capture]]]:
+def kibana() -> Iterator[tuple[str, type[_Kibana]]]:
     handler = type(
-        "Handler", (_Capture,), {"requests": [], "reply": {}, "es_reply": {"acknowledged": True}}
+        "Handler",
+        (_Kibana,),
+        {"uploads": [], "conflicts": set(), "es_puts": [], "es_reply": {"acknowledged": True}},
     )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -188,7 +271,7 @@ def capture_server() -> Iterator[tuple[str, type[_Capture]]]:
         server.server_close()
 
 
-def run_import(url: str) -> subprocess.CompletedProcess[str]:
+def run_import(url: str, *overrides: str) -> subprocess.CompletedProcess[str]:
     make = require_tool("make")
     require_tool("curl")
     return subprocess.run(
@@ -198,6 +281,7 @@ def run_import(url: str) -> subprocess.CompletedProcess[str]:
             "kibana-import",
             f"KIBANA_URL={url}",
             f"ELASTICSEARCH_URL={url}",
+            *overrides,
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -208,36 +292,66 @@ def run_import(url: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")], ids=["compact", "spaced"])
-def test_make_kibana_import_uses_the_import_api(
-    capture_server: tuple[str, type[_Capture]], separators: tuple[str, str]
+def test_make_kibana_import_is_accepted(
+    kibana: tuple[str, type[_Kibana]], separators: tuple[str, str]
 ) -> None:
-    url, handler = capture_server
+    url, handler = kibana
     handler.separators = separators
-    handler.reply = {"success": True, "successCount": 4, "successResults": []}
     proc = run_import(url)
     assert proc.returncode == 0, proc.stderr
     # Elasticsearch first (policy, then the template naming it), then Kibana.
-    puts = [(m, p) for m, p, _, _ in handler.requests[:2]]
-    assert puts == [("PUT", "/_ilm/policy/fiboserver-logs"), ("PUT", "/_index_template/fiboserver")]
-    ((method, path, headers, body),) = handler.requests[2:]
-    assert method == "POST"
+    puts = [path for path, _, _ in handler.es_puts]
+    assert puts == ["/_ilm/policy/fiboserver-logs", "/_index_template/fiboserver"]
+    ((path, objects),) = handler.uploads
     assert path == "/api/saved_objects/_import?overwrite=true"
-    assert headers["kbn-xsrf"] == "true"
-    # multipart/form-data with the NDJSON file, unchanged, in the `file` field.
-    message = BytesParser(policy=HTTP).parsebytes(
-        f"Content-Type: {headers['Content-Type']}\r\n\r\n".encode() + body
-    )
-    (part,) = list(message.iter_parts())
-    assert part.get_param("name", header="content-disposition") == "file"
-    assert part.get_filename() == NDJSON.name
-    assert part.get_payload(decode=True) == NDJSON.read_bytes()
+    # The file as it is, every object imported: the answer `make` accepted.
+    assert objects == [json.loads(line) for line in NDJSON.read_text().splitlines()]
+    assert '"successCount"' in proc.stdout and str(len(objects)) in proc.stdout
 
 
-def test_make_kibana_import_fails_when_kibana_refuses(
-    capture_server: tuple[str, type[_Capture]],
-) -> None:
-    url, handler = capture_server
-    handler.reply = {"success": False, "successCount": 3, "errors": [{"id": "x"}]}
+def test_the_check_refuses_what_kibana_refuses(kibana: tuple[str, type[_Kibana]]) -> None:
+    """The stand-in is no rubber stamp: uploads Kibana refuses are refused here too."""
+    url, _ = kibana
+    curl = require_tool("curl")
+
+    def post(*args: str) -> int:
+        out = subprocess.run(
+            [curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", *args],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        return int(out.stdout)
+
+    api = f"{url}/api/saved_objects/_import?overwrite=true"
+    assert post(api, "-H", "kbn-xsrf: true", "--form", f"file=@{NDJSON}") == 200
+    assert post(api, "--form", f"file=@{NDJSON}") == 400  # no kbn-xsrf
+    assert post(api, "-H", "kbn-xsrf: true", "--form", f"upload=@{NDJSON}") == 400
+    assert post(api, "-H", "kbn-xsrf: true", "--data-binary", f"@{NDJSON}") == 415
+
+
+def test_make_kibana_import_fails_on_an_error_answer(kibana: tuple[str, type[_Kibana]]) -> None:
+    url, handler = kibana
+    handler.status = 500
+    proc = run_import(url)
+    assert proc.returncode != 0
+    assert "request failed" in proc.stderr and "Internal Server Error" in proc.stderr
+
+
+def test_make_kibana_import_fails_on_partial_success(kibana: tuple[str, type[_Kibana]]) -> None:
+    url, handler = kibana
+    handler.conflicts = {"fiboserver-one-request"}
     proc = run_import(url)
     assert proc.returncode != 0
     assert "did not import everything" in proc.stderr
+    assert "fiboserver-one-request" in proc.stderr
+
+
+def test_make_kibana_import_fails_on_a_broken_reference(
+    kibana: tuple[str, type[_Kibana]], tmp_path: Path
+) -> None:
+    url, _ = kibana
+    broken = tmp_path / "saved-objects.ndjson"
+    broken.write_text(NDJSON.read_text().replace('"id":"fiboserver-logs"}', '"id":"nowhere"}', 1))
+    assert broken.read_text() != NDJSON.read_text()
+    proc = run_import(url, f"KIBANA_OBJECTS={broken}")
+    assert proc.returncode != 0
+    assert "missing_references" in proc.stderr

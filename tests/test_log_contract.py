@@ -288,7 +288,7 @@ def run_service(tmp: Path, env: str) -> tuple[list[tuple[str, str]], set[int]]:
 def run_bad_config(tmp: Path, config: dict[str, object] | None) -> list[tuple[str, str]]:
     with ServerProcess(config, tmp, name="bad.yaml") as srv:
         rc = srv.wait(30)
-        assert rc != 0, srv.output()
+        assert rc == 78, srv.output()  # EX_CONFIG
         return list(srv.lines)
 
 

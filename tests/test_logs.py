@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fiboserver.logs import GunicornMetricFields, JsonFormatter, request_id_var, rfc3339_utc
@@ -45,6 +47,16 @@ def test_pipeline_keys_are_renamed_not_clobbered() -> None:
     assert record["field_stream"] == "b" and record["field_kubernetes"] == "d"
     # Underscore attributes are private to logging and never written.
     assert "field_p" not in record
+    assert formatted("x", **{"@timestamp": "t"})["field_timestamp"] == "t"
+
+
+def test_values_json_cannot_encode_are_written_as_text() -> None:
+    # A record must never be lost (or turn into a traceback on stderr) for a value
+    # that json cannot encode: gunicorn and libraries log what they like.
+    when = datetime(2026, 11, 26, 19, 0, tzinfo=UTC)
+    record = formatted("x", when=when, where=Path("/tmp/x"), error=ValueError("bad"))
+    assert record["when"] == "2026-11-26T19:00:00+00:00"
+    assert record["where"] == "/tmp/x" and record["error"] == "ValueError: bad"
 
 
 def test_gunicorn_metric_value_is_renamed_so_value_stays_a_string() -> None:

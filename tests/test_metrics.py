@@ -231,7 +231,7 @@ def test_an_exception_out_of_the_app_leaves_nothing_in_flight(recorded: Recorded
 
 def test_cache_lookups_stores_and_evictions(recorded: Recorded, fibo_logs: JsonCapture) -> None:
     # Room for about two small entries: the third store evicts the first.
-    app = app_with(recorded, cache_max_bytes=500)
+    app = app_with(recorded, cache_max_bytes=600)
     client = app.test_client()
     for n in (10, 10, 11, 12, 12, 10):
         assert client.get(f"/dev/fibo?n={n}", buffered=True).status_code == 200

@@ -97,6 +97,10 @@ def test_dev_startup_request_logs_and_ctrl_c(tmp_path: Path) -> None:
         assert srv.records[-1]["msg"] == "server stopped"
     check_log_shape(srv)
     assert any(r["level"] == "DEBUG" for r in srv.records)
+    # gunicorn's own records are written once, not once more through the root logger.
+    for first_words in ("Starting gunicorn", "Listening at:"):
+        once = [r for r in srv.records if r["msg"].startswith(first_words)]
+        assert len(once) == 1 and once[0]["logger"] == "gunicorn.error", once
 
 
 def test_prod_logs_no_debug(tmp_path: Path) -> None:

@@ -41,6 +41,8 @@ class DrillResult:
     stop_seconds: list[float] = field(default_factory=list)  # SIGTERM -> exit
     ready_seconds: list[float] = field(default_factory=list)  # start -> /readyz 200
     reload_seconds: list[float] = field(default_factory=list)
+    # Requests the load lost during each replacement (with `failed_so_far`).
+    failed_per_step: list[int] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -89,9 +91,11 @@ def rolling_update(
     steps: int,
     prestop: float,
     propagation: float = PROPAGATION_S,
+    failed_so_far: Callable[[], int] | None = None,
 ) -> DrillResult:
     """Replace the oldest replica `steps` times; `replicas` is updated in place (the
-    caller closes whatever is left in it)."""
+    caller closes whatever is left in it). `failed_so_far`: the load's failure count,
+    read before and after each replacement."""
     result = DrillResult(prestop=prestop)
     t_start = time.monotonic()
 
@@ -101,6 +105,7 @@ def rolling_update(
         return out
 
     for _ in range(steps):
+        failed_before = failed_so_far() if failed_so_far is not None else 0
         new = make_replica()
         replicas.append(new)  # the caller's cleanup covers it from here on
         result.ready_seconds.append(new.start())
@@ -135,5 +140,7 @@ def rolling_update(
         old.close()
         replicas.remove(old)
         result.steps += 1
+        if failed_so_far is not None:
+            result.failed_per_step.append(failed_so_far() - failed_before)
     result.seconds = time.monotonic() - t_start
     return result

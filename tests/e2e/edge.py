@@ -440,6 +440,11 @@ class Load:
             else:
                 next_at = time.monotonic()  # behind: do not burst to catch up
 
+    def failed(self) -> int:
+        """Requests failed so far."""
+        with self._lock:
+            return self.report.failed
+
     def start(self) -> Load:
         self._t0 = time.monotonic()
         for i in range(self.threads):

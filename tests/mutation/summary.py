@@ -1,0 +1,69 @@
+"""Summary of a `make mutate` run: score, and every mutant that no test killed.
+
+Reads `mutmut results --all true` (run in the repository root after `mutmut run`)
+and prints the counts per status, the score (killed / total) and the surviving
+mutants. Exit status 1 when a survivor is not judged harmless in docs/mutation.md,
+where each one has its reason: a new survivor is either killed by a new test or
+explained there.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+JUDGED = REPO_ROOT / "docs" / "mutation.md"
+# `mutmut results` prints "    <mutant name>: <status>".
+_RESULT_LINE = re.compile(r"\s+(\S+__mutmut_\d+): (.+)")
+# In docs/mutation.md a judged survivor is a table row starting with its name in backticks.
+_JUDGED_ROW = re.compile(r"^\| `(\S+__mutmut_\d+)` \|", re.MULTILINE)
+
+
+def results(mutmut: str) -> dict[str, str]:
+    out = subprocess.run(
+        [mutmut, "results", "--all", "true"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = {}
+    for line in out.stdout.splitlines():
+        match = _RESULT_LINE.fullmatch(line)
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+def judged_harmless() -> set[str]:
+    return set(_JUDGED_ROW.findall(JUDGED.read_text())) if JUDGED.exists() else set()
+
+
+def main(mutmut: str) -> int:
+    status = results(mutmut)
+    if not status:
+        print("no mutmut results: run `mutmut run` first", file=sys.stderr)
+        return 2
+    counts = Counter(status.values())
+    total = len(status)
+    killed = counts["killed"]
+    print("mutation testing of fiboserver/ (mutmut):")
+    for name, count in sorted(counts.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:>22}: {count}")
+    print(f"  score: {killed} killed / {total} mutants = {killed / total:.1%}")
+    not_killed = sorted(m for m, s in status.items() if s not in ("killed", "timeout"))
+    harmless = judged_harmless()
+    unexplained = [m for m in not_killed if m not in harmless]
+    print(f"\nnot killed: {len(not_killed)}, judged harmless in docs/mutation.md: "
+          f"{len(not_killed) - len(unexplained)}")  # fmt: skip
+    for mutant in unexplained:
+        print(f"  {status[mutant]}: {mutant}    (mutmut show {mutant})")
+    return 1 if unexplained else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "mutmut"))

@@ -1,0 +1,64 @@
+"""The access middleware (fiboserver/access.py) as the WSGI component it is (PEP 3333).
+
+A server calls close() on the body it was given once the response is sent; a
+middleware that wraps the body must pass that call on, or the application's own
+clean-up (a file a response streams, Flask's close callbacks) never runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from conftest import JsonCapture
+
+from fiboserver.access import REQUEST_ID_HEADER, AccessLog
+
+Headers = list[tuple[str, str]]
+
+
+class Body:
+    """A response body with a close() of its own, as a streamed file has."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter([b"ok"])
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def serve(body: Iterable[bytes]) -> tuple[Any, Headers]:
+    """Run one GET through AccessLog around an app answering `body`; (result, headers)."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return body
+
+    sent: Headers = []
+
+    def start_response(status: str, headers: Headers, exc_info: Any = None) -> None:
+        sent.extend(headers)
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/dev/x", "REMOTE_ADDR": "127.0.0.1"}
+    return AccessLog(app)(environ, start_response), sent  # type: ignore[arg-type]
+
+
+def test_close_reaches_the_applications_body(fibo_logs: JsonCapture) -> None:
+    body = Body()
+    result, headers = serve(body)
+    assert b"".join(result) == b"ok"
+    assert body.closed == 0 and fibo_logs.find("end") == []
+    result.close()
+    assert body.closed == 1
+    (end,) = fibo_logs.find("end")
+    assert end["status"] == 200 and end["request_id"] == dict(headers)[REQUEST_ID_HEADER]
+
+
+def test_a_body_without_close_is_fine(fibo_logs: JsonCapture) -> None:
+    result, _ = serve([b"o", b"k"])
+    assert b"".join(result) == b"ok"
+    result.close()
+    assert [r["status"] for r in fibo_logs.find("end")] == [200]
