@@ -36,7 +36,7 @@ def _report_hits(path: str) -> None:
         finally:
             os.close(fd)
 
-    trampoline.record_trampoline_hit = record  # type: ignore[attr-defined]
+    trampoline.record_trampoline_hit = record  # type: ignore[attr-defined,unused-ignore]
 
 
 _hits_file = os.environ.get("FIBOSERVER_MUTMUT_HITS")
