@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import queue
 import selectors
 import signal
 import socket
@@ -49,6 +48,7 @@ from gunicorn.workers.gthread import ThreadWorker
 from fiboserver import access, refusals
 from fiboserver.admission import Admission, Pacer, Verdict
 from fiboserver.app import probe_paths
+from fiboserver.boot_signals import caught_before_init
 from fiboserver.connections import Conn, Connections, raise_open_files_limit
 from fiboserver.heads import (
     HEAD_TIMEOUT,
@@ -114,22 +114,11 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     # -- signals ---------------------------------------------------------------
     def init_signals(self) -> None:
-        # From fork() until here the child still runs the master's handlers, which
-        # only queue a signal for the master's loop, a loop this process never runs:
-        # a SIGTERM that reached a booting worker was lost, and the worker lived on
-        # until the master killed it at graceful_timeout. Act on what they queued in
-        # this process's copy of the master.
+        # A signal that came between fork() and here was only queued by the
+        # master's handler (fiboserver/boot_signals.py): act on it now.
         inherited = signal.getsignal(signal.SIGTERM)
         super().init_signals()
-        pending = getattr(getattr(inherited, "__self__", None), "SIG_QUEUE", None)
-        if not isinstance(pending, queue.SimpleQueue):
-            return
-        caught: set[object] = set()
-        while True:
-            try:
-                caught.add(pending.get_nowait())
-            except queue.Empty:
-                break
+        caught = caught_before_init(inherited)
         if caught & {signal.SIGINT, signal.SIGQUIT}:
             self.handle_quit(signal.SIGQUIT, None)
         elif signal.SIGTERM in caught:
