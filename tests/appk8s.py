@@ -23,7 +23,7 @@ from fiboserver.config import Config, load_config
 K8S = REPO_ROOT / "k8s"
 NAMESPACE = "cloudnative"
 ENVS = ("dev", "prod")
-# Envoy Gateway's own API (k8s/gateway/envoy-gateway).
+# Envoy Gateway's own API (k8s/gateway/envoy-gateway), checked in test_k8s_routing.py.
 ENVOY_GATEWAY_API = "gateway.envoyproxy.io/v1alpha1"
 
 
