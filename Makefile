@@ -136,7 +136,7 @@ $(CHECKOV):
 	.tools/checkov/bin/pip install --quiet --upgrade pip
 	.tools/checkov/bin/pip install --quiet 'checkov==3.3.30'
 
-checkov: $(CHECKOV) ## install checkov into its own venv .tools/checkov (tests/test_k8s.py runs it)
+checkov: $(CHECKOV) ## install checkov into its own venv .tools/checkov (tests/test_k8s_render.py runs it)
 
 # --- dependency lock and SBOM (issue 11; docs/dependencies.md) ----------------------
 # uv resolves for the image's platform whatever machine runs `make lock`.

@@ -193,7 +193,7 @@ def test_dockerignore_keeps_secrets_tests_and_venvs_out() -> None:
     for path in (
         "tls/tls.key",
         "tls/ca.key",
-        "tests/test_k8s.py",
+        "tests/test_k8s_render.py",
         ".venv/bin/python",
         ".git/config",
         "k8s/overlays/dev/config.yaml",

@@ -1,12 +1,12 @@
 """The pod's side of metrics (SPEC sections 7 and 11), on what `kubectl kustomize`
 renders: the `metrics` port, the multiprocess directory's tmpfs, the scrape
 annotations, and nothing in front of the pods that exposes the port.
-(Strict schemas and checkov cover these objects in tests/test_k8s.py.)"""
+(Strict schemas and checkov cover these objects in tests/test_k8s_render.py.)"""
 
 from __future__ import annotations
 
 import pytest
-from test_k8s import ENVS, container_of, find, one, overlay_config, pod_of, render
+from appk8s import ENVS, container_of, find, one, overlay_config, pod_of, render
 
 from fiboserver.multiproc import ENV as MULTIPROC_ENV
 
