@@ -4,8 +4,8 @@ fiboserver-*, its ILM policy, and `make elasticsearch-setup` (run by
 
 The bodies are checked against the shapes of Elasticsearch's composable index
 template and ILM APIs (PUT _index_template/<name>, PUT _ilm/policy/<name>); the
-field types themselves are the contract test's table (tests/test_log_contract.py
-reads them from the same file). The requests go to the local Elasticsearch and
+field types themselves are the contract test's table (tests/logpipeline.py reads
+them from the same file). The requests go to the local Elasticsearch and
 Kibana stand-in of tests/test_kibana_objects.py.
 """
 
@@ -16,8 +16,8 @@ import re
 import subprocess
 from typing import Any
 
+import logpipeline
 import pytest
-import test_log_contract as contract
 import yaml
 from conftest import require_tool
 from kube import REPO_ROOT
@@ -73,7 +73,7 @@ def test_template_mappings() -> None:
     for name, field in props.items():
         if "properties" in field:
             continue
-        assert field["type"] in contract.JSON_TYPE_OF, (name, field)
+        assert field["type"] in logpipeline.JSON_TYPE_OF, (name, field)
         # keyword fields that may be long say where indexing stops (Lucene refuses
         # terms over 32766 bytes; a whole record would be refused with them).
         if name in {"value", "path"}:

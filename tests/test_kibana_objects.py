@@ -21,8 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
+import logpipeline
 import pytest
-import test_log_contract as contract
 import yaml
 from conftest import require_tool
 from kube import REPO_ROOT
@@ -31,7 +31,7 @@ NDJSON = REPO_ROOT / "k8s" / "logging" / "kibana" / "saved-objects.ndjson"
 PIPELINE = REPO_ROOT / "k8s" / "logging" / "fluent-bit.yaml"
 README = REPO_ROOT / "README.md"
 REF_NAME = "kibanaSavedObjectMeta.searchSourceJSON.index"
-ALLOWED_FIELDS = set(contract.QUERY_FIELDS) | contract.PIPELINE_FIELDS
+ALLOWED_FIELDS = set(logpipeline.QUERY_FIELDS) | logpipeline.PIPELINE_FIELDS
 # What the issue asks the README to show, verbatim.
 REQUIRED_KQL = [
     'kubernetes.namespace_name : "cloudnative" and level : "ERROR"',
@@ -118,7 +118,7 @@ def test_search_queries_match_the_service(objects: list[dict[str, Any]]) -> None
         for o in searches(objects)
     }
     levels = set(re.findall(r'"([A-Z]+)"', queries["fiboserver: errors and warnings"]))
-    assert levels == {"WARNING", "ERROR", "CRITICAL"} and levels <= contract.LEVELS
+    assert levels == {"WARNING", "ERROR", "CRITICAL"} and levels <= logpipeline.LEVELS
     assert "request_id" in kql_fields(queries["fiboserver: one request by id"])
     slow = queries["fiboserver: slow requests"]
     assert kql_fields(slow) == {"msg", "duration_ms"} and '"end"' in slow

@@ -27,7 +27,8 @@ import msgpack
 import pytest
 import yaml
 from kube import REPO_ROOT, render
-from test_log_contract import containerd_lines, corpus, cri_records, merge_log  # noqa: F401
+from logpipeline import containerd_lines, cri_records, merge_log
+from test_log_contract import corpus  # noqa: F401 (fixture)
 
 DOC = REPO_ROOT / "docs" / "log-buffering.md"
 BENCH = REPO_ROOT / "bench" / "results" / "latest.json"

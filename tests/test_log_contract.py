@@ -2,18 +2,11 @@
 
 The real service runs under gunicorn (DEV and PROD, plus two start-ups that fail
 on a bad configuration); requests include errors. Every line it prints is then
-taken through what k8s/logging does to it:
+taken through what k8s/logging does to it (the model in tests/logpipeline.py:
+containerd's CRI file, Fluent Bit's ``cri`` parser, the kubernetes filter's
+``Merge_Log On`` / ``Keep_Log Off``).
 
-1. containerd writes it as ``<RFC3339Nano time> <stream> <F|P> <text>``, cutting
-   lines longer than 16 KiB into partial (``P``) pieces;
-2. Fluent Bit's built-in ``cri`` multiline parser splits that with its regular
-   expression (the same one, below) and joins partial pieces into ``log``;
-3. the kubernetes filter with ``Merge_Log On`` / ``Keep_Log Off`` parses ``log`` as
-   JSON, lifts its keys to the top level and drops ``log``;
-4. the es output adds ``@timestamp`` and (``Replace_Dots On``) turns dots in keys
-   into underscores; Elasticsearch maps each field by the first type it sees.
-
-The checks are what keeps step 4 from rejecting records: every line merges,
+The checks are what keeps Elasticsearch from rejecting records: every line merges,
 nothing collides with the pipeline's own keys, every key keeps one JSON type
 (int and float differ, bool is not int), and every integer fits a `long`. And the
 fields that the Kibana saved searches and the README's KQL use exist with the
@@ -22,202 +15,32 @@ types those queries need (``QUERY_FIELDS``, shared with test_kibana_objects.py).
 
 from __future__ import annotations
 
-import json
-import re
 import signal
 import time
-from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 from clients import exchange, parse_response
+from logpipeline import (
+    FIELD_TYPES,
+    INDEX_TEMPLATE,
+    LEVELS,
+    PIPELINE_ADDED,
+    QUERY_FIELDS,
+    containerd_lines,
+    cri_records,
+    int64_overflows,
+    json_type,
+    keys_anywhere,
+    merge_log,
+    type_conflicts,
+)
 from serverproc import ServerProcess
 
-# FLB_ML_CRI_REGEX from fluent/fluent-bit src/multiline/flb_ml_parser_cri.c (the
-# built-in `cri` multiline parser), with Onigmo's (?<name>) written as Python's
-# (?P<name>). Its time format there is "%Y-%m-%dT%H:%M:%S.%L%z"; `time` is kept.
-CRI_REGEX = re.compile(r"^(?P<time>.+?) (?P<stream>stdout|stderr) (?P<_p>F|P) (?P<log>.*)$")
-# containerd's default max_container_log_line_size: longer lines become P pieces.
-CRI_MAX_LINE = 16384
-
-# Keys the pipeline writes itself: the cri parser (time, stream, _p, log), the
-# kubernetes filter (kubernetes) and the es output (@timestamp). A log record with
-# one of them would produce a duplicate key, which Elasticsearch rejects.
-PIPELINE_KEYS = frozenset({"time", "stream", "_p", "log", "@timestamp", "kubernetes"})
-
-# THE type table: the index template that `make kibana-import` installs for
-# fiboserver-* pins each field's Elasticsearch type, and the checks below hold the
-# service's records to it, read from that one file. Elasticsearch type -> the JSON
-# type (json_type below) a record's value must have for it.
-INDEX_TEMPLATE = (
-    Path(__file__).resolve().parent.parent
-    / "k8s"
-    / "logging"
-    / "elasticsearch"
-    / "index-template.json"
-)
-JSON_TYPE_OF = {
-    "keyword": "string", "text": "string", "long": "int", "float": "float",
-    "double": "float", "date": "date", "date_nanos": "date", "boolean": "bool",
-}  # fmt: skip
-# Keys the pipeline adds (cri parser, kubernetes filter, es output), not the service.
-PIPELINE_ADDED = frozenset({"time", "stream", "_p", "@timestamp", "kubernetes"})
-
-
-def template_field_types() -> dict[str, str]:
-    """The service's fields in the index template: name -> JSON type."""
-    template = json.loads(INDEX_TEMPLATE.read_text())
-    properties = template["template"]["mappings"]["properties"]
-    return {
-        name: JSON_TYPE_OF[spec["type"]]
-        for name, spec in properties.items()
-        if name not in PIPELINE_ADDED
-    }
-
-
-FIELD_TYPES = template_field_types()
-# Fields of the service's records that the saved searches
-# (k8s/logging/kibana/saved-objects.ndjson) and the README's KQL examples use;
-# their types are the template's (`duration_ms > 100` needs a number that keeps
-# its fraction: float; `level : "ERROR"` a string; ...).
-QUERY_FIELDS: dict[str, str] = {
-    name: FIELD_TYPES[name]
-    for name in (
-        "level", "logger", "msg", "request_id", "method", "path", "status", "duration_ms",
-        "errmsg",
-    )
-}  # fmt: skip
-# Fields the pipeline adds (kubernetes filter with Labels On, es output), named as
-# they are after Replace_Dots (the label app.kubernetes.io/instance becomes
-# app_kubernetes_io/instance). test_logging_manifests.py checks those settings.
-PIPELINE_FIELDS = frozenset(
-    {
-        "@timestamp",
-        "stream",
-        "kubernetes.namespace_name",
-        "kubernetes.pod_name",
-        "kubernetes.container_name",
-        "kubernetes.labels.app_kubernetes_io/name",
-        "kubernetes.labels.app_kubernetes_io/instance",
-    }
-)
-LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
-INT64 = (-(2**63), 2**63 - 1)
+# The X-Request-ID `drive` sends once: the records of that one request carry it.
 CUSTOM_ID = "contract-test.0001_A"
-
-
-# Elasticsearch's default dynamic_date_formats: strict_date_optional_time
-# (exactly four year digits), "yyyy/MM/dd HH:mm:ss Z" and "yyyy/MM/dd Z". A new
-# string field whose first value matches becomes a `date` field, and later
-# non-date strings in it are rejected; strings that parse as numbers are exempt
-# (elastic/elasticsearch#22171).
-ES_DATE = re.compile(
-    r"\d{4}(-\d{2}(-\d{2}(T\d{2}(:\d{2}(:\d{2}([.,]\d{1,9})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?)?)?)?"
-    r"|\d{4}/\d{2}/\d{2}( \d{2}:\d{2}:\d{2})? [+-]\d{4}"
-)
-
-
-def looks_like_es_date(text: str) -> bool:
-    try:
-        float(text)
-        return False
-    except ValueError:
-        return ES_DATE.fullmatch(text) is not None
-
-
-def json_type(value: object) -> str:
-    """Elasticsearch-relevant JSON type: bool, int and float are three types, and a
-    string that dynamic date detection takes for a date is a `date`."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "date" if looks_like_es_date(value) else "string"
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        return "array"
-    assert value is None, type(value)
-    return "null"
-
-
-def containerd_lines(stream: str, line: str, now_ns: int) -> list[str]:
-    """`line` as containerd's CRI logger writes it to the container's log file."""
-    secs, nanos = divmod(now_ns, 10**9)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{nanos:09d}Z"
-    data = line.encode()
-    pieces = [data[i : i + CRI_MAX_LINE] for i in range(0, len(data), CRI_MAX_LINE)] or [b""]
-    return [
-        f"{stamp} {stream} {'F' if i == len(pieces) - 1 else 'P'} "
-        + piece.decode(errors="surrogateescape")
-        for i, piece in enumerate(pieces)
-    ]
-
-
-def cri_records(file_lines: list[str]) -> list[dict[str, str]]:
-    """What the `cri` multiline parser emits: one record per F line, P pieces joined."""
-    records: list[dict[str, str]] = []
-    pending: dict[str, str] = {}
-    for raw in file_lines:
-        m = CRI_REGEX.match(raw)
-        assert m, f"cri regex does not match: {raw[:200]!r}"
-        fields = m.groupdict()
-        key = fields["stream"]
-        pending[key] = pending.get(key, "") + fields["log"]
-        if fields["_p"] == "F":
-            records.append({**fields, "log": pending.pop(key)})
-    assert not pending, "partial line without its final piece"
-    return records
-
-
-class MergeError(ValueError):
-    """The line would reach Elasticsearch unmerged, or with a duplicate key."""
-
-
-def merge_log(record: dict[str, str]) -> dict[str, Any]:
-    """The kubernetes filter's Merge_Log On + Keep_Log Off, refusing what would break."""
-    text = record["log"].strip()  # Merge_Log_Trim (default on) drops the line end
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        raise MergeError(f"not JSON, would stay an unmerged string: {text[:200]!r}") from None
-    if not isinstance(parsed, dict):
-        raise MergeError(f"JSON but not an object, cannot merge: {text[:200]!r}")
-    clash = PIPELINE_KEYS.intersection(parsed)
-    if clash:
-        raise MergeError(f"keys {sorted(clash)} collide with the pipeline's in {text[:200]!r}")
-    merged: dict[str, Any] = {k: v for k, v in record.items() if k != "log"}
-    merged.update(parsed)
-    return merged
-
-
-def leaves(obj: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted path, value) of every field as Elasticsearch indexes it."""
-    for key, value in obj.items():
-        path = prefix + key
-        if isinstance(value, dict):
-            yield path, value
-            yield from leaves(value, path + ".")
-        elif isinstance(value, list):
-            for item in value:
-                yield path, item
-        else:
-            yield path, value
-
-
-def keys_anywhere(obj: object) -> Iterator[str]:
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            yield key
-            yield from keys_anywhere(value)
-    elif isinstance(obj, list):
-        for item in obj:
-            yield from keys_anywhere(item)
 
 
 # --- the corpus: every line of real runs ---------------------------------------------
@@ -344,15 +167,6 @@ def test_every_line_merges(cri_files: dict[str, list[str]], merged: list[dict[st
         assert record["level"] in LEVELS, record
 
 
-def test_cri_regex_reassembles_long_lines() -> None:
-    # A record longer than containerd's line limit arrives in pieces and is joined.
-    line = json.dumps({"msg": "x" * (2 * CRI_MAX_LINE + 10)})
-    file_lines = containerd_lines("stdout", line, time.time_ns())
-    assert [ln.split(" ", 3)[2] for ln in file_lines] == ["P", "P", "F"]
-    (record,) = cri_records(file_lines)
-    assert record["log"] == line and record["_p"] == "F"
-
-
 def test_no_key_collides_or_changes_name(merged: list[dict[str, Any]]) -> None:
     for record in merged:
         app_keys = [k for k in record if k not in {"time", "stream", "_p"}]
@@ -365,28 +179,6 @@ def test_no_key_collides_or_changes_name(merged: list[dict[str, Any]]) -> None:
             assert not key.startswith("_"), f"{key!r} in {record}"
 
 
-def type_conflicts(records: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
-    """Paths seen with more than one JSON type: {path: {type: first msg with it}}."""
-    seen: dict[str, dict[str, str]] = defaultdict(dict)
-    for record in records:
-        for path, value in leaves(record):
-            kind = json_type(value)
-            if kind != "null":  # Elasticsearch maps nothing for null
-                seen[path].setdefault(kind, str(record.get("msg")))
-    return {path: kinds for path, kinds in seen.items() if len(kinds) > 1}
-
-
-def int64_overflows(records: list[dict[str, Any]]) -> list[str]:
-    return [
-        f"{path}={value} in {record.get('msg')!r}"
-        for record in records
-        for path, value in leaves(record)
-        if isinstance(value, int)
-        and not isinstance(value, bool)
-        and not INT64[0] <= value <= INT64[1]
-    ]
-
-
 def test_each_key_keeps_one_type(merged: list[dict[str, Any]]) -> None:
     conflicts = type_conflicts(merged)
     assert not conflicts, f"keys with more than one JSON type (type: first msg): {conflicts}"
@@ -394,27 +186,6 @@ def test_each_key_keeps_one_type(merged: list[dict[str, Any]]) -> None:
 
 def test_integers_fit_int64(merged: list[dict[str, Any]]) -> None:
     assert not int64_overflows(merged)
-
-
-def test_the_checks_catch_what_elasticsearch_rejects() -> None:
-    """The checks above are not vacuous: each flags the kind of record ES refuses."""
-
-    def one_line(line: str) -> dict[str, Any]:
-        (record,) = cri_records(containerd_lines("stdout", line, time.time_ns()))
-        return merge_log(record)
-
-    for bad in ("plain text", "[1, 2]", '{"msg": "x", "time": "now"}', '{"log": "x"}'):
-        with pytest.raises(MergeError):
-            one_line(bad)
-    lines = ['{"n": 1}', '{"n": 1.5}', '{"b": true}', '{"b": 0}', '{"o": {"k": 1}}', '{"o": "s"}']
-    assert set(type_conflicts([one_line(x) for x in lines])) == {"n", "b", "o"}
-    assert type_conflicts([one_line('{"n": 1}'), one_line('{"n": null}')]) == {}
-    # A string field first seen holding a date is a date field from then on.
-    dates = ['{"d": "2026-11-26T19:00:00.123Z"}', '{"d": "2026-11"}', '{"d": "soon"}']
-    assert set(type_conflicts([one_line(x) for x in dates])) == {"d"}
-    assert type_conflicts([one_line('{"d": "2026"}'), one_line('{"d": "x"}')]) == {}
-    assert len(int64_overflows([one_line('{"n": 9223372036854775808}')])) == 1
-    assert int64_overflows([one_line('{"n": -9223372036854775808}')]) == []
 
 
 def test_query_fields_exist_with_their_types(merged: list[dict[str, Any]]) -> None:

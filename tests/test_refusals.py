@@ -12,7 +12,7 @@ from http import HTTPStatus
 import pytest
 from conftest import JsonCapture
 from gunicorn.http import errors as http_errors
-from test_log_contract import FIELD_TYPES, json_type
+from logpipeline import FIELD_TYPES, json_type
 
 from fiboserver import refusals
 from fiboserver.admission import Pacer
