@@ -31,7 +31,6 @@ from serverproc import ServerProcess
 
 from fiboserver.servermetrics import exit_reason
 
-
 # -- the reason a worker's exit is counted under ---------------------------------------
 
 
