@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from metrictools import Recorded
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -62,6 +63,12 @@ def fibo_logs() -> Iterator[JsonCapture]:
     finally:
         logger.removeHandler(capture.handler)
         logger.setLevel(old_level)
+
+
+@pytest.fixture
+def recorded() -> Recorded:
+    """A private metrics registry, for an app built with metrictools.app_with."""
+    return Recorded()
 
 
 # --- make mutate (docs/mutation.md) ------------------------------------------------

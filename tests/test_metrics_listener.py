@@ -1,0 +1,75 @@
+"""The /metrics listener (fiboserver.exposition.MetricsServer) on a private
+registry: Prometheus text, OpenMetrics and gzip when asked, HEAD, 404 elsewhere,
+and an error for a port already taken."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+from collections.abc import Iterator
+
+import pytest
+from metrictools import Recorded
+from serverproc import HOST, free_port
+
+from fiboserver.exposition import MetricsServer
+
+
+@pytest.fixture
+def listener(recorded: Recorded) -> Iterator[MetricsServer]:
+    recorded.metrics.cache_hits.inc(3)
+    server = MetricsServer(free_port(), recorded.registry)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def fetch(
+    server: MetricsServer, path: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    conn = http.client.HTTPConnection(HOST, server.port, timeout=10)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.headers, resp.read()
+    finally:
+        conn.close()
+
+
+def test_metrics_in_prometheus_text(listener: MetricsServer) -> None:
+    status, headers, body = fetch(listener, "/metrics")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert 'fiboserver_cache_requests_total{result="hit"} 3.0' in body.decode()
+
+
+def test_openmetrics_when_asked(listener: MetricsServer) -> None:
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    status, headers, body = fetch(listener, "/metrics", headers={"Accept": accept})
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert body.decode().endswith("# EOF\n")
+
+
+def test_gzip_when_asked(listener: MetricsServer) -> None:
+    status, headers, body = fetch(listener, "/metrics", headers={"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["Content-Encoding"] == "gzip"
+    assert b"fiboserver_cache_requests_total" in gzip.decompress(body)
+
+
+def test_head_and_other_paths(listener: MetricsServer) -> None:
+    status, headers, body = fetch(listener, "/metrics", method="HEAD")
+    assert (status, body) == (200, b"") and int(headers["Content-Length"]) > 0
+    for path in ("/", "/metrics/", "/dev/metrics", "/favicon.ico"):
+        status, headers, body = fetch(listener, path)
+        assert status == 404, path
+        assert headers["Content-Type"] == "application/json"
+        assert json.loads(body) == {"error": "not found"}
+
+
+def test_a_taken_port_is_an_error(listener: MetricsServer, recorded: Recorded) -> None:
+    with pytest.raises(OSError):
+        MetricsServer(listener.port, recorded.registry).start()
