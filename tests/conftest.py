@@ -9,11 +9,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from metrictools import Recorded
 
+if TYPE_CHECKING:
+    from metrictools import Recorded
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -67,7 +68,10 @@ def fibo_logs() -> Iterator[JsonCapture]:
 
 @pytest.fixture
 def recorded() -> Recorded:
-    """A private metrics registry, for an app built with metrictools.app_with."""
+    """A private metrics registry, for an app built with metrictools.app_with.
+    Imported here, not at the top: most tests need no prometheus_client."""
+    from metrictools import Recorded
+
     return Recorded()
 
 
