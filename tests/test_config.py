@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
-from serverproc import Record, ServerProcess, free_port, is_listening
+from procinfo import free_port, is_listening
+from serverproc import Record, ServerProcess
 
 from fiboserver.config import CONFIG_ENV, Config, ConfigError, load_config, parse_config
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 from conftest import JsonCapture
+from procinfo import HOST, free_port
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
-from serverproc import HOST, free_port
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 

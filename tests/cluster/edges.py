@@ -33,7 +33,7 @@ from clusterlib import NS, Cluster
 from conftest import require_tool
 from edge import Load, Nginx, _TLSConnection, plan_from_ingress, rendered_ingress
 from layout import KUBECONFIG, REPO_ROOT
-from serverproc import free_port
+from procinfo import free_port
 
 HOST = "cloudnative"  # the Ingress's host, also the certificate's name
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kube import render
-from serverproc import free_port
+from procinfo import free_port
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
