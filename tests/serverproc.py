@@ -6,7 +6,7 @@ all start theirs through ``ServerProcess``.
 The process is started exactly as users start it: from the repository root, with
 ``FIBOSERVER_CONFIG`` naming a YAML file, using the gunicorn next to ``sys.executable``
 (i.e. ``.venv/bin/gunicorn``). Every line it writes to stdout or stderr is collected by
-background threads; lines that parse as JSON objects become ``records``.
+background threads; lines that parse as JSON objects become ``records`` (``serverlog``).
 
 Typical use::
 
@@ -55,26 +55,23 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO
 
 import yaml
 from procinfo import HOST, child_pids, free_port
+from serverlog import Record, ServerLog
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-Record = dict[str, Any]
 
 
 class ServerProcess:
@@ -127,12 +124,7 @@ class ServerProcess:
         self._args = [GUNICORN, "-c", "gunicorn.conf.py", *args]
         self.cwd = cwd
         self.log_path = log_path
-        self._on_line = on_line
-        self._cond = threading.Condition()
-        self.lines: list[tuple[str, str]] = []  # (stream name, raw line)
-        self.records: list[Record] = []
-        self.bad_lines: list[tuple[str, str]] = []
-        self._readers: list[threading.Thread] = []
+        self._log = ServerLog(on_line)
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0  # time.perf_counter() just before the process started
 
@@ -145,10 +137,8 @@ class ServerProcess:
             return self
         self.proc = self._popen(subprocess.PIPE, subprocess.PIPE)
         assert self.proc.stdout is not None and self.proc.stderr is not None
-        for stream_name, stream in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
-            t = threading.Thread(target=self._read, args=(stream_name, stream), daemon=True)
-            t.start()
-            self._readers.append(t)
+        self._log.follow("stdout", self.proc.stdout)
+        self._log.follow("stderr", self.proc.stderr)
         return self
 
     def _popen(self, stdout: IO[bytes] | int, stderr: int) -> subprocess.Popen[bytes]:
@@ -180,28 +170,6 @@ class ServerProcess:
             if sep:
                 settings[key.strip()] = value.strip()
         return settings
-
-    def _read(self, stream_name: str, stream: IO[bytes]) -> None:
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", errors="replace").rstrip("\n")
-            if self._on_line is not None:
-                self._on_line(stream_name, line)  # in this reader thread, at once
-            record: Record | None = None
-            try:
-                parsed = json.loads(line)
-                if isinstance(parsed, dict):
-                    record = parsed
-            except ValueError:
-                pass
-            with self._cond:
-                self.lines.append((stream_name, line))
-                if record is not None:
-                    record["_stream"] = stream_name  # test-side only, not in the log line
-                    self.records.append(record)
-                else:
-                    self.bad_lines.append((stream_name, line))
-                self._cond.notify_all()
-        stream.close()
 
     @property
     def pid(self) -> int:
@@ -267,8 +235,7 @@ class ServerProcess:
         assert self.proc is not None
         rc = self.proc.wait(timeout=timeout)
         if log_eof:
-            for t in self._readers:
-                t.join(timeout=5)
+            self._log.join()
         return rc
 
     def close(self) -> None:
@@ -279,8 +246,7 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
-        for t in self._readers:
-            t.join(timeout=5)
+        self._log.join()
 
     def __enter__(self) -> ServerProcess:
         return self.start()
@@ -294,6 +260,21 @@ class ServerProcess:
         self.close()
 
     # -- logs ----------------------------------------------------------------------
+    @property
+    def lines(self) -> list[tuple[str, str]]:
+        """Every line so far as (stream name, raw line), in arrival order."""
+        return self._log.lines
+
+    @property
+    def records(self) -> list[Record]:
+        """Every JSON log record so far, in arrival order."""
+        return self._log.records
+
+    @property
+    def bad_lines(self) -> list[tuple[str, str]]:
+        """Lines that were not one JSON object (should stay empty)."""
+        return self._log.bad_lines
+
     def find(
         self,
         msg: str | None = None,
@@ -301,11 +282,7 @@ class ServerProcess:
         start: int = 0,
     ) -> list[Record]:
         """Records from index `start` on with this `msg` that satisfy `where`."""
-        with self._cond:
-            recs = list(self.records[start:])
-        return [
-            r for r in recs if (msg is None or r.get("msg") == msg) and (where is None or where(r))
-        ]
+        return self._log.find(msg, where, start)
 
     def wait_for(
         self,
@@ -318,36 +295,20 @@ class ServerProcess:
         `timeout` s. Fails with the log tail if it does not come or the process exits."""
         if self.log_path is not None:
             raise RuntimeError(f"records are not collected: the output goes to {self.log_path}")
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for r in self.records[start:]:
-                    if (msg is None or r.get("msg") == msg) and (where is None or where(r)):
-                        return r
-                left = deadline - time.monotonic()
-                exited = self.proc is not None and self.proc.poll() is not None
-                readers_done = not any(t.is_alive() for t in self._readers)
-                if left <= 0 or (exited and readers_done):
-                    tail = self._tail()
-                    state = f"exited {self.proc.returncode}" if exited and self.proc else "running"
-                    raise AssertionError(
-                        f"no log record msg={msg!r} within {timeout}s ({state}); "
-                        f"last lines:\n{tail}"
-                    )
-                self._cond.wait(timeout=min(left, 0.2))
+        return self._log.wait_for(
+            msg, timeout, where, start, lambda: None if self.proc is None else self.proc.poll()
+        )
 
     def output(self) -> str:
         """All captured lines, stdout and stderr interleaved in arrival order."""
         if self.log_path is not None:
             return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        with self._cond:
-            return "\n".join(line for _, line in self.lines)
+        return self._log.text()
 
     def _tail(self, count: int = 30) -> str:
         if self.log_path is not None:
             return "\n".join(self.output().splitlines()[-count:])
-        with self._cond:
-            return "\n".join(f"{s}: {ln}" for s, ln in self.lines[-count:])
+        return self._log.tail(count)
 
     # -- HTTP ----------------------------------------------------------------------
     def url(self, path: str) -> str:

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import yaml
 from procinfo import free_port, is_listening
-from serverproc import Record, ServerProcess
+from serverlog import Record
+from serverproc import ServerProcess
 
 from fiboserver.config import CONFIG_ENV, Config, ConfigError, load_config, parse_config
 

@@ -24,7 +24,8 @@ from conftest import require_tool
 from procinfo import HOST, child_pids, is_listening
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
-from serverproc import Record, ServerProcess
+from serverlog import Record
+from serverproc import ServerProcess
 
 from fiboserver.metrics import KNOWN_METHODS, REQUEST_BUCKETS
 

@@ -17,7 +17,8 @@ from decimal import Decimal
 from pathlib import Path
 
 from procinfo import child_pids
-from serverproc import Record, ServerProcess
+from serverlog import Record
+from serverproc import ServerProcess
 
 TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
