@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from serverproc import HOST
+from procinfo import HOST
 
 from bench.log import log
 from bench.procstat import proc_rss_bytes

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from serverproc import HOST, REPO_ROOT
+from procinfo import HOST
+from serverproc import REPO_ROOT
 
 from bench.procstat import proc_cpu_ticks
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from serverproc import HOST
+from procinfo import HOST
 
 GRACEFUL_TIMEOUT = 20  # gunicorn.conf.py, SPEC section 5
 

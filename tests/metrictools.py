@@ -13,7 +13,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
-from serverproc import Record, ServerProcess
+from serverlog import Record
+from serverproc import ServerProcess
 
 from fiboserver.app import create_app
 from fiboserver.config import parse_config

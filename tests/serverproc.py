@@ -6,7 +6,7 @@ all start theirs through ``ServerProcess``.
 The process is started exactly as users start it: from the repository root, with
 ``FIBOSERVER_CONFIG`` naming a YAML file, using the gunicorn next to ``sys.executable``
 (i.e. ``.venv/bin/gunicorn``). Every line it writes to stdout or stderr is collected by
-background threads; lines that parse as JSON objects become ``records``.
+background threads; lines that parse as JSON objects become ``records`` (``serverlog``).
 
 Typical use::
 
@@ -46,125 +46,32 @@ Typical use::
   outlives a test. Signals from ``terminate()`` go to the master only, as a
   container runtime would send them to PID 1.
 - Only 127.0.0.1 is ever contacted.
+
+Ports and processes are inspected with ``procinfo`` (``free_port``, ``child_pids``,
+``wait_until``, ...), which tests import from there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO
 
 import yaml
+from procinfo import HOST, child_pids, free_port
+from serverlog import Record, ServerLog
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
-HOST = "127.0.0.1"
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-Record = dict[str, Any]
-
-
-def free_port(avoid: int = 0) -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago (the kernel picks it),
-    other than `avoid`."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
-            port: int = s.getsockname()[1]
-        if port != avoid:
-            return port
-
-
-def is_listening(port: int, timeout: float = 0.5) -> bool:
-    """True when something accepts TCP connections on 127.0.0.1:port."""
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def child_pids(pid: int) -> set[int]:
-    """Direct children of `pid` (the gunicorn master's workers), from /proc."""
-    children: set[int] = set()
-    task_dir = Path(f"/proc/{pid}/task")
-    try:
-        tasks = list(task_dir.iterdir())
-    except FileNotFoundError:
-        return children
-    for task in tasks:
-        try:
-            text = (task / "children").read_text()
-        except OSError:
-            continue  # the thread ended meanwhile
-        children.update(int(p) for p in text.split())
-    return children
-
-
-def listen_queue(port: int) -> int:
-    """Connections the kernel has accepted on a TCP listener on `port` that no
-    process has accept()ed yet (the `rx_queue` of a LISTEN socket in /proc/net/tcp)."""
-    queued = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                local, state, queues = fields[1], fields[3], fields[4]
-                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                    queued += int(queues.split(":")[1], 16)
-    return queued
-
-
-def established(port: int) -> int:
-    """Established TCP connections whose local port is `port` (the server's side
-    of its clients' connections), from /proc/net/tcp and tcp6."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    count += 1
-    return count
-
-
-def process_state(pid: int) -> str:
-    """The state letter of /proc/<pid>/stat: R, S, D, T (stopped), Z, ..."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
-def pending_signals(pid: int) -> set[int]:
-    """Signals sent to `pid` and not yet delivered (SigPnd and ShdPnd in /proc/<pid>/status)."""
-    mask = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("SigPnd", "ShdPnd"):
-            mask |= int(value, 16)
-    return {sig for sig in range(1, 65) if mask & (1 << (sig - 1))}
-
-
-def wait_until(
-    condition: Callable[[], object], timeout: float, what: str, interval: float = 0.01
-) -> None:
-    """Poll `condition` every `interval` s until it is true; fail naming `what`
-    after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(interval)
 
 
 class ServerProcess:
@@ -217,12 +124,7 @@ class ServerProcess:
         self._args = [GUNICORN, "-c", "gunicorn.conf.py", *args]
         self.cwd = cwd
         self.log_path = log_path
-        self._on_line = on_line
-        self._cond = threading.Condition()
-        self.lines: list[tuple[str, str]] = []  # (stream name, raw line)
-        self.records: list[Record] = []
-        self.bad_lines: list[tuple[str, str]] = []
-        self._readers: list[threading.Thread] = []
+        self._log = ServerLog(on_line)
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0  # time.perf_counter() just before the process started
 
@@ -235,10 +137,8 @@ class ServerProcess:
             return self
         self.proc = self._popen(subprocess.PIPE, subprocess.PIPE)
         assert self.proc.stdout is not None and self.proc.stderr is not None
-        for stream_name, stream in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
-            t = threading.Thread(target=self._read, args=(stream_name, stream), daemon=True)
-            t.start()
-            self._readers.append(t)
+        self._log.follow("stdout", self.proc.stdout)
+        self._log.follow("stderr", self.proc.stderr)
         return self
 
     def _popen(self, stdout: IO[bytes] | int, stderr: int) -> subprocess.Popen[bytes]:
@@ -270,28 +170,6 @@ class ServerProcess:
             if sep:
                 settings[key.strip()] = value.strip()
         return settings
-
-    def _read(self, stream_name: str, stream: IO[bytes]) -> None:
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", errors="replace").rstrip("\n")
-            if self._on_line is not None:
-                self._on_line(stream_name, line)  # in this reader thread, at once
-            record: Record | None = None
-            try:
-                parsed = json.loads(line)
-                if isinstance(parsed, dict):
-                    record = parsed
-            except ValueError:
-                pass
-            with self._cond:
-                self.lines.append((stream_name, line))
-                if record is not None:
-                    record["_stream"] = stream_name  # test-side only, not in the log line
-                    self.records.append(record)
-                else:
-                    self.bad_lines.append((stream_name, line))
-                self._cond.notify_all()
-        stream.close()
 
     @property
     def pid(self) -> int:
@@ -357,8 +235,7 @@ class ServerProcess:
         assert self.proc is not None
         rc = self.proc.wait(timeout=timeout)
         if log_eof:
-            for t in self._readers:
-                t.join(timeout=5)
+            self._log.join()
         return rc
 
     def close(self) -> None:
@@ -369,8 +246,7 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
-        for t in self._readers:
-            t.join(timeout=5)
+        self._log.join()
 
     def __enter__(self) -> ServerProcess:
         return self.start()
@@ -384,6 +260,21 @@ class ServerProcess:
         self.close()
 
     # -- logs ----------------------------------------------------------------------
+    @property
+    def lines(self) -> list[tuple[str, str]]:
+        """Every line so far as (stream name, raw line), in arrival order."""
+        return self._log.lines
+
+    @property
+    def records(self) -> list[Record]:
+        """Every JSON log record so far, in arrival order."""
+        return self._log.records
+
+    @property
+    def bad_lines(self) -> list[tuple[str, str]]:
+        """Lines that were not one JSON object (should stay empty)."""
+        return self._log.bad_lines
+
     def find(
         self,
         msg: str | None = None,
@@ -391,11 +282,7 @@ class ServerProcess:
         start: int = 0,
     ) -> list[Record]:
         """Records from index `start` on with this `msg` that satisfy `where`."""
-        with self._cond:
-            recs = list(self.records[start:])
-        return [
-            r for r in recs if (msg is None or r.get("msg") == msg) and (where is None or where(r))
-        ]
+        return self._log.find(msg, where, start)
 
     def wait_for(
         self,
@@ -408,36 +295,20 @@ class ServerProcess:
         `timeout` s. Fails with the log tail if it does not come or the process exits."""
         if self.log_path is not None:
             raise RuntimeError(f"records are not collected: the output goes to {self.log_path}")
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for r in self.records[start:]:
-                    if (msg is None or r.get("msg") == msg) and (where is None or where(r)):
-                        return r
-                left = deadline - time.monotonic()
-                exited = self.proc is not None and self.proc.poll() is not None
-                readers_done = not any(t.is_alive() for t in self._readers)
-                if left <= 0 or (exited and readers_done):
-                    tail = self._tail()
-                    state = f"exited {self.proc.returncode}" if exited and self.proc else "running"
-                    raise AssertionError(
-                        f"no log record msg={msg!r} within {timeout}s ({state}); "
-                        f"last lines:\n{tail}"
-                    )
-                self._cond.wait(timeout=min(left, 0.2))
+        return self._log.wait_for(
+            msg, timeout, where, start, lambda: None if self.proc is None else self.proc.poll()
+        )
 
     def output(self) -> str:
         """All captured lines, stdout and stderr interleaved in arrival order."""
         if self.log_path is not None:
             return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        with self._cond:
-            return "\n".join(line for _, line in self.lines)
+        return self._log.text()
 
     def _tail(self, count: int = 30) -> str:
         if self.log_path is not None:
             return "\n".join(self.output().splitlines()[-count:])
-        with self._cond:
-            return "\n".join(f"{s}: {ln}" for s, ln in self.lines[-count:])
+        return self._log.tail(count)
 
     # -- HTTP ----------------------------------------------------------------------
     def url(self, path: str) -> str:

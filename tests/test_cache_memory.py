@@ -21,7 +21,8 @@ import tracemalloc
 from collections.abc import Iterable
 from pathlib import Path
 
-from serverproc import ServerProcess, child_pids
+from procinfo import child_pids
+from serverproc import ServerProcess
 
 from fiboserver.cache import FiboCache
 from fiboserver.fibo import fibonacci_digits

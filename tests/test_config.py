@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 import yaml
-from serverproc import Record, ServerProcess, free_port, is_listening
+from procinfo import free_port, is_listening
+from serverlog import Record
+from serverproc import ServerProcess
 
 from fiboserver.config import CONFIG_ENV
 

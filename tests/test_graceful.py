@@ -23,15 +23,8 @@ from pathlib import Path
 
 import pytest
 from clients import GRACEFUL_TIMEOUT, Counts, one_request, reference
-from serverproc import (
-    HOST,
-    ServerProcess,
-    child_pids,
-    listen_queue,
-    pending_signals,
-    process_state,
-    wait_until,
-)
+from procinfo import HOST, child_pids, listen_queue, pending_signals, process_state, wait_until
+from serverproc import ServerProcess
 
 CLIENTS = 16
 PER_CLIENT_MAX = 400  # bounds every client loop in count...

@@ -14,7 +14,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from serverproc import HOST, ServerProcess
+from procinfo import HOST
+from serverproc import ServerProcess
 
 from fiboserver.listener import refuse_new_connections
 

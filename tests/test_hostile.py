@@ -27,7 +27,8 @@ from clients import (
     probe,
 )
 from conftest import require_tool
-from serverproc import HOST, ServerProcess
+from procinfo import HOST
+from serverproc import ServerProcess
 
 from bench.pairs import measured_wrk
 from bench.servers import Server

@@ -22,7 +22,7 @@ from metrictools import (
     wait_records,
     wait_workers,
 )
-from serverproc import HOST
+from procinfo import HOST
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 

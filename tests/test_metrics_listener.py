@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from metrictools import Recorded
-from serverproc import HOST, free_port
+from procinfo import HOST, free_port
 
 from fiboserver.exposition import MetricsServer
 

@@ -22,11 +22,11 @@ from metrictools import (
     wait_records,
     wait_workers,
 )
+from procinfo import child_pids, is_listening
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
-from serverproc import child_pids, is_listening
 
 from fiboserver import multiproc
 

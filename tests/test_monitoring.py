@@ -26,7 +26,8 @@ import promlocal
 import pytest
 import yaml
 from conftest import require_tool
-from serverproc import HOST, ServerProcess, free_port
+from procinfo import HOST, free_port
+from serverproc import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "k8s" / "monitoring"

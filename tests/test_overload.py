@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from clients import completed_per_second, kept_throughput, p99, probe
 from conftest import require_tool
-from serverproc import HOST, established, wait_until
+from procinfo import HOST, established, wait_until
 
 from bench.pairs import measured_wrk
 from bench.procstat import CLK_TCK, server_cpu_ticks

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 from clients import GRACEFUL_TIMEOUT, Counts, one_request, reference
-from serverproc import ServerProcess, child_pids, process_state, wait_until
+from procinfo import child_pids, process_state, wait_until
+from serverproc import ServerProcess
 
 
 def _write_config(path: Path, config: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@
   redirect does the same. (Traefik's kubernetesIngressNGINX provider, which reads
   the annotation, keeps sending new requests to terminating pods in v3.6:
   traefik/traefik#13287, fixed in v3.7, which cannot be built here: docs/cluster.md.)
-- `nginx_edge()`: tests/e2e/edge.py's nginx, rendered from the same Ingress, its
+- `nginx_edge()`: tests/e2e/edge.py's nginx, rendered from the same Ingress (nginxconf), its
   upstreams pointed at each Service's ClusterIP, so every request crosses kube-proxy.
 """
 
@@ -31,9 +31,11 @@ from pathlib import Path
 from binaries import TRAEFIK
 from clusterlib import NS, Cluster
 from conftest import require_tool
-from edge import Load, Nginx, _TLSConnection, plan_from_ingress, rendered_ingress
+from edge import Nginx
+from edgeclients import Load, TLSConnection
 from layout import KUBECONFIG, REPO_ROOT
-from serverproc import free_port
+from nginxconf import plan_from_ingress, rendered_ingress
+from procinfo import free_port
 
 HOST = "cloudnative"  # the Ingress's host, also the certificate's name
 
@@ -50,7 +52,7 @@ class Edge:
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
         """One HTTPS request through the edge (like ServerProcess.get)."""
         ctx = ssl.create_default_context(cafile=str(self.cafile))
-        conn = _TLSConnection(HOST, self.https_port, ctx, None)
+        conn = TLSConnection(HOST, self.https_port, ctx, None)
         try:
             conn.request(method, path, headers={"Connection": "close", **(headers or {})})
             resp = conn.getresponse()
@@ -59,7 +61,7 @@ class Edge:
             conn.close()
 
     def load(self, path: str, *, threads: int = 4, rate: float = 25.0) -> Load:
-        """edge.Load against this edge: HTTPS to 127.0.0.1 with SNI `cloudnative`."""
+        """edgeclients.Load against this edge: HTTPS to 127.0.0.1 with SNI `cloudnative`."""
         return Load(HOST, self.https_port, self.cafile, path, threads=threads, rate=rate)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from clusterlib import NS, Cluster, say
-from edge import LoadReport
+from edgeclients import LoadReport
 from edges import Edge, cluster_edge
 from layout import REPO_ROOT
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from clusterlib import NS, Cluster, say
 from conftest import require_tool
-from edge import curl
+from edgeclients import curl
 from edges import HOST, Edge, nginx_edge, traefik_edge
 from podmanlib import wait_http
 

@@ -16,7 +16,9 @@ import pytest
 import yaml
 from conftest import require_tool
 from drill import PRESTOP_S, PROPAGATION_S, DrillResult, Replica, rolling_update
-from edge import REPO_ROOT, EdgePlan, Load, Nginx, curl, plan_from_ingress, rendered_ingress
+from edge import Nginx
+from edgeclients import Load, curl
+from nginxconf import REPO_ROOT, EdgePlan, plan_from_ingress, rendered_ingress
 from serverproc import ServerProcess
 
 pytestmark = pytest.mark.e2e

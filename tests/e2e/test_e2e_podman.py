@@ -29,7 +29,7 @@ from podmanlib import (
     podman,
     wait_http,
 )
-from serverproc import free_port
+from procinfo import free_port
 
 pytestmark = pytest.mark.e2e
 
