@@ -111,7 +111,12 @@ def traefik_edge(cluster: Cluster, prefix: Path) -> Iterator[Edge]:
                 "entryPoint": {"to": "websecure", "scheme": "https", "permanent": True}}}},
             "websecure": {"address": f"127.0.0.1:{https_port}", "http": {"tls": {}}},
         },
-        "providers": {"kubernetesIngress": {}},
+        # Endpoint changes reach a real cluster's edge seconds late (controllers
+        # batch them; Traefik's default throttle is 2 s). On this one node they
+        # arrive within milliseconds, which would let a pod without its preStop
+        # sleep stop before anyone noticed: 7 s of batching is what the 10 s sleep
+        # must cover, and what makes the control lose requests (test_disruptions).
+        "providers": {"providersThrottleDuration": "7s", "kubernetesIngress": {}},
         "log": {"level": "INFO"},
     }))  # fmt: skip
     log = (prefix / "traefik.log").open("ab")
