@@ -7,6 +7,7 @@ without its parameters shadowing the import.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -38,3 +39,14 @@ def fb_container_fixture(daemonset: Obj) -> dict[str, Any]:
     (container,) = daemonset["spec"]["template"]["spec"]["containers"]
     assert isinstance(container, dict)
     return container
+
+
+def parse_size(text: str) -> int:
+    """Fluent Bit sizes (K, M, G: decimal, as flb_utils_size_to_bytes reads them)
+    and Kubernetes quantities (Ki, Mi, Gi: binary)."""
+    m = re.fullmatch(r"(\d+)(K|M|G|KB|MB|GB|Ki|Mi|Gi)?", str(text))
+    assert m, text
+    unit = m.group(2) or ""
+    factor = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20,
+              "Gi": 2**30}[unit.removesuffix("B") if unit.endswith("B") else unit]  # fmt: skip
+    return int(m.group(1)) * factor

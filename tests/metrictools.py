@@ -56,7 +56,7 @@ def server(tmp_path: Path, workers: int, config: dict[str, Any] | None = None,
     )
 
 
-def wait_workers(srv: ServerProcess, count: int, start: int = 0) -> list[int]:
+def wait_booted(srv: ServerProcess, count: int, start: int = 0) -> list[int]:
     """Pids of the first `count` workers booted from record `start` on."""
     deadline = time.monotonic() + 60
     while True:

@@ -22,6 +22,7 @@ from logmanifests import (  # noqa: F401 (fixtures)
     fb_container_fixture,
     logging_objs_fixture,
     one,
+    parse_size,
 )
 
 ENV_REF = re.compile(r"^\$\{([A-Z_][A-Z0-9_]*)\}$")
@@ -203,14 +204,3 @@ def test_filesystem_buffering(pipeline: Any, fb_container: dict[str, Any], daemo
     assert chunks_up * 2 * 10**6 + backlog <= limit / 2, (chunks_up, backlog, limit)
     # Retry waits are capped, so buffered chunks go out soon after a recovery.
     assert int(service["scheduler.base"]) < int(service["scheduler.cap"]) <= 120
-
-
-def parse_size(text: str) -> int:
-    """Fluent Bit sizes (K, M, G: decimal, as flb_utils_size_to_bytes reads them)
-    and Kubernetes quantities (Ki, Mi, Gi: binary)."""
-    m = re.fullmatch(r"(\d+)(K|M|G|KB|MB|GB|Ki|Mi|Gi)?", str(text))
-    assert m, text
-    unit = m.group(2) or ""
-    factor = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20,
-              "Gi": 2**30}[unit.removesuffix("B") if unit.endswith("B") else unit]  # fmt: skip
-    return int(m.group(1)) * factor

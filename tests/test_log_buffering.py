@@ -27,19 +27,13 @@ import msgpack
 import pytest
 import yaml
 from kube import REPO_ROOT, render
+from logmanifests import parse_size
 from logpipeline import containerd_lines, cri_records, merge_log
 from test_log_contract import corpus  # noqa: F401 (fixture)
 
 DOC = REPO_ROOT / "docs" / "log-buffering.md"
 BENCH = REPO_ROOT / "bench" / "results" / "latest.json"
 PIPELINE = REPO_ROOT / "k8s" / "logging" / "fluent-bit.yaml"
-SIZE_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}  # Fluent Bit's are decimal
-
-
-def fluent_bit_size(text: str) -> int:
-    m = re.fullmatch(r"(\d+)([KMG]?)B?", str(text))
-    assert m, text
-    return int(m[1]) * SIZE_UNITS[m[2]]
 
 
 def kubernetes_metadata() -> dict[str, Any]:
@@ -93,7 +87,7 @@ def figures(prod_records: list[dict[str, Any]]) -> dict[str, float]:
     lines_per_s = lines_per_request * 1e6 / cpu_us  # one CPU: the PROD pod's limit
     outputs = yaml.safe_load(PIPELINE.read_text())["pipeline"]["outputs"]
     (ours,) = [o for o in outputs if o["logstash_prefix"] == "fiboserver"]
-    limit = fluent_bit_size(ours["storage.total_limit_size"])
+    limit = parse_size(ours["storage.total_limit_size"])
     return {
         "lines_per_request": lines_per_request,
         "bytes_per_line": bytes_per_line,

@@ -19,8 +19,8 @@ from metrictools import (
     request_counts,
     samples,
     server,
+    wait_booted,
     wait_records,
-    wait_workers,
 )
 from procinfo import HOST
 from werkzeug.exceptions import MethodNotAllowed, NotFound
@@ -128,7 +128,7 @@ def test_random_requests_leave_the_series_count_unchanged(tmp_path: Path) -> Non
     """Every (method class, route, outcome) is visited once first: that is the bound.
     Then 10,000 requests with random paths, methods and n add no series."""
     with server(tmp_path, 2) as srv:
-        wait_workers(srv, 2)
+        wait_booted(srv, 2)
         visit = [
             (method, path)
             for method in [*sorted(KNOWN_METHODS), "PROPFIND"]

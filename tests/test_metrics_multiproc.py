@@ -19,8 +19,8 @@ from metrictools import (
     samples,
     server,
     value,
+    wait_booted,
     wait_records,
-    wait_workers,
 )
 from procinfo import child_pids, is_listening
 from prometheus_client import CollectorRegistry
@@ -147,7 +147,7 @@ def test_directory_emptied_at_start_and_kept_from_a_second_server(tmp_path: Path
     # What a previous container left: a counter of a process long gone.
     (tmp_path / "old").mkdir()
     with server(tmp_path / "old", 1, PROMETHEUS_MULTIPROC_DIR=str(directory)) as old:
-        wait_workers(old, 1)
+        wait_booted(old, 1)
         for _ in range(5):
             old.get("/dev/fibo?n=7")
         wait_records(old, "end", 5)
@@ -156,7 +156,7 @@ def test_directory_emptied_at_start_and_kept_from_a_second_server(tmp_path: Path
     assert list(directory.glob("counter_*.db"))
     (tmp_path / "new").mkdir()
     with server(tmp_path / "new", 1, PROMETHEUS_MULTIPROC_DIR=str(directory)) as srv:
-        wait_workers(srv, 1)
+        wait_booted(srv, 1)
         scraped = samples(srv.scrape())
         assert value(scraped, "fiboserver_cache_requests_total", result="miss") == 0
         assert request_counts(scraped) == collections.Counter()
@@ -178,7 +178,7 @@ def test_without_the_variable_a_private_directory_lives_as_long_as_the_server(
     tmp_path: Path,
 ) -> None:
     with server(tmp_path, 1, PROMETHEUS_MULTIPROC_DIR="") as srv:
-        wait_workers(srv, 1)
+        wait_booted(srv, 1)
         directory = Path(srv.wait_for("metrics server start")["metrics_dir"])
         assert directory.is_dir() and directory != srv.metrics_dir
         srv.get("/dev/fibo?n=3")
@@ -194,7 +194,7 @@ def test_usr2_shares_the_directory_and_takes_the_port_over(tmp_path: Path) -> No
     fights for the port: it serves /metrics once the old master has gone, and no
     counter went backwards on the way."""
     with server(tmp_path, 1) as srv:
-        wait_workers(srv, 1)
+        wait_booted(srv, 1)
         for _ in range(10):
             srv.get("/dev/fibo?n=12")
         wait_records(srv, "end", 10)
@@ -203,7 +203,7 @@ def test_usr2_shares_the_directory_and_takes_the_port_over(tmp_path: Path) -> No
         srv.terminate(signal.SIGUSR2)
         srv.wait_for("metrics port in use, waiting for it", start=mark, timeout=30)
         new_master = srv.wait_for("server start", start=mark)
-        wait_workers(srv, 2, start=0)  # the old one's and the new master's
+        wait_booted(srv, 2, start=0)  # the old one's and the new master's
         workers = {r["pid"] for r in srv.find("worker booted")}
         new_pid = [p for p in child_pids(srv.pid) if p not in workers]  # the new master
         assert new_master and len(new_pid) == 1, new_pid

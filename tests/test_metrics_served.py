@@ -19,8 +19,8 @@ from metrictools import (
     samples,
     server,
     value,
+    wait_booted,
     wait_records,
-    wait_workers,
     worker_values,
 )
 
@@ -31,7 +31,7 @@ ROUTES = ("/dev/fibo", "/dev/healthz", "/dev/readyz")
 
 def test_a_known_mix_is_counted_exactly_over_two_workers(tmp_path: Path) -> None:
     with server(tmp_path, 2) as srv:
-        pids = wait_workers(srv, 2)
+        pids = wait_booted(srv, 2)
         for _ in range(3):  # three rounds: each worker surely serves some
             for method, path, status, _ in MIX:
                 assert srv.get(path, method=method)[0] == status, (method, path)
@@ -78,7 +78,7 @@ def test_a_known_mix_is_counted_exactly_over_two_workers(tmp_path: Path) -> None
 def test_promtool_check_metrics_is_clean(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
     with server(tmp_path, 2) as srv:
-        wait_workers(srv, 2)
+        wait_booted(srv, 2)
         for method, path, status, _ in MIX:
             assert srv.get(path, method=method)[0] == status
         text = srv.scrape()
@@ -90,7 +90,7 @@ def test_promtool_check_metrics_is_clean(tmp_path: Path) -> None:
 
 def test_openmetrics_when_asked_and_no_metrics_on_the_api_port(tmp_path: Path) -> None:
     with server(tmp_path, 1) as srv:
-        wait_workers(srv, 1)
+        wait_booted(srv, 1)
         accept = {"Accept": "application/openmetrics-text; version=1.0.0"}
         status, headers, body = srv.get("/metrics", headers=accept, port=srv.metrics_port)
         assert status == 200
@@ -105,7 +105,7 @@ def test_openmetrics_when_asked_and_no_metrics_on_the_api_port(tmp_path: Path) -
 
 def test_metrics_port_zero_turns_metrics_off(tmp_path: Path) -> None:
     with server(tmp_path, 1, {"metrics_port": 0}) as srv:
-        wait_workers(srv, 1)
+        wait_booted(srv, 1)
         assert srv.get("/dev/fibo?n=10")[0] == 200
         assert not srv.find("metrics server start")
         assert not srv.metrics_dir.exists() or not list(srv.metrics_dir.iterdir())

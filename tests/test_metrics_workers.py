@@ -23,8 +23,8 @@ from metrictools import (
     samples,
     server,
     value,
+    wait_booted,
     wait_records,
-    wait_workers,
     worker_values,
 )
 from serverproc import ServerProcess
@@ -70,7 +70,7 @@ def serving_worker(conn: http.client.HTTPConnection, workers: Iterable[int]) -> 
 
 def test_sigkill_of_a_worker(tmp_path: Path) -> None:
     with server(tmp_path, 2) as srv:
-        pids = wait_workers(srv, 2)
+        pids = wait_booted(srv, 2)
         for method, path, status, _ in MIX:
             assert srv.get(path, method=method)[0] == status
         # A keep-alive connection fills one worker's cache with known entries.
@@ -89,7 +89,7 @@ def test_sigkill_of_a_worker(tmp_path: Path) -> None:
         mark = len(srv.records)
         os.kill(victim, signal.SIGKILL)
         srv.wait_for("worker exited", where=lambda r: r["pid"] == victim, start=mark)
-        wait_workers(srv, 1, start=mark)
+        wait_booted(srv, 1, start=mark)
         after = samples(srv.scrape())
 
     assert never_went_down(before, after) == []
@@ -112,13 +112,13 @@ def test_sigkill_of_a_worker(tmp_path: Path) -> None:
 def test_exit_reasons_exited_and_timeout(tmp_path: Path) -> None:
     # timeout 2 s: a stopped worker is aborted (and then killed) within seconds.
     with server(tmp_path, 1, GUNICORN_CMD_ARGS="--timeout 2") as srv:
-        (first,) = wait_workers(srv, 1)
+        (first,) = wait_booted(srv, 1)
         mark = len(srv.records)
         os.kill(first, signal.SIGTERM)  # a worker asked to stop ends by itself
-        (second,) = wait_workers(srv, 1, start=mark)
+        (second,) = wait_booted(srv, 1, start=mark)
         mark = len(srv.records)
         os.kill(second, signal.SIGSTOP)  # silent: the master aborts it on timeout
-        wait_workers(srv, 1, start=mark)
+        wait_booted(srv, 1, start=mark)
         scraped = samples(srv.scrape())
     reasons = {r["pid"]: r["reason"] for r in srv.find("worker exited")}
     assert (reasons[first], reasons[second]) == ("exited", "timeout")
@@ -129,7 +129,7 @@ def test_exit_reasons_exited_and_timeout(tmp_path: Path) -> None:
 
 def test_200_replacements_keep_the_scrape_fast(tmp_path: Path) -> None:
     with server(tmp_path, 1) as srv:
-        (pid,) = wait_workers(srv, 1)
+        (pid,) = wait_booted(srv, 1)
         for method, path, status, _ in MIX:
             assert srv.get(path, method=method)[0] == status
         wait_records(srv, "end", len(MIX))
@@ -142,7 +142,7 @@ def test_200_replacements_keep_the_scrape_fast(tmp_path: Path) -> None:
             wait_records(srv, "end", 1, start=mark)
             mark = len(srv.records)
             os.kill(pid, signal.SIGKILL)
-            (pid,) = wait_workers(srv, 1, start=mark)
+            (pid,) = wait_booted(srv, 1, start=mark)
         wait_records(srv, "worker exited", 200)
         churned = timed_scrapes(srv)
         last = samples(srv.scrape())
@@ -181,14 +181,14 @@ def test_hup_keeps_every_count(tmp_path: Path) -> None:
     """A reload replaces the workers in the same master: the directory, the port
     and every count stay; the old workers' exits are `exited`."""
     with server(tmp_path, 2) as srv:
-        wait_workers(srv, 2)
+        wait_booted(srv, 2)
         for method, path, status, _ in MIX:
             assert srv.get(path, method=method)[0] == status
         wait_records(srv, "end", len(MIX))
         before = samples(srv.scrape())
         mark = len(srv.records)
         srv.terminate(signal.SIGHUP)
-        wait_workers(srv, 2, start=mark)
+        wait_booted(srv, 2, start=mark)
         wait_records(srv, "worker exited", 2, start=mark)
         after = samples(srv.scrape())
     assert never_went_down(before, after) == []
@@ -200,7 +200,7 @@ def test_hup_keeps_every_count(tmp_path: Path) -> None:
 
 def test_draining_is_one_from_sigterm_until_exit(tmp_path: Path) -> None:
     with server(tmp_path, 1, GUNICORN_CMD_ARGS="--graceful-timeout 10") as srv:
-        (worker,) = wait_workers(srv, 1)
+        (worker,) = wait_booted(srv, 1)
         assert value(samples(srv.scrape()), "fiboserver_draining") == 0
         os.kill(worker, signal.SIGSTOP)  # holds the drain open
         try:
