@@ -20,10 +20,12 @@ def proc_cpu_ticks(pid: int) -> int:
 
 
 def proc_rss_bytes(pid: int) -> int:
+    """Resident set size of `pid` (VmRSS in /proc/<pid>/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
-    return 0
+    # A zombie has no VmRSS: measuring it is a mistake, not a size of 0.
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def machine_busy_ticks() -> int:

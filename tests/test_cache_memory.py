@@ -24,6 +24,7 @@ from pathlib import Path
 from procinfo import child_pids
 from serverproc import ServerProcess
 
+from bench.procstat import proc_rss_bytes
 from fiboserver.cache import FiboCache
 from fiboserver.fibo import fibonacci_digits
 
@@ -69,13 +70,6 @@ def test_walking_every_n_stays_within_the_budget_by_tracemalloc() -> None:
     )
     assert entries > 100  # the walk really filled and churned it
     assert used > budget * 0.9, f"the budget is far from used ({used}): the walk proves little"
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def walk(srv: ServerProcess, ns: Iterable[int], clients: int = 4) -> None:
@@ -126,11 +120,11 @@ def test_a_worker_walking_large_n_grows_by_at_most_the_budget(tmp_path: Path) ->
             srv.wait_for("worker booted", timeout=30)
             (worker,) = child_pids(srv.pid)
             walk(srv, list(range(200)) * 2)  # a serving worker, code paths warm
-            before = rss_bytes(worker)
+            before = proc_rss_bytes(worker)
             for ns in walks:
                 walk(srv, ns)
             assert child_pids(srv.pid) == {worker}, "the worker was replaced"
-            growth[label] = rss_bytes(worker) - before
+            growth[label] = proc_rss_bytes(worker) - before
 
     runs = [
         threading.Thread(target=run, args=("cache", True)),

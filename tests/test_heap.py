@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
-from pathlib import Path
 
 import pytest
 
+from bench.procstat import proc_rss_bytes
 from fiboserver import heap
 
 GLIBC = platform.libc_ver()[0] == "glibc"
-
-
-def rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 @pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's")
@@ -44,9 +38,9 @@ def test_free_pages_inside_the_heap_are_given_back() -> None:
         pins.append(bytearray(600))
         block[-1] = 1
     del large, block
-    before = rss_bytes()
+    before = proc_rss_bytes(os.getpid())
     heap.release_free_pages()
-    given_back = before - rss_bytes()
+    given_back = before - proc_rss_bytes(os.getpid())
     assert given_back > 20 * 2**20, f"{given_back / 2**20:.1f} MiB given back of about 38"
     assert len(pins) == 2000
 
