@@ -122,11 +122,8 @@ def shed_count(log_text: str) -> int:
 
 
 def log_records(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for line in path.read_text().splitlines():
-        parsed = json.loads(line)  # every line is one JSON object (SPEC section 4)
-        records.append(parsed)
-    return records
+    # Every line is one JSON object (SPEC section 4).
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_a_flood_is_shed_while_probes_answer_and_work_goes_on(
