@@ -28,10 +28,11 @@ run: $(INSTALLED) ## serve the DEV configuration on :8080 in the foreground (Ctr
 test: $(INSTALLED) ## run every test (CI=true: a missing tool fails instead of skipping)
 	$(BIN)/pytest
 
-lint: $(INSTALLED) ## ruff and mypy
+lint: $(INSTALLED) ## ruff, mypy and the import contracts (README "Architecture")
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # --- metrics (issue 10; README "Metrics") -------------------------------------------
 # Debian's prometheus package (apt-get install prometheus) on 127.0.0.1:9090,

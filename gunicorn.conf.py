@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 
-from fiboserver import hooks, logs
-from fiboserver.startup import config_or_exit, workers_or_exit
+from fiboserver import logs
+from fiboserver.server import hooks
+from fiboserver.server.startup import config_or_exit, workers_or_exit
 
 # Underscored names: gunicorn takes a public name that matches a setting as one.
 _config = config_or_exit(os.environ)
@@ -52,11 +53,11 @@ loglevel = _config.loglevel.lower()
 logconfig_dict = logs.logconfig_dict(_config.loglevel)
 accesslog = None  # the app logs `start` and `end` for each request
 # ...and this logger class spares gunicorn building an access record per request
-# that nobody sees (bench, README "Performance").
-logger_class = "fiboserver.logs.GunicornLogger"
+# that nobody sees (docs/performance.md).
+logger_class = "fiboserver.gunicorn_internals.GunicornLogger"
 errorlog = "-"
 
-# --- server hooks (fiboserver/hooks.py) ----------------------------------------
+# --- server hooks (fiboserver/server/hooks.py) ---------------------------------
 
 # Master, once the listening sockets are open, before the workers start.
 when_ready = hooks.when_ready

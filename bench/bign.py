@@ -16,7 +16,7 @@ _BIG_N_PROBE = r"""
 import json, sys, time
 n = int(sys.argv[1])
 sys.set_int_max_str_digits(0)
-from fiboserver.fibo import fibonacci_digits
+from fiboserver.app.fibo import fibonacci_digits
 t0 = time.perf_counter()
 fast = fibonacci_digits(n)
 t1 = time.perf_counter()

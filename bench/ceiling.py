@@ -15,8 +15,8 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from fiboserver.app.fibo import fibonacci_digits
 from fiboserver.config import CONFIG_ENV, load_config
-from fiboserver.fibo import fibonacci_digits
 
 _CONFIG = load_config(os.environ[CONFIG_ENV])
 _FIBO_PATH = _CONFIG.prefix + "/fibo"

@@ -15,8 +15,8 @@ import os
 
 from flask import Blueprint, Flask, Response, request
 
+from fiboserver.app.fibo import fibonacci_digits
 from fiboserver.config import CONFIG_ENV, load_config
-from fiboserver.fibo import fibonacci_digits
 
 _CONFIG = load_config(os.environ[CONFIG_ENV])
 # Same length as a UUID4, so the bytes on the wire match the service's.

@@ -16,7 +16,7 @@ import yaml
 CONFIG_ENV = "FIBOSERVER_CONFIG"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MAX_SEQ_LIMIT = 100_000
-# The OpenTelemetry Prometheus exporter's port; 0 turns metrics off (SPEC section 11).
+# The OpenTelemetry Prometheus exporter's port; 0 turns metrics off (docs/metrics.md).
 DEFAULT_METRICS_PORT = 9464
 _ENV_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,30}")
 

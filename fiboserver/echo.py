@@ -3,7 +3,8 @@
 An error message that quotes the client helps them find their mistake, but the
 whole input (up to 4 KB of request line, or more) in every response and every
 log record costs bandwidth and log storage and hands an attacker a way to fill
-both. SPEC section 2: at most 40 characters of client input; the rest is elided.
+both. So an answer or a record quotes at most 40 characters of client input and
+elides the rest (README "HTTP API").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Process lifecycle state shared by the gunicorn worker and the routes.
+"""Draining: state of one worker process, set by its event loop, read by its request threads.
 
 A worker that received SIGTERM keeps serving the requests it has, but
 `/readyz` must then answer 503 so that nothing new is sent its way.

@@ -13,17 +13,16 @@ import time
 from contextvars import ContextVar
 from typing import Any
 
-from gunicorn.glogging import Logger as _GunicornLogger
 from pythonjsonlogger.json import JsonEncoder
 from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
 
-# Set by the access hooks for the duration of a request (one context per thread).
+# Set by the access middleware for the duration of a request (one context per thread).
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Our records show none of the caller's file and line, thread or process (a
 # worker's records carry `pid` explicitly), so the logging module need not look
 # them up for every record: its documented optimisations (logging HOWTO,
-# "Optimization"). About a quarter of the cost of a request's two records.
+# "Optimization"); docs/performance.md has what they save.
 logging._srcfile = None  # no sys._getframe() walk to find the caller
 logging.logThreads = False
 logging.logProcesses = False
@@ -58,7 +57,7 @@ class JsonFormatter(_LibraryJsonFormatter):
     def __init__(self) -> None:
         # No `fmt` fields, renames, defaults or static fields: add_fields below
         # writes every key itself, which is what lets it skip the library's
-        # general merge (a tenth of a record's cost).
+        # general merge (docs/performance.md).
         super().__init__(fmt=())
         # One encoder for every record: json.dumps(cls=...) builds a new one per
         # record. Encoding keeps no state between calls, so threads can share it.
@@ -105,19 +104,6 @@ class GunicornMetricFields(logging.Filter):
         if hasattr(record, "mtype") and hasattr(record, "value"):
             record.metric_value = record.__dict__.pop("value")
         return True
-
-
-class GunicornLogger(_GunicornLogger):  # type: ignore[misc]
-    """gunicorn's logger minus its access record; gunicorn's `logger_class` setting.
-
-    The app writes `start` and `end` itself. gunicorn builds the atoms of its own
-    access record for every request whenever a logging config is given, even with
-    `accesslog` unset and the `gunicorn.access` logger silenced: about 9 % of a
-    worker's CPU on a cached request, for a record nobody sees.
-    """
-
-    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
-        return None
 
 
 def logconfig_dict(level: str) -> dict[str, Any]:

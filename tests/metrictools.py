@@ -18,7 +18,7 @@ from serverproc import ServerProcess
 
 from fiboserver.app import create_app
 from fiboserver.config import parse_config
-from fiboserver.metrics import Metrics
+from fiboserver.metrics.definitions import Metrics
 
 DURATION = "http_server_request_duration_seconds"
 Key = tuple[str, frozenset[tuple[str, str]]]

@@ -1,4 +1,4 @@
-"""The access middleware (fiboserver/access.py) as the WSGI component it is (PEP 3333).
+"""The access middleware (fiboserver/app/access.py) as the WSGI component it is (PEP 3333).
 
 A server calls close() on the body it was given once the response is sent; a
 middleware that wraps the body must pass that call on, or the application's own
@@ -12,7 +12,8 @@ from typing import Any
 
 from conftest import JsonCapture
 
-from fiboserver.access import REQUEST_ID_HEADER, AccessLog
+from fiboserver.app.access import AccessLog
+from fiboserver.request_ids import HEADER as REQUEST_ID_HEADER
 
 Headers = list[tuple[str, str]]
 

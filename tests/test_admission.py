@@ -1,10 +1,10 @@
-"""fiboserver.admission: the pure policy behind 503 overloaded, on a fake clock."""
+"""fiboserver.worker.admission: the pure policy behind 503 overloaded, on a fake clock."""
 
 from __future__ import annotations
 
 import pytest
 
-from fiboserver.admission import Admission, Pacer, Verdict
+from fiboserver.worker.admission import Admission, Pacer, Verdict
 
 
 def test_starts_while_threads_are_free_then_queues_then_sheds() -> None:

@@ -1,11 +1,11 @@
-"""fiboserver.boot_signals: what the master's handlers queued in a booting worker."""
+"""fiboserver.gunicorn_internals: what the master's handlers queued in a booting worker."""
 
 from __future__ import annotations
 
 import queue
 import signal
 
-from fiboserver.boot_signals import caught_before_init
+from fiboserver.gunicorn_internals import signals_queued_before_init
 
 
 class _Arbiter:
@@ -23,12 +23,12 @@ def test_signals_queued_before_init_are_found_once() -> None:
     arbiter.signal(signal.SIGTERM, None)
     arbiter.signal(signal.SIGTERM, None)
     arbiter.signal(signal.SIGQUIT, None)
-    assert caught_before_init(arbiter.signal) == {signal.SIGTERM, signal.SIGQUIT}
+    assert signals_queued_before_init(arbiter.signal) == {signal.SIGTERM, signal.SIGQUIT}
     assert arbiter.SIG_QUEUE.empty()
-    assert caught_before_init(arbiter.signal) == set()
+    assert signals_queued_before_init(arbiter.signal) == set()
 
 
 def test_a_handler_that_is_not_the_masters_queues_nothing() -> None:
-    assert caught_before_init(signal.SIG_DFL) == set()
-    assert caught_before_init(None) == set()
-    assert caught_before_init(print) == set()  # a builtin: __self__ is a module
+    assert signals_queued_before_init(signal.SIG_DFL) == set()
+    assert signals_queued_before_init(None) == set()
+    assert signals_queued_before_init(print) == set()  # a builtin: __self__ is a module

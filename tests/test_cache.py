@@ -12,7 +12,7 @@ from conftest import JsonCapture
 from flask import Flask
 
 from fiboserver.app import create_app
-from fiboserver.cache import LOGGED_VALUE_CHARS, FiboCache, elide
+from fiboserver.app.cache import LOGGED_VALUE_CHARS, FiboCache, elide
 from fiboserver.config import parse_config
 
 

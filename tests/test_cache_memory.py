@@ -25,8 +25,8 @@ from procinfo import child_pids
 from serverproc import ServerProcess
 
 from bench.procstat import proc_rss_bytes
-from fiboserver.cache import FiboCache
-from fiboserver.fibo import fibonacci_digits
+from fiboserver.app.cache import FiboCache
+from fiboserver.app.fibo import fibonacci_digits
 
 # What the interpreter's free lists (tuples from popitem, dict key tables) may
 # hold on to during the walk: not the cache's memory.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fiboserver.cgroup import cpu_limit, default_workers, workers_for
+from fiboserver.server.cgroup import cpu_limit, default_workers, workers_for
 
 AFFINITY = len(os.sched_getaffinity(0))
 

@@ -1,4 +1,5 @@
-"""fiboserver.connections: the worker loop's waiting sets, on real sockets and a real poller."""
+"""fiboserver.worker.connections: the worker loop's connection states, on real sockets
+and a real poller."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fiboserver.connections import Conn, Connections, raise_open_files_limit
+from fiboserver.worker.connections import Conn, Connections, State, raise_open_files_limit
 
 
 @pytest.fixture
@@ -37,17 +38,17 @@ def test_a_connection_waits_in_one_set_in_deadline_order(conns: Connections) -> 
     first, c1 = _conn(conns)
     second, c2 = _conn(conns)
     with c1, c2:
-        conns.wait(first, conns.heads, 10.0)
-        conns.wait(second, conns.heads, 20.0)
-        assert list(conns.heads) == [first, second] and conns.next_deadline() == 10.0
+        conns.wait(first, State.HEAD, 10.0)
+        conns.wait(second, State.HEAD, 20.0)
+        assert conns.in_state(State.HEAD) == [first, second] and conns.next_deadline() == 10.0
         assert first.registered and conns.poller.get_key(first.sock).data is first
         assert list(conns.expired(15.0)) == [first]
-        assert first.waiting is None and list(conns.heads) == [second]
+        assert first.state is State.EXPIRED and conns.in_state(State.HEAD) == [second]
         # Out of its set, still registered: it may wait again without a system call.
         assert first.registered
-        conns.wait(first, conns.idle, 30.0)
-        conns.release(second)
-        assert not second.registered and second.waiting is None
+        conns.wait(first, State.IDLE, 30.0)
+        conns.release(second, State.SERVING)
+        assert not second.registered and second.state is State.SERVING
         assert conns.next_deadline() == 30.0
         conns.close(first)
         conns.close(second)
@@ -59,7 +60,7 @@ def test_close_lingering_half_closes_and_waits_for_the_client(conns: Connections
     with client:
         conns.close_lingering(conn)
         assert client.recv(10) == b""  # our side is shut: the client sees the end
-        assert conn.waiting is conns.closing and conns.open == 1
+        assert conn.state is State.CLOSING and conns.open == 1
         conns.close(conn)
     assert conns.open == 0
 
@@ -70,9 +71,9 @@ def test_eviction_frees_the_longest_idle_silent_connection(conns: Connections) -
     idle, c3 = _conn(conns)
     with c1, c2, c3:
         talking.buf = b"GET /"
-        conns.wait(talking, conns.heads, 5.0)
-        conns.wait(silent, conns.heads, 6.0)
-        conns.wait(idle, conns.idle, 7.0)
+        conns.wait(talking, State.HEAD, 5.0)
+        conns.wait(silent, State.HEAD, 6.0)
+        conns.wait(idle, State.IDLE, 7.0)
         assert conns.evict_idle()  # kept-alive first
         assert idle.sock.fileno() == -1
         assert conns.evict_idle()
@@ -86,10 +87,10 @@ def test_stopping_caps_every_wait(conns: Connections) -> None:
     waiting, c1 = _conn(conns)
     later, c2 = _conn(conns)
     with c1, c2:
-        conns.wait(waiting, conns.idle, 75.0)
+        conns.wait(waiting, State.IDLE, 75.0)
         conns.stop_by(2.0)
         assert waiting.deadline == 2.0
-        conns.wait(later, conns.heads, 10.0)
+        conns.wait(later, State.HEAD, 10.0)
         assert later.deadline == 2.0
         conns.close_all()
 

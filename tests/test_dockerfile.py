@@ -202,7 +202,8 @@ def test_dockerignore_keeps_secrets_tests_and_venvs_out() -> None:
         assert ignored(path, patterns), path
     # Everything the Dockerfile copies from the context is in it.
     for path in (
-        "pyproject.toml", "requirements.lock", "README.md", "gunicorn.conf.py", "fiboserver/app.py",
+        "pyproject.toml", "requirements.lock", "README.md", "gunicorn.conf.py",
+        "fiboserver/app/factory.py",
     ):  # fmt: skip
         assert not ignored(path, patterns), path
     sources = [

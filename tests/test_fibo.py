@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 
-from fiboserver.fibo import fibonacci_digits
+from fiboserver.app.fibo import fibonacci_digits
 
 SPOT = [2001, 4000, 20000, 20577, 20578, 50000, 77777, 99999, 100000]
 

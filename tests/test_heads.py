@@ -1,4 +1,4 @@
-"""fiboserver.heads: where a request head ends and what the event loop reads from it."""
+"""fiboserver.worker.heads: where a request head ends and what the event loop reads from it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from http import HTTPStatus
 
 import pytest
 
-from fiboserver.heads import (
+from fiboserver.worker.heads import (
     MAX_HEAD_BYTES,
     HeadError,
     head_length,
@@ -93,10 +93,13 @@ def test_incoming_request_id_in_any_case() -> None:
     assert incoming_request_id(b"GET /x-request-id: HTTP/1.1\r\n\r\n") is None
 
 
-def test_the_app_names_its_probe_paths() -> None:
-    from fiboserver.app import create_app, probe_paths
+def test_the_app_tells_the_servers_its_probe_paths_and_metrics() -> None:
+    from fiboserver.app import create_app
     from fiboserver.config import Config
+    from fiboserver.serving import Serving, serving_of
 
-    app = create_app(Config(env="PROD", maxseq=10))
-    assert probe_paths(app) == {"/prod/healthz", "/prod/readyz"}
-    assert probe_paths(object()) == frozenset()  # any other WSGI app: no probe lane
+    serving = serving_of(create_app(Config(env="PROD", maxseq=10, metrics_port=0)))
+    assert serving.probe_paths == {"/prod/healthz", "/prod/readyz"}
+    assert serving.requests is None and serving.metrics_port == 0
+    # Any other WSGI app (the benchmark's ceiling): no probe lane, no metrics.
+    assert serving_of(object()) == Serving()

@@ -1,4 +1,4 @@
-"""fiboserver/heap.py: free pages inside the C heap go back to the OS (glibc)."""
+"""fiboserver/app/heap.py: free pages inside the C heap go back to the OS (glibc)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import platform
 import pytest
 
 from bench.procstat import proc_rss_bytes
-from fiboserver import heap
+from fiboserver.app import heap
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 

@@ -1,4 +1,4 @@
-"""fiboserver.hooks and fiboserver.listener: the master's side of a graceful stop.
+"""fiboserver.server.hooks and fiboserver.server.listener: the master's side of a graceful stop.
 
 The socket filter is checked on a real listening socket on 127.0.0.1: after it
 is attached a new connect gets no answer, while a connection the kernel had
@@ -17,7 +17,7 @@ import pytest
 from procinfo import HOST
 from serverproc import ServerProcess
 
-from fiboserver.listener import refuse_new_connections
+from fiboserver.server.listener import refuse_new_connections
 
 
 def _listener() -> socket.socket:

@@ -34,7 +34,7 @@ from bench.pairs import measured_wrk
 from bench.servers import Server
 from bench.wrk import WrkSettings, cached_load, run_wrk
 from fiboserver.echo import ECHO_LIMIT
-from fiboserver.heads import HEAD_TIMEOUT
+from fiboserver.worker.heads import HEAD_TIMEOUT
 
 IDLE = 200
 SLOWLORIS = 50

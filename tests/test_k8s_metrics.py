@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from appk8s import ENVS, container_of, find, one, overlay_config, pod_of, render
 
-from fiboserver.multiproc import ENV as MULTIPROC_ENV
+from fiboserver.metrics.multiproc import ENV as MULTIPROC_ENV
 
 
 def metrics_port(env: str) -> int:

@@ -10,7 +10,7 @@ import pytest
 from appk8s import container_of, parse_quantity, pod_of
 from kube import Obj
 
-from fiboserver.cgroup import workers_for
+from fiboserver.server.cgroup import workers_for
 
 
 def qos_class(pod_spec: Obj) -> str:

@@ -26,7 +26,7 @@ from procinfo import HOST
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
-from fiboserver.metrics import (
+from fiboserver.metrics.definitions import (
     COMPUTE_BUCKETS,
     KNOWN_METHODS,
     REQUEST_BUCKETS,

@@ -1,4 +1,4 @@
-"""The /metrics listener (fiboserver.exposition.MetricsServer) on a private
+"""The /metrics listener (fiboserver.metrics.exposition.MetricsServer) on a private
 registry: Prometheus text, OpenMetrics and gzip when asked, HEAD, 404 elsewhere,
 and an error for a port already taken."""
 
@@ -13,7 +13,7 @@ import pytest
 from metrictools import Recorded
 from procinfo import HOST, free_port
 
-from fiboserver.exposition import MetricsServer
+from fiboserver.metrics.exposition import MetricsServer
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The multiprocess directory (fiboserver.multiproc, SPEC section 11): dead
+"""The multiprocess directory (fiboserver.metrics.multiproc, SPEC section 11): dead
 workers' files archived with every count, the directory emptied and locked at
 start, a private one when none is set; and with the real server: a second server
 refused, a restart from zero, a USR2 master sharing the directory and taking the
@@ -28,7 +28,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
-from fiboserver import multiproc
+from fiboserver.metrics import multiproc
 
 # -- on files written as prometheus_client writes them ------------------------------
 

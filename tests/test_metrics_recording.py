@@ -15,8 +15,8 @@ from metrictools import DURATION, Recorded, app_with
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fiboserver.access import AccessLog
-from fiboserver.metrics import RequestMetrics
+from fiboserver.app.access import AccessLog
+from fiboserver.metrics.definitions import RequestMetrics
 
 
 def test_a_mix_of_requests_is_counted_by_method_route_and_status(
@@ -159,9 +159,9 @@ def test_metrics_port_zero_records_nothing(recorded: Recorded) -> None:
 
 def test_prometheus_client_is_imported_only_when_metrics_are_built() -> None:
     """The gunicorn master loads the app before PROMETHEUS_MULTIPROC_DIR is ready:
-    nothing on the way may import prometheus_client (fiboserver.metrics)."""
+    nothing on the way may import prometheus_client (fiboserver.metrics.definitions)."""
     code = (
-        "import sys, fiboserver.app, fiboserver.hooks, fiboserver.startup\n"
+        "import sys, fiboserver.app, fiboserver.server.hooks, fiboserver.server.startup\n"
         "from fiboserver.app import create_app\n"
         "from fiboserver.config import parse_config\n"
         "create_app(parse_config({'env': 'DEV', 'maxseq': 10}, 't'))\n"

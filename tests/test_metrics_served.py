@@ -24,7 +24,7 @@ from metrictools import (
     worker_values,
 )
 
-from fiboserver.metrics import REQUEST_BUCKETS
+from fiboserver.metrics.definitions import REQUEST_BUCKETS
 
 ROUTES = ("/dev/fibo", "/dev/healthz", "/dev/readyz")
 

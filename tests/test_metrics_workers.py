@@ -29,7 +29,7 @@ from metrictools import (
 )
 from serverproc import ServerProcess
 
-from fiboserver.servermetrics import exit_reason
+from fiboserver.metrics.master import exit_reason
 
 # -- the reason a worker's exit is counted under ---------------------------------------
 
@@ -40,7 +40,7 @@ from fiboserver.servermetrics import exit_reason
      (True, False, "timeout")],
 )  # fmt: skip
 def test_exit_reason(aborted: bool, by_itself: bool, reason: str) -> None:
-    assert exit_reason(aborted, by_itself) == reason
+    assert exit_reason(aborted, by_itself).value == reason
 
 
 # -- workers that die: nothing goes backwards, the dead leave the live gauges ---------

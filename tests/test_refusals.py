@@ -1,4 +1,4 @@
-"""fiboserver.refusals and fiboserver.echo: the answers the server writes without the app,
+"""fiboserver.worker.refusals and fiboserver.echo: the answers the server writes without the app,
 and how much of the client's input they and their log record quote."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from conftest import JsonCapture
 from gunicorn.http import errors as http_errors
 from logpipeline import FIELD_TYPES, json_type
 
-from fiboserver import refusals
-from fiboserver.admission import Pacer
-from fiboserver.connections import Conn, Connections
+from fiboserver.app.routes import parse_n
 from fiboserver.echo import ECHO_LIMIT, bounded, quoted
-from fiboserver.routes import parse_n
+from fiboserver.worker import refusals
+from fiboserver.worker.admission import Pacer
+from fiboserver.worker.connections import Conn, Connections
 
 
 def _split(data: bytes) -> tuple[str, dict[str, str], bytes]:
@@ -29,7 +29,7 @@ def _split(data: bytes) -> tuple[str, dict[str, str], bytes]:
 
 
 def test_response_is_json_with_request_id_and_closes() -> None:
-    data = refusals.response(HTTPStatus.SERVICE_UNAVAILABLE, "overloaded", "rid-1", retry_after=1)
+    data = refusals.response(refusals.overloaded(3), "rid-1")
     status, headers, body = _split(data)
     assert status == "HTTP/1.1 503 Service Unavailable"
     assert json.loads(body) == {"error": "overloaded"}
@@ -43,7 +43,8 @@ def test_response_is_json_with_request_id_and_closes() -> None:
 
 
 def test_response_to_head_has_no_body() -> None:
-    data = refusals.response(HTTPStatus.BAD_REQUEST, "x", "rid", with_body=False)
+    refusal = refusals.Refusal(HTTPStatus.BAD_REQUEST, "x", "x")
+    data = refusals.response(refusal, "rid", with_body=False)
     _, headers, body = _split(data)
     assert body == b"" and int(headers["Content-Length"]) > 0
     assert "Retry-After" not in headers
@@ -63,7 +64,7 @@ def test_response_to_head_has_no_body() -> None:
 )
 def test_parse_errors_map_to_their_status(exc: Exception, status: HTTPStatus) -> None:
     answer = refusals.parse_error(exc)
-    assert answer is not None and answer[0] is status
+    assert answer is not None and answer.status is status
 
 
 def test_other_exceptions_are_server_faults() -> None:
@@ -73,16 +74,12 @@ def test_other_exceptions_are_server_faults() -> None:
 def test_refuse_writes_the_answer_and_one_bounded_record(fibo_logs: JsonCapture) -> None:
     server, client = socket.socketpair()
     with server, client:
+        head = b"GET /prod/fibo?n=" + b"1" * 9000 + b" HTTP/1.1\r\nX-Request-ID: rid-414\r\n"
         refusals.refuse(
             server,
-            HTTPStatus.REQUEST_URI_TOO_LONG,
-            "request line too long",
-            errmsg="request line too long",
-            incoming_id="rid-414",
-            method="GET",
-            target="/prod/fibo?n=" + "1" * 9000,
-            client="127.0.0.1:1234",
-            started=time.monotonic(),
+            refusals.Refusal(HTTPStatus.REQUEST_URI_TOO_LONG, "request line too long", "too long"),
+            refusals.Refused.of(head, "127.0.0.1:1234", time.monotonic()),
+            None,
         )
         status, headers, body = _split(client.recv(4096))
     assert status.startswith("HTTP/1.1 414 ")
@@ -98,16 +95,12 @@ def test_refuse_writes_the_answer_and_one_bounded_record(fibo_logs: JsonCapture)
 def test_refuse_bounds_the_path_it_logs(fibo_logs: JsonCapture) -> None:
     server, client = socket.socketpair()
     with server, client:
+        head = b"X" * 100 + b" /" + b"p" * 5000 + b" HTTP/1.1\r\nX-Request-ID: not a valid id!\r\n"
         refusals.refuse(
             server,
-            HTTPStatus.BAD_REQUEST,
-            "malformed request",
-            errmsg="malformed request",
-            incoming_id="not a valid id!",
-            method="X" * 100,
-            target="/" + "p" * 5000,
-            client="127.0.0.1:1",
-            started=time.monotonic(),
+            refusals.Refusal(HTTPStatus.BAD_REQUEST, "malformed request", "malformed request"),
+            refusals.Refused.of(head, "127.0.0.1:1", time.monotonic()),
+            None,
         )
         _, headers, _ = _split(client.recv(4096))
     (record,) = fibo_logs.find("request refused")
@@ -144,7 +137,7 @@ def test_refuse_error_answers_what_the_thread_raised(
 ) -> None:
     server, client = socket.socketpair()
     with server, client:
-        refusals.refuse_error(server, exc, None, "127.0.0.1:9")
+        refusals.refuse_error(server, exc, None, "127.0.0.1:9", None)
         got, headers, body = _split(client.recv(4096))
     assert got.split()[1] == str(status) and json.loads(body)["error"]
     (record,) = fibo_logs.find("request refused")
@@ -160,7 +153,7 @@ def test_an_overloads_refusals_are_answered_each_and_logged_together(
     template says); a refusal of another kind in the batch keeps its own record."""
     with selectors.DefaultSelector() as poller:
         conns = Connections(poller)
-        pending = refusals.PendingRefusals(conns, Pacer(time.monotonic()))
+        pending = refusals.PendingRefusals(conns, Pacer(time.monotonic()), None)
         clients = []
         for i in range(6):
             server, client = socket.socketpair()
@@ -169,10 +162,10 @@ def test_an_overloads_refusals_are_answered_each_and_logged_together(
             conns.accepted(conn)
             conn.head = f"GET /prod/fibo?n={i} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
             if i == 5:
-                pending.add(conn, HTTPStatus.REQUEST_TIMEOUT, "request head timeout", "head")
+                timeout = HTTPStatus.REQUEST_TIMEOUT
+                pending.add(conn, refusals.Refusal(timeout, "request head timeout", "head"))
             else:
-                errmsg = f"overloaded: {i} requests waiting"
-                pending.add(conn, HTTPStatus.SERVICE_UNAVAILABLE, refusals.OVERLOADED, errmsg, 1)
+                pending.add(conn, refusals.overloaded(i))
         pending.write(time.monotonic(), keepalive=5.0)
         answers = [_split(c.recv(4096)) for c in clients]
         for c in clients:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -12,42 +10,14 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 
 from fiboserver.logs import request_id_var
-from fiboserver.metrics import RequestMetrics
+from fiboserver.metrics.definitions import RequestMetrics
+from fiboserver.request_ids import HEADER as REQUEST_ID_HEADER
+from fiboserver.request_ids import choose_request_id
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-REQUEST_ID_HEADER = "X-Request-ID"
-# An incoming id is echoed only when it is safe to put in logs and headers.
-_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
 log = logging.getLogger("fiboserver.access")
-
-
-# The first hex digit of a UUID's 9th byte carries the RFC 4122 variant (binary
-# 10xx): keep the random low two bits, set the top two.
-_VARIANT_DIGIT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
-
-
-def new_request_id() -> str:
-    """A random UUID4 in canonical form, as `str(uuid.uuid4())` gives it.
-
-    Built from the hex of 16 random bytes with the version and variant digits
-    set, without a UUID object: under half the cost, on every request that
-    brings no id of its own.
-    """
-    digits = os.urandom(16).hex()
-    return (
-        f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-"
-        f"{_VARIANT_DIGIT[digits[16]]}{digits[17:20]}-{digits[20:]}"
-    )
-
-
-def choose_request_id(incoming: str | None) -> str:
-    """The caller's id when it is 1 to 128 of [A-Za-z0-9._-], else a new UUID4."""
-    if incoming is not None and _VALID_REQUEST_ID.fullmatch(incoming):
-        return incoming
-    return new_request_id()
 
 
 def _path(environ: WSGIEnvironment) -> str:
@@ -61,7 +31,7 @@ def _path(environ: WSGIEnvironment) -> str:
 
 class _Closing:
     """A response body whose close() also runs `on_close` (werkzeug's
-    ClosingIterator, minus the generality that costs a few us per request)."""
+    ClosingIterator, minus the generality that costs time on every request)."""
 
     __slots__ = ("_body", "_on_close")
 
@@ -85,9 +55,10 @@ class AccessLog:
     """WSGI middleware around the Flask app: request id, `start` and `end` records.
 
     It works on the WSGI environ directly rather than through Flask's request
-    hooks: the hooks and the `request`/`g` proxies they read cost about a
-    fifth of a cached request. The request id is set in `request_id_var` until
-    the response is sent, so every record written meanwhile carries it;
+    hooks: the hooks and the `request`/`g` proxies they read are a large part
+    of a cached request's cost (docs/performance.md). The request id is set in
+    `request_id_var` until the response is sent, so every record written
+    meanwhile carries it;
     `X-Request-ID` is added to every response, errors included, and `end` is
     written when the server closes the response, so `duration_ms` includes
     sending it. With `metrics`, the request is counted in flight from `start`
@@ -150,61 +121,6 @@ class AccessLog:
             request_id_var.reset(token)
             raise
         return _Closing(body, end)
-
-
-def refused(
-    *,
-    status: int,
-    errmsg: str,
-    request_id: str,
-    method: str,
-    path: str,
-    client: str,
-    duration_ms: float,
-    metrics: RequestMetrics | None = None,
-    logged: bool = True,
-) -> None:
-    """The one record of a request the server answered without the app
-    (fiboserver.refusals: overload 503, the HTTP layer's 400/408/414/431):
-    the keys of `end`, plus what was refused in `errmsg`. Counted in the
-    request histogram like an `end`, with the record's own values.
-
-    `logged=False` counts it only: the refusals of an overload are logged
-    together (`shed`)."""
-    if metrics is not None:
-        metrics.observe(method, path, status, duration_ms / 1000)
-    if not logged:
-        return
-    log.warning(
-        "request refused",
-        extra={
-            "request_id": request_id,
-            "method": method,
-            "path": path,
-            "client": client,
-            "status": status,
-            "duration_ms": duration_ms,
-            "errmsg": errmsg,
-        },
-    )
-
-
-def shed(*, status: int, count: int, errmsg: str, duration_ms: float) -> None:
-    """One record for `count` requests refused together for overload, instead of
-    one each: a flood is refused hundreds of times a second, and a record per
-    refusal would cost the worker half of each refusal's CPU and hand the flood
-    on to the log pipeline. `duration_ms` is the longest any of them waited;
-    each is counted in the request histogram (`refused` with logged=False)."""
-    log.warning(
-        "requests refused",
-        extra={"status": status, "count": count, "duration_ms": duration_ms, "errmsg": errmsg},
-    )
-
-
-def request_metrics(app: object) -> RequestMetrics | None:
-    """What the app's access middleware records requests into (None without metrics)."""
-    wsgi_app = getattr(app, "wsgi_app", None)
-    return wsgi_app.metrics if isinstance(wsgi_app, AccessLog) else None
 
 
 def init_app(app: Flask, metrics: RequestMetrics | None = None) -> None:

@@ -10,24 +10,26 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from fiboserver.cache import EXTENSION_KEY, FiboCache
+from fiboserver.app.cache import EXTENSION_KEY, FiboCache
+from fiboserver.app.fibo import fibonacci_digits
 from fiboserver.echo import bounded, quoted
-from fiboserver.fibo import fibonacci_digits
 from fiboserver.lifecycle import is_draining
-from fiboserver.metrics import EXTENSION_KEY as METRICS_KEY
-from fiboserver.metrics import MetricsSource
+from fiboserver.metrics.definitions import EXTENSION_KEY as METRICS_KEY
+from fiboserver.metrics.definitions import MetricsSource
 
 bp = Blueprint("fibo", __name__)
 log = logging.getLogger("fiboserver.fibo")
 
 _PLAIN_INTEGER = re.compile(r"-?[0-9]+")
 # A query string of just `n=<digits>` (what clients send) is read as it is;
-# Werkzeug would parse it into a MultiDict first, a quarter of the route's cost.
+# Werkzeug would parse it into a MultiDict first, a large part of the route's
+# cost (docs/performance.md).
 # Anything else (more keys, %-escapes, no n) goes through request.args.
 _PLAIN_QUERY = re.compile(r"n=([0-9]{1,20})")
 JSON = "application/json"
 # The kubelet's probes (liveness, readiness): the worker gives them a lane of
-# their own so they answer in milliseconds however busy the other threads are.
+# their own (fiboserver.serving tells it their paths) so they answer in
+# milliseconds however busy the other threads are.
 PROBE_ROUTES = ("/healthz", "/readyz")
 
 

@@ -1,4 +1,4 @@
-"""The application factory."""
+"""The application factory (runs in the master, which preloads the app)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,18 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 from werkzeug.sansio.response import Response as BaseResponse
 
-from fiboserver import access
-from fiboserver.cache import FiboCache
+from fiboserver.app import access
+from fiboserver.app.cache import FiboCache
+from fiboserver.app.routes import PROBE_ROUTES, bp, json_response
 from fiboserver.config import CONFIG_ENV, Config, load_config
-from fiboserver.metrics import (
+from fiboserver.metrics.definitions import (
     EXTENSION_KEY,
     MetricsSource,
     RequestMetrics,
     process_metrics,
     static_rules,
 )
-from fiboserver.routes import PROBE_ROUTES, bp, json_response
+from fiboserver.serving import ATTRIBUTE, Serving
 
 log = logging.getLogger("fiboserver.app")
 
@@ -28,7 +29,8 @@ def create_app(config: Config | None = None, metrics: MetricsSource | None = Non
     """Build the app for `config`, by default the file named by $FIBOSERVER_CONFIG.
 
     With `metrics_port` set, it records metrics into `metrics()`, by default this
-    process's own (fiboserver.metrics.process_metrics).
+    process's own (fiboserver.metrics.definitions.process_metrics). The app
+    carries a `Serving` record for the worker and the master (fiboserver.serving).
     """
     if config is None:
         config = load_config(os.environ[CONFIG_ENV])
@@ -43,22 +45,19 @@ def create_app(config: Config | None = None, metrics: MetricsSource | None = Non
     source = (metrics or process_metrics) if config.metrics_port else None
     if source is not None:
         app.extensions[EXTENSION_KEY] = source
-    access.init_app(app, RequestMetrics(static_rules(app.url_map), source) if source else None)
+    requests = RequestMetrics(static_rules(app.url_map), source) if source else None
+    access.init_app(app, requests)
     if config.cacheresult:
         FiboCache(app, metrics=source)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
+    serving = Serving(
+        probe_paths=frozenset(config.prefix + route for route in PROBE_ROUTES),
+        requests=requests,
+        metrics_port=config.metrics_port,
+    )
+    setattr(app, ATTRIBUTE, serving)
     return app
-
-
-def probe_paths(app: object) -> frozenset[str]:
-    """The liveness and readiness paths of an app built by `create_app`
-    (empty for any other WSGI app): the worker serves them in their own lane."""
-    config = getattr(app, "config", None)
-    fiboserver = config.get("FIBOSERVER") if isinstance(config, dict) else None
-    if not isinstance(fiboserver, Config):
-        return frozenset()
-    return frozenset(fiboserver.prefix + route for route in PROBE_ROUTES)
 
 
 def _http_error(exc: HTTPException) -> BaseResponse:

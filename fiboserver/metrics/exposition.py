@@ -1,6 +1,6 @@
 """`GET /metrics` on metrics_port, served by threads of the gunicorn master.
 
-Why the master: a scrape reads the files of every process (fiboserver.multiproc),
+Why the master: a scrape reads the files of every process (fiboserver.metrics.multiproc),
 so any process could answer it, and the master is the one that is always there:
 it is never busy with requests, never sheds load, and keeps answering while the
 workers drain and after one dies. The API's workers and their listener are not

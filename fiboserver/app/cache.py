@@ -22,8 +22,8 @@ from collections import OrderedDict
 
 from flask import Flask
 
-from fiboserver import heap
-from fiboserver.metrics import Metrics, MetricsSource
+from fiboserver.app import heap
+from fiboserver.metrics.definitions import Metrics, MetricsSource
 
 EXTENSION_KEY = "fibo_cache"
 # What an entry costs the OrderedDict beyond its key and value (CPython 3.11):
@@ -38,7 +38,7 @@ ENTRY_OVERHEAD_BYTES = 200
 # more is charged one page more.
 HEAP_PAGE_BYTES = 4096
 # Evicted values leave free pages inside the heap, which glibc keeps resident
-# (fiboserver/heap.py); they are given back each time evictions have freed this
+# (fiboserver/app/heap.py); they are given back each time evictions have freed this
 # share of the budget, so they never amount to more.
 RELEASE_EVERY = 1 / 64
 # Digits of a value shown in the `cache fibo` log record; longer ones are elided.

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from fiboserver import logs
-from fiboserver.cgroup import default_workers
 from fiboserver.config import CONFIG_ENV, Config, ConfigError, load_config
+from fiboserver.server.cgroup import default_workers
 
 log = logging.getLogger("fiboserver.server")
 

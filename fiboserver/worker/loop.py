@@ -1,5 +1,8 @@
 """The gunicorn worker: threads serve requests, an event loop holds the connections.
 
+Runs in each worker process: `run` is its main thread's event loop; `_serve`
+runs in the pool threads.
+
 gunicorn's gthread hands every new connection to a pool thread at once, and the
 thread waits up to 5 s for the first byte: four idle connections stall a
 four-thread worker, and a client that dribbles its head keeps a thread for as
@@ -8,13 +11,13 @@ parser, `wsgi.create`, `Response`, keep-alive, `max_requests`, the hooks) and
 replaces what happens before and after it, in the worker's main thread:
 
 - Every connection is read without blocking until its whole head has arrived
-  (fiboserver/heads.py); only then does a thread get it, with the bytes already
+  (fiboserver/worker/heads.py); only then does a thread get it, with the bytes already
   read handed to gunicorn's parser. Idle and slow clients cost a file
   descriptor, not a thread, and are closed after HEAD_TIMEOUT (no complete
   head) or `keepalive` (idle between requests).
 - Probe paths (`healthz`, `readyz` under the prefix) have a thread of their
   own, so the kubelet gets its answer in milliseconds however busy the others are.
-- Other requests go through admission (fiboserver/admission.py): they start when
+- Other requests go through admission (fiboserver/worker/admission.py): they start when
   a thread is free, wait when one will be within about a second, and are
   otherwise answered `503 overloaded` at once, at a paced rate.
 - The loop always accepts (a full listen queue would drop a probe's SYN).
@@ -22,7 +25,10 @@ replaces what happens before and after it, in the worker's main thread:
   master makes the kernel drop new SYNs), then what is in flight.
 
 A subclass of gthread's ThreadWorker, not of the base Worker: its request path,
-thread pool and wake-up pipe stay gunicorn's (docs/worker.md says more).
+thread pool and wake-up pipe stay gunicorn's, each reached through
+fiboserver.gunicorn_internals (docs/worker.md says more). What the loop needs to
+know about the app (the probe paths, where refusals are counted) comes from the
+app's `Serving` record (fiboserver.serving).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import selectors
+import os
 import signal
 import socket
 import sys
@@ -42,22 +48,15 @@ from http import HTTPStatus
 from types import FrameType
 from typing import Any
 
-from gunicorn import http
-from gunicorn.workers.gthread import ThreadWorker
-
-from fiboserver import access, refusals
-from fiboserver.admission import Admission, Pacer, Verdict
-from fiboserver.app import probe_paths
-from fiboserver.boot_signals import caught_before_init
-from fiboserver.connections import Conn, Connections, raise_open_files_limit
-from fiboserver.heads import (
-    HEAD_TIMEOUT,
-    HeadError,
-    head_length,
-    probe_prefixes,
-)
+from fiboserver.gunicorn_internals import GthreadWorker, signals_queued_before_init
 from fiboserver.lifecycle import begin_draining
-from fiboserver.refusals import PendingRefusals
+from fiboserver.serving import serving_of
+from fiboserver.worker import refusals
+from fiboserver.worker.admission import Admission, Pacer, Verdict
+from fiboserver.worker.connections import Conn, Connections, State, raise_open_files_limit
+from fiboserver.worker.heads import HEAD_TIMEOUT, HeadError, head_length, probe_prefixes
+from fiboserver.worker.refusals import PendingRefusals, Refusal
+from fiboserver.worker.settings import unsupported_setting
 
 # After SIGTERM: how long the listener is still accepted from (handshakes that
 # began before the master's SYN filter complete within a round trip, well under
@@ -90,14 +89,18 @@ NOTIFY_INTERVAL = 1.0
 log = logging.getLogger("fiboserver.worker")
 
 
-class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
+class RequestThreadWorker(GthreadWorker):
     """gthread with threads for requests only; see the module docstring."""
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
-        if cfg.is_ssl:
-            # The loop reads heads as plain bytes; TLS ends at the ingress.
-            raise RuntimeError(f"{cls.__name__} does not terminate TLS: unset certfile")
+        """Refuse, at start, every setting this worker cannot honour (exit 78)."""
+        problem = unsupported_setting(cfg)
+        if problem is not None:
+            logging.getLogger("fiboserver.server").critical(
+                "invalid configuration", extra={"errmsg": f"{cls.__name__}: {problem}"}
+            )
+            raise SystemExit(os.EX_CONFIG)
 
     def init_process(self) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL)
@@ -115,10 +118,10 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
     # -- signals ---------------------------------------------------------------
     def init_signals(self) -> None:
         # A signal that came between fork() and here was only queued by the
-        # master's handler (fiboserver/boot_signals.py): act on it now.
+        # master's handler: act on it now.
         inherited = signal.getsignal(signal.SIGTERM)
         super().init_signals()
-        caught = caught_before_init(inherited)
+        caught = signals_queued_before_init(inherited)
         if caught & {signal.SIGINT, signal.SIGQUIT}:
             self.handle_quit(signal.SIGQUIT, None)
         elif signal.SIGTERM in caught:
@@ -130,14 +133,13 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     # -- the loop ----------------------------------------------------------------
     def run(self) -> None:
+        serving = serving_of(self.wsgi)
         self.conns = Connections(self.poller)
-        self._metrics = access.request_metrics(self.wsgi)
-        self._refusals = PendingRefusals(self.conns, Pacer(time.monotonic()), self._metrics)
-        self._probe_heads = probe_prefixes(probe_paths(self.wsgi))
+        self._sink = serving.requests
+        self._refusals = PendingRefusals(self.conns, Pacer(time.monotonic()), self._sink)
+        self._probe_heads = probe_prefixes(serving.probe_paths)
         self._max_line = self.cfg.limit_request_line
-        self.poller.register(
-            self.method_queue.fileno(), selectors.EVENT_READ, self.method_queue.run_callbacks
-        )
+        self.watch_wakeups()
         self.set_accept_enabled(True)
         notified = 0.0
         keepalive = self.cfg.keepalive
@@ -149,19 +151,19 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
             # Computed once a turn, looked at after it: a connection that starts
             # waiting during the turn waits past the earliest of those already waiting.
             due = self.conns.next_deadline()
-            self.wait_for_and_dispatch_events(self._timeout(now, due))
-            if not self.is_parent_alive():
+            self._dispatch_events(self._timeout(now, due))
+            if not self.parent_alive():
                 break
             now = time.monotonic()
             if now >= due:
                 self._expire(now)
             if self._refusals.pending:
                 self._refusals.write(now, keepalive)
-            if not self._accepting and now >= self._accept_paused_until:
+            if not self.accepting() and now >= self._accept_paused_until:
                 self.set_accept_enabled(True)
         self._drain()
 
-    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+    def _dispatch_events(self, timeout: float) -> None:
         try:
             events = self.poller.select(timeout)
         except InterruptedError:
@@ -179,7 +181,7 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         timeout = min(1.0, due - now)
         if self._refusals.pending:
             timeout = min(timeout, self._refusals.wait(now))
-        if not self._accepting and self.alive:
+        if not self.accepting() and self.alive:
             timeout = min(timeout, self._accept_paused_until - now)
         return max(timeout, 0.0)
 
@@ -187,16 +189,16 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         for conn in self.conns.expired(now):
             if conn.buf:  # part of a head: say why it is closed
                 conn.head = conn.buf
-                self._refusals.add(
-                    conn, HTTPStatus.REQUEST_TIMEOUT, "request head timeout", "head timeout"
-                )
+                timeout = HTTPStatus.REQUEST_TIMEOUT
+                self._refusals.add(conn, Refusal(timeout, "request head timeout", "head timeout"))
             else:
                 self.conns.close(conn)
 
     # -- accepting -----------------------------------------------------------------
     def accept(self, listener: Any, batch: int = ACCEPT_BATCH) -> int:
         """Accept what is queued, up to `batch` connections; each waits for its
-        head. Returns how many were accepted."""
+        head. Returns how many were accepted. (The poller's callback for a
+        listener, by gthread's `set_accept_enabled`.)"""
         name = self._names.get(listener)
         if name is None:
             name = self._names[listener] = listener.getsockname()
@@ -229,26 +231,27 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     # -- reading heads ---------------------------------------------------------------
     def _on_readable(self, conn: Conn) -> None:
-        if conn.waiting is None and conn.registered:
+        state = conn.state
+        if state is State.REFUSING:
             # Waiting for its refusal: the client left (after a flood, thousands
             # may), or sent more, which shows once the refusal is written.
             if conn.client_left():
                 self.conns.close(conn)  # the refusal is dropped unwritten
             else:
-                self.conns.release(conn)
+                self.conns.release(conn, State.REFUSING)
             return
         try:
             data = conn.sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            if conn.waiting is None:  # just accepted, nothing sent yet
-                self.conns.wait(conn, self.conns.heads, conn.deadline)
+            if state is State.NEW:  # nothing sent yet
+                self.conns.wait(conn, State.HEAD, conn.deadline)
             return
         except OSError:
             data = b""
         if not data:
             self.conns.close(conn)  # the client closed (or reset) its side
             return
-        if conn.waiting is self.conns.closing:
+        if state is State.CLOSING:
             return  # input after our last answer: dropped
         self._feed(conn, conn.buf + data if conn.buf else data)
 
@@ -258,20 +261,16 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         try:
             complete = head_length(data, self._max_line)
         except HeadError as exc:
-            self.conns.unwait(conn)
             conn.head, conn.buf, conn.head_only = data, b"", False
-            self._refusals.add(conn, exc.status, exc.error, exc.error)
+            self._refusals.add(conn, Refusal(exc.status, exc.error, exc.error))
             return
         if not complete:
             conn.buf = data
-            heads = self.conns.heads
-            if conn.waiting is None:  # just accepted: its head timeout runs from then
-                self.conns.wait(conn, heads, conn.deadline)
-            elif conn.waiting is not heads:  # the first bytes of a next request
-                self.conns.unwait(conn)
-                self.conns.wait(conn, heads, time.monotonic() + HEAD_TIMEOUT)
+            if conn.state is State.NEW:  # its head timeout runs from the accept
+                self.conns.wait(conn, State.HEAD, conn.deadline)
+            elif conn.state is not State.HEAD:  # the first bytes of a next request
+                self.conns.wait(conn, State.HEAD, time.monotonic() + HEAD_TIMEOUT)
             return
-        self.conns.unwait(conn)
         conn.head, conn.buf, conn.head_only = data, b"", complete == len(data)
         self._dispatch(conn, time.monotonic())
 
@@ -287,27 +286,25 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         if verdict is Verdict.START:
             self._submit(self.tpool, conn)
         elif verdict is Verdict.QUEUED:
-            self.conns.release(conn)
+            self.conns.release(conn, State.QUEUED)
         else:
-            self._refuse_overloaded(conn)
+            self._refusals.add(conn, refusals.overloaded(self._admission.waiting))
 
     def _submit(self, pool: futures.ThreadPoolExecutor, conn: Conn) -> None:
-        self.conns.release(conn)
-        if conn.parser is None:
-            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
-        conn.parser.unreader.unread(conn.head)
-        pool.submit(self.handle, conn).add_done_callback(partial(self._done, conn))
+        self.conns.release(conn, State.SERVING)
+        conn.hand_back(conn.head)
+        pool.submit(self._serve, conn).add_done_callback(partial(self._done, conn))
 
     def _done(self, conn: Conn, fut: futures.Future[Any]) -> None:
         # In the pool thread: hand the connection back to the loop.
-        self.method_queue.defer(self.finish_request, conn, fut)
+        self.call_in_loop(self._finished, conn, fut)
 
     def _start_waiting(self, now: float) -> None:
         """Start queued requests while threads are free; shed those that waited too long."""
         while True:
             conn, expired = self._admission.take(now)
             for late in expired:
-                self._refuse_overloaded(late)
+                self._refusals.add(late, refusals.overloaded(self._admission.waiting))
             if conn is None:
                 return
             if conn.client_left():
@@ -317,13 +314,13 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
             self._submit(self.tpool, conn)
 
     # -- back from a thread ---------------------------------------------------------------
-    def handle(self, conn: Conn) -> Any:
+    def _serve(self, conn: Conn) -> bool:
         # In a pool thread. The time it takes is what admission estimates from:
-        # the time until finish_request runs would add the loop's own delays.
+        # the time until _finished runs would add the loop's own delays.
         self._serving.conn = conn
         started = time.monotonic()
         try:
-            keep_alive = super().handle(conn)
+            keep_alive = self.serve_connection(conn)
             if not keep_alive:
                 # Our side is done: the client sees the end of the answer now, not
                 # when the loop gets round to closing.
@@ -333,7 +330,7 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         finally:
             conn.service = time.monotonic() - started
 
-    def finish_request(self, conn: Conn, fut: futures.Future[Any]) -> None:
+    def _finished(self, conn: Conn, fut: futures.Future[Any]) -> None:
         now = time.monotonic()
         if conn.probe:
             self._probes_pending -= 1
@@ -349,30 +346,19 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
             self.conns.close_lingering(conn)
             return
         conn.started = now
-        leftover = conn.parser.unreader.take_buffered()
+        leftover = conn.take_unread()
         if leftover:  # the client sent its next request already (pipelining)
-            self.conns.wait(conn, self.conns.heads, now + HEAD_TIMEOUT)
+            self.conns.wait(conn, State.HEAD, now + HEAD_TIMEOUT)
             self._feed(conn, leftover)
         else:
-            self.conns.wait(conn, self.conns.idle, now + self.cfg.keepalive)
-
-    # -- refusals -------------------------------------------------------------------------
-    def _refuse_overloaded(self, conn: Conn) -> None:
-        errmsg = f"overloaded: {self._admission.waiting} requests waiting"
-        self._refusals.add(
-            conn,
-            HTTPStatus.SERVICE_UNAVAILABLE,
-            refusals.OVERLOADED,
-            errmsg,
-            refusals.RETRY_AFTER_OVERLOADED,
-        )
+            self.conns.wait(conn, State.IDLE, now + self.cfg.keepalive)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         """gunicorn's answer to a request it could not read or serve, as JSON."""
         conn: Conn | None = getattr(self._serving, "conn", None)
         if refusals.parse_error(exc) is None:
             log.error("error handling request", exc_info=exc)
-        refusals.refuse_error(client, exc, conn, str(addr), self._metrics)
+        refusals.refuse_error(client, exc, conn, str(addr), self._sink)
 
     # -- stopping -----------------------------------------------------------------------------
     def _drain(self) -> None:
@@ -381,22 +367,22 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         now = time.monotonic()
         log.info("worker stopping", extra={"pid": self.pid, "connections": self.conns.open})
         self.conns.stop_by(now + STOP_LINGER)
-        if not self._accepting:
+        if not self.accepting():
             self.set_accept_enabled(True)
         for listener in self.sockets:
             while self.accept(listener, DRAIN_BATCH) == DRAIN_BATCH:
                 pass  # until the listen queue is empty
         accept_until = now + DRAIN_LINGER
         graceful_until = now + self.cfg.graceful_timeout
-        while now < graceful_until and (self._accepting or self.conns.open > 0):
+        while now < graceful_until and (self.accepting() or self.conns.open > 0):
             self.notify()
-            if self._accepting and now >= accept_until:
+            if self.accepting() and now >= accept_until:
                 self.set_accept_enabled(False)
                 continue
             timeout = self._timeout(now, self.conns.next_deadline())
-            if self._accepting:
+            if self.accepting():
                 timeout = min(timeout, max(accept_until - now, 0.0))
-            self.wait_for_and_dispatch_events(timeout)
+            self._dispatch_events(timeout)
             now = time.monotonic()
             self._expire(now)
             self._refusals.write(now, None)
@@ -405,7 +391,7 @@ class RequestThreadWorker(ThreadWorker):  # type: ignore[misc]
         self.tpool.shutdown(wait=False)
         self._probe_pool.shutdown(wait=False)
         self.poller.close()
-        self.method_queue.close()
+        self.close_wakeups()
         for listener in self.sockets:
             listener.close()
 

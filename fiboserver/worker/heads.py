@@ -1,11 +1,11 @@
 """Request heads as the worker's event loop sees them, before any thread is involved.
 
-The worker (fiboserver/worker.py) reads every connection without blocking and
-keeps the bytes until the head (request line and header fields, up to the empty
-line) is complete; only then does a thread parse it with gunicorn's parser.
-This module holds the pure part: where a head ends, when it is too large to
-wait for, whether it asks for a probe path, and the few fields an answer
-written without the app needs (method, path, request id).
+Runs in the worker's event loop. The loop (fiboserver/worker/loop.py) reads every
+connection without blocking and keeps the bytes until the head (request line and
+header fields, up to the empty line) is complete; only then does a thread parse it
+with gunicorn's parser. This module holds the pure part: where a head ends, when it
+is too large to wait for, whether it asks for a probe path, and the few fields an
+answer written without the app needs (method, path, request id).
 """
 
 from __future__ import annotations

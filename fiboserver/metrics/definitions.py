@@ -1,10 +1,11 @@
-"""Prometheus metrics (SPEC section 11): names, labels, buckets, and what records them.
+"""Prometheus metrics (docs/metrics.md): names, labels, buckets, and what records them.
 
 Every process builds its metric objects once, with `process_metrics()`. The
 import of prometheus_client waits until then, on purpose: prometheus_client
 decides when it is imported whether values live in the process or in the files
 of PROMETHEUS_MULTIPROC_DIR, and the gunicorn master loads the app before it
-sets that directory up (fiboserver.multiproc, at `when_ready`).
+sets that directory up (fiboserver.metrics.multiproc, at `when_ready`).
+Recorded in every process; the request metrics in the request threads.
 
 Objects built in the master before it forks are valid in the workers:
 prometheus_client notices the new pid at a worker's first update and moves
@@ -17,6 +18,7 @@ URL rules (else `unmatched`), the status from what the app answers.
 
 from __future__ import annotations
 
+import enum
 import platform
 import threading
 from collections.abc import Callable, Iterable
@@ -36,19 +38,18 @@ OTHER_METHOD = "_OTHER"
 # Where create_app keeps the app's MetricsSource (app.extensions), when metrics are on.
 EXTENSION_KEY = "fiboserver_metrics"
 UNMATCHED_ROUTE = "unmatched"
-EXIT_REASONS = ("exited", "killed", "timeout")
-CACHE_RESULTS = ("hit", "miss")
 
 # Request durations: a cached answer takes a fraction of a millisecond and F(100000)
-# about 2 ms, so the small buckets resolve them; 0.1 is the latency SLO's threshold
-# (k8s/monitoring), and 10 s is past the point where a client has given up. 15
-# bounds plus +Inf: 16 buckets, each one series per method, route and status.
+# a few (docs/performance.md), so the small buckets resolve them; 0.1 is the latency
+# SLO's threshold (k8s/monitoring), and 10 s is past the point where a client has
+# given up. 15 bounds plus +Inf: 16 buckets, each one series per method, route
+# and status.
 REQUEST_BUCKETS = (
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-# Computing F(n): microseconds for small n, about 1.5 ms for n = 100000 on a
-# current core; the top buckets catch a slow or throttled CPU.
+# Computing F(n): microseconds for small n, milliseconds for n = 100000 on a
+# current core (docs/performance.md); the top buckets catch a slow or throttled CPU.
 COMPUTE_BUCKETS = (
     0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001,
     0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -60,19 +61,26 @@ def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else OTHER_METHOD
 
 
+class ExitReason(enum.Enum):
+    """Why a worker process ended: the `reason` label of fiboserver_worker_exits."""
+
+    EXITED = "exited"  # by itself (a graceful stop, a reload, max_requests, an error)
+    KILLED = "killed"  # by a signal (SIGKILL, the OOM killer, a crash)
+    TIMEOUT = "timeout"  # aborted by the master for being silent past `timeout`
+
+
 def build_info() -> tuple[str, str, str]:
     """The labels of fiboserver_build_info: version, python_version, gunicorn_version."""
-    import gunicorn
-
-    return metadata.version("fiboserver"), platform.python_version(), gunicorn.__version__
+    version = metadata.version
+    return version("fiboserver"), platform.python_version(), version("gunicorn")
 
 
 class Metrics:
-    """The metric objects of one process; SPEC section 11 names them.
+    """The metric objects of one process; docs/metrics.md lists them.
 
     Gauges say how the values of several processes combine (multiprocess_mode):
     `livesum` adds those of the live processes, `livemax` takes the largest; the
-    values of a process that has died leave the sum (fiboserver.multiproc).
+    values of a process that has died leave the sum (fiboserver.metrics.multiproc).
     Counters and histograms keep the counts of dead processes, so they never go
     backwards while the server runs.
     """
@@ -144,7 +152,9 @@ class Metrics:
             ("reason",),
             registry=registry,
         )
-        self.worker_exits: dict[str, Counter] = {r: worker_exits.labels(r) for r in EXIT_REASONS}
+        self.worker_exits: dict[ExitReason, Counter] = {
+            reason: worker_exits.labels(reason.value) for reason in ExitReason
+        }
         self.build_info: Gauge = Gauge(
             "fiboserver_build_info",
             "Always 1; the labels say what is running.",
@@ -175,7 +185,7 @@ MetricsSource = Callable[[], Metrics]
 
 class RequestMetrics:
     """The request histogram and the in-flight gauge, as the access middleware
-    (fiboserver.access) records them: `started` when a request arrives,
+    (fiboserver.app.access) records them: `started` when a request arrives,
     `finished` with the same duration its `end` record shows.
 
     Costs are kept to what prometheus_client must do: every update of a
@@ -237,7 +247,7 @@ def static_rules(url_map: Map) -> list[str]:
         if rule.arguments:
             raise ValueError(
                 f"URL rule {rule.rule!r} has arguments; route labels look paths up as "
-                "they are (fiboserver.metrics.RequestMetrics): match the rule instead"
+                "they are (fiboserver.metrics.definitions.RequestMetrics): match the rule instead"
             )
         rules.append(rule.rule)
     return rules

@@ -1,5 +1,5 @@
 """The server's side of the metrics: what the gunicorn master and its workers
-record at each stage of their lives. fiboserver.hooks calls one function here
+record at each stage of their lives. fiboserver.server.hooks calls one function here
 from each hook:
 
 - `server_ready` (master, `when_ready`): set up PROMETHEUS_MULTIPROC_DIR, record
@@ -9,7 +9,7 @@ from each hook:
 - `worker_booted` (worker, `post_worker_init`): count it in `fiboserver_workers`.
 - `worker_exiting` (worker, `worker_exit`): set its exit mark.
 - `worker_exited` (master, `child_exit`): the exit reason, counted; the dead
-  worker's files handed to fiboserver.multiproc.
+  worker's files handed to fiboserver.metrics.multiproc.
 - `server_draining` (master, on SIGTERM) and `server_exiting` (master, `on_exit`).
 
 Why an exit mark: gunicorn gives `child_exit` the worker but not its exit
@@ -29,14 +29,12 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from fiboserver import multiproc
-from fiboserver.config import Config
-from fiboserver.exposition import MetricsServer
-from fiboserver.metrics import build_info, process_metrics
+from fiboserver.metrics import multiproc
+from fiboserver.metrics.definitions import ExitReason, build_info, process_metrics
+from fiboserver.metrics.exposition import MetricsServer
 
 log = logging.getLogger("fiboserver.server")
 
-EXITED, KILLED, TIMEOUT = "exited", "killed", "timeout"
 _MARK = "fiboserver_exit_mark"
 
 
@@ -49,30 +47,21 @@ class _Master:
 _master: _Master | None = None
 
 
-def exit_reason(aborted_on_timeout: bool, exited_by_itself: bool) -> str:
-    """`timeout` when the master aborted the worker for being silent past
-    `timeout`, else `exited` when it ended by itself, else `killed`."""
+def exit_reason(aborted_on_timeout: bool, exited_by_itself: bool) -> ExitReason:
+    """TIMEOUT when the master aborted the worker for being silent past
+    `timeout`, else EXITED when it ended by itself, else KILLED."""
     if aborted_on_timeout:
-        return TIMEOUT
-    return EXITED if exited_by_itself else KILLED
+        return ExitReason.TIMEOUT
+    return ExitReason.EXITED if exited_by_itself else ExitReason.KILLED
 
 
-def metrics_port(server: Any) -> int:
-    """The `metrics_port` of the (preloaded) app; 0 for another app, such as the
-    bare WSGI ceiling that bench/ runs under the same gunicorn.conf.py."""
-    config = getattr(server.app.wsgi(), "config", {}).get("FIBOSERVER")
-    return config.metrics_port if isinstance(config, Config) else 0
-
-
-def server_ready(server: Any) -> None:
-    """Master: metrics on if `metrics_port` is set. Exits the process when the
-    directory or the port cannot be used."""
+def server_ready(port: int, *, upgrading: bool) -> None:
+    """Master: metrics on /metrics at `port` (0: off). `upgrading`: this master
+    was started by USR2 beside an old one, which still serves the port. Exits the
+    process when the directory or the port cannot be used."""
     global _master
-    port = metrics_port(server)
     if not port or _master is not None:
         return
-    # gunicorn sets master_pid in a master that USR2 started beside the old one.
-    upgrading = bool(server.master_pid)
     try:
         directory = multiproc.prepare(os.environ, upgrading)
     except multiproc.MultiprocDirError as exc:
@@ -82,7 +71,9 @@ def server_ready(server: Any) -> None:
         # Every value would stay in the process that records it, unseen by scrapes.
         log.critical(
             "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set up",
-            extra={"errmsg": "import it only where metrics are built (fiboserver.metrics)"},
+            extra={
+                "errmsg": "import it only where metrics are built (fiboserver.metrics.definitions)"
+            },
         )
         sys.exit(os.EX_SOFTWARE)
     from prometheus_client import CollectorRegistry
@@ -124,13 +115,13 @@ def worker_exiting(worker: Any) -> None:
         mark[0] = 1
 
 
-def worker_exited(worker: Any) -> str:
+def worker_exited(worker: Any, aborted_on_timeout: bool) -> ExitReason:
     """Master: the worker's exit reason, counted; its metric files archived."""
     mark: mmap.mmap | None = getattr(worker, _MARK, None)
     exited_by_itself = mark is not None and mark[0] == 1
     if mark is not None:
         mark.close()
-    reason = exit_reason(bool(getattr(worker, "aborted", False)), exited_by_itself)
+    reason = exit_reason(aborted_on_timeout, exited_by_itself)
     if _master is not None:
         try:
             process_metrics().worker_exits[reason].inc()

@@ -1,22 +1,27 @@
-"""The connections a worker's event loop holds, and how long it waits for each.
+"""The connections a worker's event loop holds: each one's state, and its deadline.
 
-A connection the loop holds waits for one of three things, each in its own set
-kept in deadline order (every entry of a set gets the same timeout, so the
-order of insertion is the order of deadlines and the first entry expires first):
+Runs in the worker's event loop. A connection is in exactly one `State`; the
+table (`Connections`) owns the transitions. Three states are timed, each with
+its own set kept in deadline order (every entry of a set gets the same timeout,
+so the order of insertion is the order of deadlines and the first entry expires
+first):
 
-- `heads`: a new connection, or a kept-alive one that has started its next
+- HEAD: a new connection, or a kept-alive one that has started its next
   request, until its whole head has arrived (HEAD_TIMEOUT);
-- `idle`: a kept-alive connection between requests (gunicorn's `keepalive`);
-- `closing`: after our last answer, until the client closes too (CLOSE_LINGER),
+- IDLE: a kept-alive connection between requests (gunicorn's `keepalive`);
+- CLOSING: after our last answer, until the client closes too (CLOSE_LINGER),
   its input read and dropped meanwhile.
 
-A connection in none of them is with a pool thread, in the admission queue, or
-waiting for the loop to write a refusal.
+The others: NEW (just accepted, nothing read yet), QUEUED (its request waits in
+admission's queue), SERVING (a pool thread has it), REFUSING (its refusal waits
+for the loop's budget; still watched, in case the client leaves), EXPIRED (its
+deadline passed; the loop answers or closes it at once) and CLOSED.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import resource
 import selectors
 import socket
@@ -25,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
-from gunicorn.workers.gthread import TConn
+from fiboserver.gunicorn_internals import GthreadConn
 
 # How long a closed connection's unread input is still read and dropped, so the
 # kernel does not answer it with a reset that can destroy our last answer.
@@ -41,32 +46,37 @@ def raise_open_files_limit() -> int:
     return hard
 
 
-class Conn(TConn):  # type: ignore[misc]
+class State(enum.Enum):
+    NEW = "new"
+    HEAD = "head"
+    IDLE = "idle"
+    CLOSING = "closing"
+    QUEUED = "queued"
+    SERVING = "serving"
+    REFUSING = "refusing"
+    EXPIRED = "expired"
+    CLOSED = "closed"
+
+
+# The timed states, in the order their expired connections are handled.
+TIMED = (State.HEAD, State.IDLE, State.CLOSING)
+
+
+class Conn(GthreadConn):
     """A client connection and what the loop knows about it.
 
     Its socket stays in blocking mode, as the pool threads want it; the loop
-    passes MSG_DONTWAIT instead. TConn's constructor is not called because it
-    makes the socket non-blocking (a system call here and one in the thread for
-    every request); it only sets the attributes below.
+    passes MSG_DONTWAIT instead (fiboserver.gunicorn_internals.GthreadConn).
     """
 
     def __init__(self, cfg: Any, sock: socket.socket, client: Any, server: Any) -> None:
-        self.cfg = cfg
-        self.sock = sock
-        self.client = client
-        self.server = server
-        self.timeout: float | None = None
-        self.parser: Any = None
-        self.initialized = False
-        self.is_http2 = False
-        # gthread's handle() waits for data unless told it is there: it always is.
-        self.data_ready = True
+        super().__init__(cfg, sock, client, server)
         self.peer = f"{client[0]}:{client[1]}" if isinstance(client, tuple) else str(client)
+        self.state = State.NEW
         self.buf = b""  # a head read so far, not complete yet
         self.head = b""  # the complete head being served (and what followed it)
         self.head_only = True  # `head` holds nothing after the head itself
         self.deadline = 0.0  # when the loop gives up waiting for it
-        self.waiting: OrderedDict[Conn, None] | None = None  # the set it waits in
         self.registered = False  # with the loop's poller
         # When the server began waiting for its current request (time.monotonic()):
         # the durations of refusals are counted from here.
@@ -85,89 +95,94 @@ class Conn(TConn):  # type: ignore[misc]
 
 
 class Connections:
-    """The loop's connections: the three waiting sets and the poller registrations."""
+    """The loop's connections: their states, the timed sets and the poller registrations."""
 
     def __init__(self, poller: selectors.BaseSelector) -> None:
         self.poller = poller
-        self.heads: OrderedDict[Conn, None] = OrderedDict()
-        self.idle: OrderedDict[Conn, None] = OrderedDict()
-        self.closing: OrderedDict[Conn, None] = OrderedDict()
+        self._timed: dict[State, OrderedDict[Conn, None]] = {s: OrderedDict() for s in TIMED}
         self.open = 0  # connections accepted and not closed yet
         # Once the worker stops: no wait goes past this (time.monotonic()).
         self.last_deadline = _NEVER
 
+    def in_state(self, state: State) -> list[Conn]:
+        """The connections waiting in timed `state`, earliest deadline first."""
+        return list(self._timed[state])
+
     def accepted(self, conn: Conn) -> None:
         self.open += 1
 
-    def wait(self, conn: Conn, waiting: OrderedDict[Conn, None], deadline: float) -> None:
-        """Let `conn` wait in `waiting` (registered for reading) until `deadline`."""
+    def wait(self, conn: Conn, state: State, deadline: float) -> None:
+        """Let `conn` wait in timed `state` (registered for reading) until `deadline`."""
+        self._leave(conn)
         conn.deadline = min(deadline, self.last_deadline)
-        conn.waiting = waiting
-        waiting[conn] = None
+        conn.state = state
+        self._timed[state][conn] = None
         if not conn.registered:
             self.poller.register(conn.sock, selectors.EVENT_READ, conn)
             conn.registered = True
 
-    def unwait(self, conn: Conn) -> None:
-        """Take `conn` out of its waiting set. It stays registered with the poller:
-        a connection answered by the loop itself waits again at once, and each
-        registration is a system call (a chance for another thread to take the GIL)."""
-        waiting = conn.waiting
-        if waiting is not None:
-            del waiting[conn]
-            conn.waiting = None
+    def hold(self, conn: Conn, state: State) -> None:
+        """Put `conn` in untimed `state`, still registered if it was: a connection
+        answered by the loop itself waits again at once, and each registration is
+        a system call (a chance for another thread to take the GIL)."""
+        self._leave(conn)
+        conn.state = state
 
-    def release(self, conn: Conn) -> None:
-        """Stop watching `conn`'s socket (a thread takes it over, or it is closed)."""
-        self.unwait(conn)
+    def release(self, conn: Conn, state: State) -> None:
+        """Put `conn` in untimed `state` and stop watching its socket (a thread
+        takes it over, or it waits in admission's queue)."""
+        self.hold(conn, state)
         if conn.registered:
             self.poller.unregister(conn.sock)
             conn.registered = False
 
     def close(self, conn: Conn) -> None:
-        self.release(conn)
+        self.release(conn, State.CLOSED)
         self.open -= 1
         conn.sock.close()
 
     def close_lingering(self, conn: Conn) -> None:
         """Close after the client has read our answer: shut our side (again, for
         answers a thread wrote), then read and drop its input until it closes."""
-        self.unwait(conn)
+        self._leave(conn)
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self.close(conn)
             return
-        self.wait(conn, self.closing, time.monotonic() + CLOSE_LINGER)
+        self.wait(conn, State.CLOSING, time.monotonic() + CLOSE_LINGER)
+
+    def _leave(self, conn: Conn) -> None:
+        if conn.state in self._timed:
+            del self._timed[conn.state][conn]
 
     def expired(self, now: float) -> Iterator[Conn]:
-        """Take the connections whose deadline has passed out of their sets: the
-        caller answers or closes each."""
-        for waiting in (self.heads, self.idle, self.closing):
+        """The connections whose deadline has passed, each moved to EXPIRED: the
+        caller answers or closes it."""
+        for state in TIMED:
+            waiting = self._timed[state]
             while waiting:
                 conn = next(iter(waiting))
                 if conn.deadline > now:
                     break
-                self.unwait(conn)
+                del waiting[conn]
+                conn.state = State.EXPIRED
                 yield conn
 
     def next_deadline(self) -> float:
         """The earliest deadline of a waiting connection (inf if none waits)."""
         # Once per loop turn: plain code, no generator.
         earliest = _NEVER
-        if self.heads:
-            earliest = next(iter(self.heads)).deadline
-        if self.idle:
-            earliest = min(earliest, next(iter(self.idle)).deadline)
-        if self.closing:
-            earliest = min(earliest, next(iter(self.closing)).deadline)
+        for waiting in self._timed.values():
+            if waiting:
+                earliest = min(earliest, next(iter(waiting)).deadline)
         return earliest
 
     def evict_idle(self) -> bool:
         """Close the longest-waiting connection that has sent nothing (kept-alive
         ones first), to free a descriptor; False if there is none."""
-        for waiting in (self.idle, self.heads):
-            for conn in waiting:
+        for state in (State.IDLE, State.HEAD):
+            for conn in self._timed[state]:
                 if not conn.buf:
                     self.close(conn)
                     return True
@@ -179,12 +194,12 @@ class Connections:
         Capping every deadline of a set at the same time keeps the set's order.
         """
         self.last_deadline = deadline
-        for waiting in (self.heads, self.idle):
-            for conn in waiting:
+        for state in (State.HEAD, State.IDLE):
+            for conn in self._timed[state]:
                 conn.deadline = min(conn.deadline, deadline)
 
     def close_all(self) -> None:
-        for waiting in (self.heads, self.idle, self.closing):
+        for waiting in self._timed.values():
             while waiting:
                 with contextlib.suppress(OSError):
                     self.close(next(iter(waiting)))

@@ -1,10 +1,11 @@
 """Admission and load shedding: which request starts now, which waits, which gets 503.
 
-Pure policy, no I/O: the worker (fiboserver/worker.py) asks it with the time
-from its own clock, so the tests drive it with a fake one.
+Runs in the worker's event loop. Pure policy, no I/O: the loop
+(fiboserver/worker/loop.py) asks it with the time from its own clock, so the
+tests drive it with a fake one.
 
 - `Admission` keeps at most as much work waiting as the threads can start
-  within QUEUE_DEADLINE (about a second, SPEC section 12), judged by how long
+  within QUEUE_DEADLINE (about a second, README "Overload"), judged by how long
   requests have recently taken. A request past that is refused at once with
   `503 overloaded` instead of waiting for seconds; one that waited in the queue
   longer than the deadline anyway (the estimate was low) is refused when its
@@ -23,20 +24,19 @@ import enum
 from collections import deque
 from typing import Generic, TypeVar
 
-# SPEC section 12: work past what a worker can finish in about a second is shed.
+# Work past what a worker can finish in about a second is shed (README "Overload").
 QUEUE_DEADLINE = 1.0
 # Weight of the newest request in the running mean of service times: about the
 # last 20 requests count, so the estimate follows a change of load in a fraction
 # of a second under load and ignores a single outlier.
 SERVICE_WEIGHT = 0.05
-# Service time assumed before the first request finishes (uncached F(100000)
-# takes about 2 ms of CPU): the first flood is queued for at most a few hundred
-# requests before real measurements take over.
+# Service time assumed before the first request finishes, of the order of an
+# uncached F(100000) (docs/performance.md): the first flood is queued for at
+# most a few hundred requests before real measurements take over.
 INITIAL_SERVICE = 0.010
 # Share of one core the loop may spend on refusals, and the most it spends in
-# one go (seconds of CPU): see the module docstring and docs/worker.md. Each point
-# costs the threads about 3 points of throughput; 3 % answered about 960 refusals
-# a second under tests/test_overload.py's flood.
+# one go (seconds of CPU): see the module docstring; docs/worker.md has what each
+# point of share costs the threads and how many refusals a second it buys.
 REFUSAL_SHARE = 0.03
 REFUSAL_BURST = 0.010
 
