@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from serverproc import REPO_ROOT, ServerProcess
 
 from bench.log import log
+from tests.support.repo import REPO_ROOT
+from tests.support.serverproc import ServerProcess
 
 PROD_CONFIG = REPO_ROOT / "k8s" / "overlays" / "prod" / "config.yaml"
 CEILING_APP = "bench.ceiling:app"

@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from conftest import JsonCapture
-
 from fiboserver.access import REQUEST_ID_HEADER, AccessLog
+from tests.support.logcapture import JsonCapture
 
 Headers = list[tuple[str, str]]
 

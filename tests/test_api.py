@@ -10,13 +10,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from conftest import JsonCapture
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from fiboserver.app import create_app
 from fiboserver.config import parse_config
+from tests.support.logcapture import JsonCapture
 
 
 @dataclass

@@ -8,12 +8,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from conftest import JsonCapture
 from flask import Flask
 
 from fiboserver.app import create_app
 from fiboserver.cache import LOGGED_VALUE_CHARS, FiboCache, elide
 from fiboserver.config import parse_config
+from tests.support.logcapture import JsonCapture
 
 
 def make_app(**config: Any) -> Flask:

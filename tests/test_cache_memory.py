@@ -21,12 +21,11 @@ import tracemalloc
 from collections.abc import Iterable
 from pathlib import Path
 
-from procinfo import child_pids
-from serverproc import ServerProcess
-
 from bench.procstat import proc_rss_bytes
 from fiboserver.cache import FiboCache
 from fiboserver.fibo import fibonacci_digits
+from tests.support.procinfo import child_pids
+from tests.support.serverproc import ServerProcess
 
 # What the interpreter's free lists (tuples from popitem, dict key tables) may
 # hold on to during the walk: not the cache's memory.

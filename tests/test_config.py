@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 import yaml
-from procinfo import free_port, is_listening
-from serverlog import Record
-from serverproc import ServerProcess
 
 from fiboserver.config import CONFIG_ENV
+from tests.support.procinfo import free_port, is_listening
+from tests.support.serverlog import Record
+from tests.support.serverproc import ServerProcess
 
 # -- bad files given to the real process ---------------------------------------------
 

@@ -13,12 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import kube
 import pytest
-from conftest import require_tool
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCKERFILE = ROOT / "Dockerfile"
+from tests.support import kube
+from tests.support.hosttools import require_tool
+from tests.support.repo import REPO_ROOT
+
+DOCKERFILE = REPO_ROOT / "Dockerfile"
 
 Instruction = tuple[str, str]
 
@@ -155,7 +156,7 @@ def image_env() -> dict[str, str]:
 def test_image_defaults_match_the_deployment(env: str) -> None:
     """The image's FIBOSERVER_CONFIG and EXPOSE agree with the rendered pod."""
     (deployment,) = [
-        o for o in kube.render(ROOT / "k8s" / "overlays" / env) if o["kind"] == "Deployment"
+        o for o in kube.render(REPO_ROOT / "k8s" / "overlays" / env) if o["kind"] == "Deployment"
     ]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     pod_env = {e["name"]: e["value"] for e in container["env"]}
@@ -187,7 +188,7 @@ def ignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_keeps_secrets_tests_and_venvs_out() -> None:
     patterns = [
         line.strip()
-        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     for path in (
@@ -212,4 +213,4 @@ def test_dockerignore_keeps_secrets_tests_and_venvs_out() -> None:
     ]
     for src in (s for group in sources for s in group):
         assert not ignored(src, patterns), src
-        assert (ROOT / src).exists(), src
+        assert (REPO_ROOT / src).exists(), src

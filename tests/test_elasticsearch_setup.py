@@ -16,12 +16,13 @@ import re
 import subprocess
 from typing import Any
 
-import logpipeline
 import pytest
 import yaml
-from conftest import require_tool
-from kube import REPO_ROOT
-from test_kibana_objects import _Kibana, kibana  # noqa: F401 (fixture)
+
+from tests.support import logpipeline
+from tests.support.hosttools import require_tool
+from tests.support.repo import REPO_ROOT
+from tests.test_kibana_objects import _Kibana, kibana  # noqa: F401 (fixture)
 
 ES_DIR = REPO_ROOT / "k8s" / "logging" / "elasticsearch"
 TEMPLATE = ES_DIR / "index-template.json"

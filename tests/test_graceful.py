@@ -22,9 +22,17 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from clients import GRACEFUL_TIMEOUT, Counts, one_request, reference
-from procinfo import HOST, child_pids, listen_queue, pending_signals, process_state, wait_until
-from serverproc import ServerProcess
+
+from tests.support.clients import GRACEFUL_TIMEOUT, Counts, one_request, reference
+from tests.support.procinfo import (
+    HOST,
+    child_pids,
+    listen_queue,
+    pending_signals,
+    process_state,
+    wait_until,
+)
+from tests.support.serverproc import ServerProcess
 
 CLIENTS = 16
 PER_CLIENT_MAX = 400  # bounds every client loop in count...

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clients import (
+
+from bench.pairs import measured_wrk
+from bench.servers import Server
+from bench.wrk import WrkSettings, cached_load, run_wrk
+from fiboserver.echo import ECHO_LIMIT
+from fiboserver.heads import HEAD_TIMEOUT
+from tests.support.clients import (
     completed_per_second,
     exchange,
     kept_throughput,
@@ -26,15 +32,9 @@ from clients import (
     parse_response,
     probe,
 )
-from conftest import require_tool
-from procinfo import HOST
-from serverproc import ServerProcess
-
-from bench.pairs import measured_wrk
-from bench.servers import Server
-from bench.wrk import WrkSettings, cached_load, run_wrk
-from fiboserver.echo import ECHO_LIMIT
-from fiboserver.heads import HEAD_TIMEOUT
+from tests.support.hosttools import require_tool
+from tests.support.procinfo import HOST
+from tests.support.serverproc import ServerProcess
 
 IDLE = 200
 SLOWLORIS = 50

@@ -8,7 +8,8 @@ to for each overlay's config.
 from __future__ import annotations
 
 import pytest
-from appk8s import (
+
+from tests.support.appk8s import (
     ENVS,
     container_of,
     find,

@@ -12,7 +12,8 @@ import re
 import tomllib
 
 import pytest
-from appk8s import (
+
+from tests.support.appk8s import (
     ENVS,
     K8S,
     container_of,
@@ -24,7 +25,7 @@ from appk8s import (
     pod_of,
     render,
 )
-from kube import REPO_ROOT
+from tests.support.repo import REPO_ROOT
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:

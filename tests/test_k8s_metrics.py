@@ -6,9 +6,9 @@ annotations, and nothing in front of the pods that exposes the port.
 from __future__ import annotations
 
 import pytest
-from appk8s import ENVS, container_of, find, one, overlay_config, pod_of, render
 
 from fiboserver.multiproc import ENV as MULTIPROC_ENV
+from tests.support.appk8s import ENVS, container_of, find, one, overlay_config, pod_of, render
 
 
 def metrics_port(env: str) -> int:

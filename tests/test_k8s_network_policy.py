@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from appk8s import ENVS, K8S, NAMESPACE, container_of, one, overlay_config, render
-from kube import REPO_ROOT, Obj
+
+from tests.support.appk8s import ENVS, K8S, NAMESPACE, container_of, one, overlay_config, render
+from tests.support.kube import Obj
+from tests.support.repo import REPO_ROOT
 
 # Where the proxies named in k8s/ run by default: the Ingress class `nginx` is
 # ingress-nginx's controller in namespace ingress-nginx; the GatewayClass `eg` is

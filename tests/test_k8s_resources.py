@@ -7,10 +7,10 @@ The QoS rule is implemented here and checked against known cases first.
 from __future__ import annotations
 
 import pytest
-from appk8s import container_of, parse_quantity, pod_of
-from kube import Obj
 
 from fiboserver.cgroup import workers_for
+from tests.support.appk8s import container_of, parse_quantity, pod_of
+from tests.support.kube import Obj
 
 
 def qos_class(pod_spec: Obj) -> str:

@@ -10,8 +10,17 @@ from __future__ import annotations
 import re
 
 import pytest
-from appk8s import ENVOY_GATEWAY_API, ENVS, container_of, find, gunicorn_settings, one, render
-from kube import Obj
+
+from tests.support.appk8s import (
+    ENVOY_GATEWAY_API,
+    ENVS,
+    container_of,
+    find,
+    gunicorn_settings,
+    one,
+    render,
+)
+from tests.support.kube import Obj
 
 
 def service_port(objs: tuple[Obj, ...], name: str, port: int | str) -> Obj:

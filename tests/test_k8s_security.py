@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from appk8s import ENVS, NAMESPACE, container_of, one, pod_of, render
+
+from tests.support.appk8s import ENVS, NAMESPACE, container_of, one, pod_of, render
 
 
 @pytest.mark.parametrize("env", ENVS)

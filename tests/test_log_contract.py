@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from clients import exchange, parse_response
-from logpipeline import (
+
+from tests.support.clients import exchange, parse_response
+from tests.support.logpipeline import (
     FIELD_TYPES,
     INDEX_TEMPLATE,
     LEVELS,
@@ -37,7 +38,7 @@ from logpipeline import (
     merge_log,
     type_conflicts,
 )
-from serverproc import ServerProcess
+from tests.support.serverproc import ServerProcess
 
 # The X-Request-ID `drive` sends once: the records of that one request carry it.
 CUSTOM_ID = "contract-test.0001_A"

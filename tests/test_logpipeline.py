@@ -10,7 +10,8 @@ import time
 from typing import Any
 
 import pytest
-from logpipeline import (
+
+from tests.support.logpipeline import (
     CRI_MAX_LINE,
     MergeError,
     containerd_lines,

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from kube import REPO_ROOT, render
+
+from tests.support.kube import render
+from tests.support.repo import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
 HEADER = "| number | DEV | PROD | why |"

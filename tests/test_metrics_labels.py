@@ -12,17 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from metrictools import (
-    DURATION,
-    Recorded,
-    app_with,
-    request_counts,
-    samples,
-    server,
-    wait_booted,
-    wait_records,
-)
-from procinfo import HOST
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
@@ -34,6 +23,17 @@ from fiboserver.metrics import (
     method_label,
     static_rules,
 )
+from tests.support.metrictools import (
+    DURATION,
+    Recorded,
+    app_with,
+    request_counts,
+    samples,
+    server,
+    wait_booted,
+    wait_records,
+)
+from tests.support.procinfo import HOST
 
 # -- the rules, in one process ---------------------------------------------------
 

@@ -10,13 +10,13 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import JsonCapture
-from metrictools import DURATION, Recorded, app_with
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fiboserver.access import AccessLog
 from fiboserver.metrics import RequestMetrics
+from tests.support.logcapture import JsonCapture
+from tests.support.metrictools import DURATION, Recorded, app_with
 
 
 def test_a_mix_of_requests_is_counted_by_method_route_and_status(

@@ -11,8 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
-from metrictools import (
+
+from fiboserver.metrics import REQUEST_BUCKETS
+from tests.support.hosttools import require_tool
+from tests.support.metrictools import (
     DURATION,
     MIX,
     request_counts,
@@ -23,8 +25,6 @@ from metrictools import (
     wait_records,
     worker_values,
 )
-
-from fiboserver.metrics import REQUEST_BUCKETS
 
 ROUTES = ("/dev/fibo", "/dev/healthz", "/dev/readyz")
 

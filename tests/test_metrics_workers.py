@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from metrictools import (
+
+from fiboserver.servermetrics import exit_reason
+from tests.support.metrictools import (
     DURATION,
     MIX,
     never_went_down,
@@ -27,9 +29,7 @@ from metrictools import (
     wait_records,
     worker_values,
 )
-from serverproc import ServerProcess
-
-from fiboserver.servermetrics import exit_reason
+from tests.support.serverproc import ServerProcess
 
 # -- the reason a worker's exit is counted under ---------------------------------------
 

@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clients import completed_per_second, kept_throughput, p99, probe
-from conftest import require_tool
-from procinfo import HOST, established, wait_until
 
 from bench.pairs import measured_wrk
 from bench.procstat import CLK_TCK, server_cpu_ticks
 from bench.servers import Server
 from bench.wrk import Load, WrkSettings, random_load, run_wrk
+from tests.support.clients import completed_per_second, kept_throughput, p99, probe
+from tests.support.hosttools import require_tool
+from tests.support.procinfo import HOST, established, wait_until
 
 FLOOD = 2000
 # Of each path. The issue asks for p99 over at least 20; over 20 the p99 is the

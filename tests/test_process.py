@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from procinfo import child_pids
-from serverlog import Record
-from serverproc import ServerProcess
+from tests.support.procinfo import child_pids
+from tests.support.serverlog import Record
+from tests.support.serverproc import ServerProcess
 
 TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}

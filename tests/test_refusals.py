@@ -10,15 +10,15 @@ import time
 from http import HTTPStatus
 
 import pytest
-from conftest import JsonCapture
 from gunicorn.http import errors as http_errors
-from logpipeline import FIELD_TYPES, json_type
 
 from fiboserver import refusals
 from fiboserver.admission import Pacer
 from fiboserver.connections import Conn, Connections
 from fiboserver.echo import ECHO_LIMIT, bounded, quoted
 from fiboserver.routes import parse_n
+from tests.support.logcapture import JsonCapture
+from tests.support.logpipeline import FIELD_TYPES, json_type
 
 
 def _split(data: bytes) -> tuple[str, dict[str, str], bytes]:

@@ -16,8 +16,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from serverlog import Record
-from serverproc import ServerProcess
+from tests.support.serverlog import Record
+from tests.support.serverproc import ServerProcess
 
 CLIENTS = 32
 # Records that belong to a request (SPEC 4), and what each kind of request writes.

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 import yaml
-from clients import GRACEFUL_TIMEOUT, Counts, one_request, reference
-from procinfo import child_pids, process_state, wait_until
-from serverproc import ServerProcess
+
+from tests.support.clients import GRACEFUL_TIMEOUT, Counts, one_request, reference
+from tests.support.procinfo import child_pids, process_state, wait_until
+from tests.support.serverproc import ServerProcess
 
 
 def _write_config(path: Path, config: dict[str, Any]) -> None:

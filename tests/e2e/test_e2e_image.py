@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 from packaging.utils import canonicalize_name
-from podmanlib import REPO_ROOT, make, podman
-from test_release import LOCK, parse_lock
+
+from tests.support.podmanlib import make, podman
+from tests.support.repo import REPO_ROOT
+from tests.test_release import LOCK, parse_lock
 
 pytestmark = pytest.mark.e2e
 

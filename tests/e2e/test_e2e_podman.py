@@ -19,28 +19,24 @@ from typing import Any
 
 import pytest
 import yaml
-from kube import render
-from podmanlib import (
+
+from tests.support.kube import render
+from tests.support.podmanlib import (
     NAME_PREFIX,
-    REPO_ROOT,
     Record,
     http_get,
     json_records,
     podman,
     wait_http,
 )
-from procinfo import free_port
+from tests.support.procinfo import free_port
+from tests.support.repo import REPO_ROOT
+from tests.support.testlog import say
 
 pytestmark = pytest.mark.e2e
 
 Manifest = dict[str, Any]
 CAP_EFF = "print([ln.split()[1] for ln in open('/proc/1/status') if ln.startswith('CapEff')][0])"
-
-
-def say(capsys: pytest.CaptureFixture[str], text: str) -> None:
-    """Print past pytest's capture, so the CI log shows the figures."""
-    with capsys.disabled():
-        print(f"\n[e2e] {text}", end="", flush=True)
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +88,11 @@ def check_json_only(text: str) -> list[Record]:
 
 
 def test_image_runs_as_10001_without_compiler(
-    tools: dict[str, str], image: tuple[str, float, str], capsys: pytest.CaptureFixture[str]
+    tools: dict[str, str], image: tuple[str, float, str]
 ) -> None:
     tag, seconds, base_note = image
-    say(capsys, base_note)
-    say(capsys, f"image: built {tag} from Dockerfile on the debootstrap base in {seconds:.0f} s")
+    say("e2e", base_note)
+    say("e2e", f"image: built {tag} from Dockerfile on the debootstrap base in {seconds:.0f} s")
     user = podman(tools["podman"], "image", "inspect", "--format", "{{.Config.User}}", tag)
     assert user.stdout.strip().split(":")[0] == "10001", user.stdout
     probe = (
@@ -111,7 +107,7 @@ def test_image_runs_as_10001_without_compiler(
     )
     out = podman(tools["podman"], "run", "--rm", "--network", "none", tag, "python3", "-c", probe)
     facts = json.loads(out.stdout)
-    say(capsys, f"image: {facts}")
+    say("e2e", f"image: {facts}")
     assert facts["uid"] == 10001
     assert facts["compilers"] == []
     assert not facts["tests"] and not facts["pip_cache"]
@@ -129,7 +125,6 @@ def test_container_with_the_deployments_constraints(
     image: tuple[str, float, str],
     container: str,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     pm = tools["podman"]
     deploy, cm = overlay("dev")
@@ -173,7 +168,7 @@ def test_container_with_the_deployments_constraints(
         image[0],
     )  # fmt: skip
     say(
-        capsys,
+        "e2e",
         f"container: read-only root, tmpfs /tmp, cap-drop ALL, user {sc['runAsUser']}, "
         f"memory {limits['memory']} ({mem} B), cpus {cpus}, config ro; "
         f"published on 127.0.0.1:{port}",
@@ -181,12 +176,12 @@ def test_container_with_the_deployments_constraints(
     ready = wait_http(f"http://127.0.0.1:{port}/dev/readyz", timeout=60)
     status, body = http_get(f"http://127.0.0.1:{port}/dev/fibo?n=10")
     assert status == 200 and json.loads(body)["result"] == 55, (status, body)
-    say(capsys, f"container: ready in {ready:.1f} s; /dev/fibo?n=10 -> {body.decode()}")
+    say("e2e", f"container: ready in {ready:.1f} s; /dev/fibo?n=10 -> {body.decode()}")
     # Metrics on the `metrics` port, their files in the pod's emptyDir.
     status, body = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
     assert status == 200, (status, body[:200])
     assert b'fiboserver_cache_requests_total{result="miss"} 1.0' in body
-    say(capsys, f"container: /metrics on {container_ports['metrics']}, {len(body)} bytes")
+    say("e2e", f"container: /metrics on {container_ports['metrics']}, {len(body)} bytes")
 
     inspect = json.loads(podman(pm, "inspect", container).stdout)[0]
     hc = inspect["HostConfig"]
@@ -212,7 +207,7 @@ def test_container_with_the_deployments_constraints(
     procs = podman(pm, "top", container, "pid", "args").stdout
     n_proc = sum(1 for ln in procs.splitlines()[1:] if "gunicorn" in ln)
     say(
-        capsys,
+        "e2e",
         f"container: uid {uid}, writes {w}; workers booted {len(workers)} "
         f"(CPU limit {cpus} -> expected {expected}), gunicorn processes {n_proc}",
     )
@@ -227,7 +222,7 @@ def test_container_with_the_deployments_constraints(
     records = check_json_only(logs.stdout + logs.stderr)
     msgs = [r["msg"] for r in records]
     say(
-        capsys,
+        "e2e",
         f"container: podman stop -> exit {state['ExitCode']} in {stop_s:.2f} s "
         f"(grace period {grace} s); {len(records)} log lines, all JSON; "
         f"shutdown records present: {'graceful stopping server' in msgs}, "
@@ -317,7 +312,6 @@ def test_kube_play_the_rendered_deployment(
     image: tuple[str, float, str],
     kube: list[Played],
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     pm = tools["podman"]
     deploy, cm = overlay(env)
@@ -334,7 +328,7 @@ def test_kube_play_the_rendered_deployment(
     ctr = f"{pod}-{deploy['spec']['template']['spec']['containers'][0]['name']}"
     prefix = f"/{env}"
     ready = wait_http(f"http://127.0.0.1:{port}{prefix}/readyz", timeout=60)
-    say(capsys, f"kube play {env}: pod {pod} ready on 127.0.0.1:{port} in "
+    say("e2e", f"kube play {env}: pod {pod} ready on 127.0.0.1:{port} in "
                 f"{time.monotonic() - t0:.1f} s (readyz polled for {ready:.1f} s)")  # fmt: skip
 
     # Uncached n: DEV logs its cache records at DEBUG, PROD (INFO) must not.
@@ -360,7 +354,7 @@ def test_kube_play_the_rendered_deployment(
         # Effective capabilities of gunicorn (PID 1): drop ALL leaves none.
         "cap_eff": podman(pm, "exec", ctr, "python3", "-c", CAP_EFF).stdout.strip(),
     }
-    say(capsys, f"kube play {env}: {facts}")
+    say("e2e", f"kube play {env}: {facts}")
     assert facts["user"].split(":")[0] == "10001"
     assert facts["read_only_root"] is True
     assert facts["memory"] == memory_quantity(limits["memory"])
@@ -377,7 +371,7 @@ def test_kube_play_the_rendered_deployment(
     msgs = [r["msg"] for r in records]
     debug = sum(1 for r in records if r["level"] == "DEBUG")
     say(
-        capsys,
+        "e2e",
         f"kube play {env}: {len(records)} JSON log lines, levels {levels} ({debug} DEBUG); "
         f"podman pod stop -t {grace} -> container exit {exit_code} in {seconds:.2f} s, "
         f"'server stopped' logged: {'server stopped' in msgs}; podman kube down -> exit {rc}",

@@ -15,10 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import kube
-from kube import REPO_ROOT, Obj
-
 from fiboserver.config import Config, load_config
+from tests.support import kube
+from tests.support.kube import Obj
+from tests.support.repo import REPO_ROOT
 
 K8S = REPO_ROOT / "k8s"
 NAMESPACE = "cloudnative"

@@ -15,9 +15,10 @@ import subprocess
 import time
 import urllib.request
 
-from binaries import CONTAINERD, ETCD, KUBERNETES, build_all, missing_tools
-from images import load_images
-from layout import (
+from tests.support.repo import REPO_ROOT
+from tools.cluster.binaries import CONTAINERD, ETCD, KUBERNETES, build_all, missing_tools
+from tools.cluster.images import load_images
+from tools.cluster.layout import (
     API_PORT,
     CLUSTER_CIDR,
     CNI_CONF_DIR,
@@ -33,7 +34,6 @@ from layout import (
     NODE_NAME,
     OWNER,
     PKI,
-    REPO_ROOT,
     ROUTE_LOCALNET,
     RUN,
     SERVICE_CIDR,
@@ -47,8 +47,8 @@ from layout import (
     overlaps,
     scheduler_yaml,
 )
-from pki import CLIENTS, kubeconfig, make_pki
-from procs import pid_of, start, wait_until
+from tools.cluster.pki import CLIENTS, kubeconfig, make_pki
+from tools.cluster.procs import pid_of, start, wait_until
 
 K = KUBERNETES.path
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
@@ -233,7 +233,7 @@ def up() -> int:
             return 0
         raise SystemExit(f"cluster: a cluster started from {who} is running ({', '.join(live)}); "
                          f"`make -C {who} cluster-down` first")  # fmt: skip
-    from down import down  # a previous run that died: clear what it left
+    from tools.cluster.down import down  # a previous run that died: clear what it left
 
     down(quiet=True)
     clash = overlaps(host_networks())

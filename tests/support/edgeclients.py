@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procinfo import HOST
+from tests.support.procinfo import HOST
 
 
 def curl(curl_bin: str, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:

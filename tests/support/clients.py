@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from procinfo import HOST
+from tests.support.procinfo import HOST
 
 GRACEFUL_TIMEOUT = 20  # gunicorn.conf.py, SPEC section 5
 

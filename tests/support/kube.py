@@ -25,10 +25,11 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import require_tool
 from packaging.version import Version
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.support.hosttools import require_tool
+from tests.support.repo import REPO_ROOT
+
 OLDEST_VERSION = "1.30.0"
 
 Obj = dict[str, Any]

@@ -28,14 +28,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from binaries import TRAEFIK
-from clusterlib import NS, Cluster
-from conftest import require_tool
-from edge import Nginx
-from edgeclients import Load, TLSConnection
-from layout import KUBECONFIG, REPO_ROOT
-from nginxconf import plan_from_ingress, rendered_ingress
-from procinfo import free_port
+from tests.support.clusterlib import NS, Cluster
+from tests.support.edge import Nginx
+from tests.support.edgeclients import Load, TLSConnection
+from tests.support.hosttools import require_tool
+from tests.support.nginxconf import plan_from_ingress, rendered_ingress
+from tests.support.procinfo import free_port
+from tests.support.repo import REPO_ROOT
+from tools.cluster.binaries import TRAEFIK
+from tools.cluster.layout import KUBECONFIG
 
 HOST = "cloudnative"  # the Ingress's host, also the certificate's name
 

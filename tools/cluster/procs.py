@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from layout import LOGS, PIDS, component_path
+from tools.cluster.layout import LOGS, PIDS, component_path
 
 
 def start(name: str, argv: Sequence[str | Path], env: dict[str, str] | None = None) -> int:

@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.support.repo import REPO_ROOT
+
 MONITORING = REPO_ROOT / "k8s" / "monitoring"
 RULES = MONITORING / "prometheusrule.yaml"
 DASHBOARD = MONITORING / "dashboards" / "fiboserver.json"
