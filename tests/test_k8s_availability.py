@@ -16,10 +16,10 @@ from tests.support.appk8s import (
     gunicorn_settings,
     one,
     overlay_config,
-    parse_quantity,
     pod_of,
     render,
 )
+from tests.support.kube import parse_quantity
 
 
 @pytest.mark.parametrize("env", ENVS)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from fiboserver.cgroup import workers_for
-from tests.support.appk8s import container_of, parse_quantity, pod_of
-from tests.support.kube import Obj
+from tests.support.appk8s import container_of, pod_of
+from tests.support.kube import Obj, parse_quantity
 
 
 def qos_class(pod_spec: Obj) -> str:

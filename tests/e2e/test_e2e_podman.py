@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.kube import render
+from tests.support.kube import parse_quantity, render
 from tests.support.podmanlib import (
     NAME_PREFIX,
     Record,
@@ -61,18 +60,6 @@ def overlay(env: str) -> tuple[Manifest, Manifest]:
     )  # fmt: skip
     (cm,) = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == cm_name]
     return deploy, cm
-
-
-def cpu_quantity(q: str | int | float) -> float:
-    s = str(q)
-    return int(s[:-1]) / 1000 if s.endswith("m") else float(s)
-
-
-def memory_quantity(q: str | int) -> int:
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
-    m = re.fullmatch(r"(\d+)([KMG]i?)?", str(q))
-    assert m, q
-    return int(m.group(1)) * units.get(m.group(2) or "", 1)
 
 
 def worker_pids(records: list[Record]) -> set[int]:
@@ -131,8 +118,8 @@ def test_container_with_the_deployments_constraints(
     pod = deploy["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     limits = c["resources"]["limits"]
-    cpus = cpu_quantity(limits["cpu"])
-    mem = memory_quantity(limits["memory"])
+    cpus = parse_quantity(limits["cpu"])
+    mem = int(parse_quantity(limits["memory"]))
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"]
     mounts = {m["name"]: m for m in c["volumeMounts"]}
@@ -357,8 +344,8 @@ def test_kube_play_the_rendered_deployment(
     say("e2e", f"kube play {env}: {facts}")
     assert facts["user"].split(":")[0] == "10001"
     assert facts["read_only_root"] is True
-    assert facts["memory"] == memory_quantity(limits["memory"])
-    assert facts["cpus"] == cpu_quantity(limits["cpu"])
+    assert facts["memory"] == int(parse_quantity(limits["memory"]))
+    assert facts["cpus"] == parse_quantity(limits["cpu"])
     assert facts["config_mount_rw"] is False
     assert int(facts["cap_eff"], 16) == 0
 

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.hosttools import require_tool
+from tests.support.kube import parse_quantity
 from tests.support.repo import REPO_ROOT
 from tests.support.testlog import say
 from tools.cluster.binaries import CRITOOLS
+from tools.cluster.kubectl import kubectl
 from tools.cluster.layout import (
     API_PORT,
     CONTAINERD_SOCK,
@@ -53,10 +55,7 @@ class Cluster:
     # --- kubectl ----------------------------------------------------------------
     def kubectl(self, *args: str, check: bool = True, timeout: float = 120,
                 stdin: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
-        proc = subprocess.run(
-            [require_tool("kubectl"), "--kubeconfig", str(KUBECONFIG), *args],
-            input=stdin, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
-        )  # fmt: skip
+        proc = kubectl(*args, timeout=timeout, stdin=stdin, binary=require_tool("kubectl"))
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}:\n"
                                  f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")  # fmt: skip
@@ -147,7 +146,7 @@ class Cluster:
         """What the tests apply: k8s/, or on a small node `fit_node()`'s overlay of it."""
         if self._manifests is None:
             alloc = self.get("node", NODE_NAME)["status"]["allocatable"]["cpu"]
-            self._manifests = fit_node(cpu_quantity(alloc), Path(tempfile.mkdtemp()))
+            self._manifests = fit_node(parse_quantity(alloc), Path(tempfile.mkdtemp()))
         return self._manifests
 
     def api(self, method: str, path: str, body: Obj | None = None) -> tuple[int, Obj]:
@@ -164,10 +163,6 @@ class Cluster:
                 return resp.status, json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
-
-
-def cpu_quantity(q: str) -> float:
-    return int(q[:-1]) / 1000 if q.endswith("m") else float(q)
 
 
 # prod's pods ask for a whole CPU each (k8s/overlays/prod): 3 replicas + 1 surge
@@ -228,11 +223,10 @@ def container_pid(pod: Obj) -> int:
 def api_ready() -> bool:
     if not KUBECONFIG.is_file():
         return False
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
+    binary = shutil.which("kubectl")
+    if binary is None:
         return False
-    proc = subprocess.run([kubectl, "--kubeconfig", str(KUBECONFIG), "get", "--raw", "/readyz"],
-                          capture_output=True, text=True, timeout=20)  # fmt: skip
+    proc = kubectl("get", "--raw", "/readyz", timeout=20, binary=binary)
     return proc.returncode == 0 and proc.stdout.strip() == "ok"
 
 

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.clients import request_once
 from tests.support.clusterlib import NS, Cluster
 from tests.support.edge import Nginx
 from tests.support.edgeclients import Load, TLSConnection
@@ -53,13 +54,7 @@ class Edge:
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
         """One HTTPS request through the edge (like ServerProcess.get)."""
         ctx = ssl.create_default_context(cafile=str(self.cafile))
-        conn = TLSConnection(HOST, self.https_port, ctx, None)
-        try:
-            conn.request(method, path, headers={"Connection": "close", **(headers or {})})
-            resp = conn.getresponse()
-            return resp.status, resp.headers, resp.read()
-        finally:
-            conn.close()
+        return request_once(TLSConnection(HOST, self.https_port, ctx, None), method, path, headers)
 
     def load(self, path: str, *, threads: int = 4, rate: float = 25.0) -> Load:
         """edgeclients.Load against this edge: HTTPS to 127.0.0.1 with SNI `cloudnative`."""

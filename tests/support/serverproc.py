@@ -67,6 +67,7 @@ from typing import IO
 
 import yaml
 
+from tests.support.clients import request_once
 from tests.support.procinfo import HOST, child_pids, free_port
 from tests.support.repo import REPO_ROOT
 from tests.support.serverlog import Record, ServerLog
@@ -330,13 +331,7 @@ class ServerProcess:
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
         """One request on a fresh connection (Connection: close): (status, headers, body).
         `port`: another of the server's ports (``metrics_port``) instead of the API's."""
-        conn = self.connection(timeout, port)
-        try:
-            conn.request(method, path, headers={"Connection": "close", **(headers or {})})
-            resp = conn.getresponse()
-            return resp.status, resp.headers, resp.read()
-        finally:
-            conn.close()
+        return request_once(self.connection(timeout, port), method, path, headers)
 
     def scrape(self, timeout: float = 10.0) -> str:
         """The server's `GET /metrics` on ``metrics_port``, Prometheus text format."""
