@@ -1,6 +1,6 @@
 """What the Prometheus metrics cost: the service with metrics on against metrics off.
 
-The budget (SPEC section 11): with metrics on, cached throughput falls by at most
+The budget (docs/metrics.md, "What it costs"): with metrics on, cached throughput falls by at most
 5 % against metrics off. On the cached path a request is cheapest, so the metrics'
 fixed cost per request (four updates of memory-mapped values, and one for the
 cache lookup) weighs the most there. Both variants run the PROD config; "on"

@@ -1,4 +1,4 @@
-"""HTTP API contract (SPEC section 2) through the Flask test client, DEV and PROD."""
+"""HTTP API contract (README "The API") through the Flask test client, DEV and PROD."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The cache's byte budget against memory as measured, not as the cache counts it.
 
-SPEC 3: a client that walks every n up to maxseq must not grow a worker's memory
+README "Configuration" (`cache_max_bytes`) and docs/performance.md "Memory": a
+client that walks every n up to maxseq must not grow a worker's memory
 past `cache_max_bytes`. Two measurements:
 
 - tracemalloc sees every Python allocation: a walk of every n stored through the

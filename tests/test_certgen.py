@@ -1,4 +1,4 @@
-"""`make certgen` (SPEC section 8), run for real in a temporary copy of the repo's
+"""`make certgen` (tls/README.md), run for real in a temporary copy of the repo's
 Makefile and tls/ with the real openssl; the repo's own tls/ is never touched."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Configuration (SPEC section 1) given to the real process: bad files, and good
+"""Configuration (README "Configuration") given to the real process: bad files, and good
 files at the edges. (The pure rules of parse_config: test_config_rules.py.)
 
 Each bad file is run as `gunicorn -c gunicorn.conf.py` with FIBOSERVER_CONFIG set:

@@ -1,4 +1,4 @@
-"""Configuration (SPEC section 1): the pure rules of fiboserver.config.
+"""Configuration (README "Configuration"): the pure rules of fiboserver.config.
 
 parse_config's defaults, the values it accepts at each boundary and the ones it
 refuses (naming the key and the file), and load_config on the shipped files and

@@ -1,4 +1,5 @@
-"""The Dockerfile (SPEC section 6): hadolint-clean, and what the manifests rely on.
+"""The Dockerfile (docs/dependencies.md, "How the image uses it"): hadolint-clean, and
+what the manifests rely on.
 
 Building and running the image is the e2e suite's job (tests/e2e, podman); here
 the file itself is read, and hadolint is run on it.

@@ -116,7 +116,7 @@ def test_idle_sigterm_exits_at_once(tmp_path: Path, capsys: pytest.CaptureFixtur
     with capsys.disabled():
         print(f"\nidle SIGTERM to exit: {elapsed:.2f}s")
     assert rc == 0
-    assert elapsed < 3, f"idle stop took {elapsed:.2f}s (SPEC: under a second)"
+    assert elapsed < 3, f"idle stop took {elapsed:.2f}s (README: about 0.5 s when idle)"
     msgs = [r["msg"] for r in srv.records]
     assert msgs.index("graceful stopping server") < msgs.index("server stopped")
 

@@ -1,5 +1,6 @@
-"""Hostile clients (SPEC sections 2 and 12): idle and slow connections hold no thread,
-and what the HTTP layer refuses is answered in the API's shape with a log record.
+"""Hostile clients (README "The API" and "Graceful start and stop"; docs/worker.md):
+idle and slow connections hold no thread, and what the HTTP layer refuses is
+answered in the API's shape with a log record.
 
 Real gunicorn, real sockets, 127.0.0.1 only. The load measurements compare runs
 of the same server in the same minute, never absolute speeds.

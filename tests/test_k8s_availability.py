@@ -1,5 +1,6 @@
-"""Staying up (SPEC section 7): replicas and the HPA, rolling updates, probes, the
-shutdown budget, spreading over nodes and zones, and the PodDisruptionBudget.
+"""Staying up (README "Deployment on Kubernetes"): replicas and the HPA, rolling
+updates, probes, the shutdown budget, spreading over nodes and zones, and the
+PodDisruptionBudget.
 
 The timing checks use the `graceful_timeout` the real gunicorn.conf.py resolves
 to for each overlay's config.

@@ -1,4 +1,5 @@
-"""The two environments (SPEC section 7): names, labels, selectors, config, image.
+"""The two environments (README "Deployment on Kubernetes"): names, labels, selectors,
+config, image.
 
 Each overlay's objects carry its name and labels, every selector picks exactly
 its own environment's pods, the hashed immutable ConfigMap is mounted where

@@ -1,7 +1,7 @@
-"""The pod's side of metrics (SPEC sections 7 and 11), on what `kubectl kustomize`
-renders: the `metrics` port, the multiprocess directory's tmpfs, the scrape
-annotations, and nothing in front of the pods that exposes the port.
-(Strict schemas and checkov cover these objects in tests/test_k8s_render.py.)"""
+"""The pod's side of metrics (README "Deployment on Kubernetes"; docs/metrics.md), on
+what `kubectl kustomize` renders: the `metrics` port, the multiprocess directory's
+tmpfs, the scrape annotations, and nothing in front of the pods that exposes the
+port. (Strict schemas and checkov cover these objects in tests/test_k8s_render.py.)"""
 
 from __future__ import annotations
 

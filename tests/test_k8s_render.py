@@ -1,4 +1,4 @@
-"""The Kubernetes manifests (SPEC section 7) as a whole: what kustomize renders.
+"""The Kubernetes manifests (README "Deployment on Kubernetes") as a whole: what kustomize renders.
 
 Every directory renders with the real `kubectl kustomize`; the root is exactly the
 namespace, both environments and the Ingress; every object is valid in strict

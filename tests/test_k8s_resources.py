@@ -1,5 +1,6 @@
-"""Resources and QoS (SPEC section 7): each environment's requests and limits, the
-QoS class Kubernetes gives its pods, and whole CPUs for gunicorn's worker count.
+"""Resources and QoS (README "Deployment on Kubernetes"): each environment's requests
+and limits, the QoS class Kubernetes gives its pods, and whole CPUs for gunicorn's
+worker count.
 
 The QoS rule is implemented here and checked against known cases first.
 """

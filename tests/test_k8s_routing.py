@@ -1,4 +1,5 @@
-"""Traffic in (SPEC section 7): the Services, the Ingress and the Gateway API routes.
+"""Traffic in (README "Deployment on Kubernetes", docs/kubernetes.md): the Services,
+the Ingress and the Gateway API routes.
 
 Every route ends at an existing Service port leading to the pods' `http` port, TLS
 terminates at the edge and plain HTTP redirects, and Envoy Gateway closes idle

@@ -1,4 +1,4 @@
-"""Pod security (SPEC section 7): the container's and pod's security context, no
+"""Pod security (README "Deployment on Kubernetes"): the container's and pod's security context, no
 service links, and the namespace's Pod Security Standard labels.
 """
 

@@ -1,4 +1,4 @@
-"""Metric labels stay bounded (SPEC section 11): methods outside the known set are
+"""Metric labels stay bounded (docs/metrics.md, "Bounded series"): methods outside the known set are
 `_OTHER`, the route is the rule Flask matches or `unmatched`, the buckets are the
 spec's; and on the real server, 10,000 random requests add no series."""
 

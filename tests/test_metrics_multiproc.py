@@ -1,8 +1,8 @@
-"""The multiprocess directory (fiboserver.multiproc, SPEC section 11): dead
-workers' files archived with every count, the directory emptied and locked at
-start, a private one when none is set; and with the real server: a second server
-refused, a restart from zero, a USR2 master sharing the directory and taking the
-port over."""
+"""The multiprocess directory (fiboserver.multiproc; docs/metrics.md, "How one scrape
+sees every worker"): dead workers' files archived with every count, the directory
+emptied and locked at start, a private one when none is set; and with the real
+server: a second server refused, a restart from zero, a USR2 master sharing the
+directory and taking the port over."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """What a request, a cache lookup and a computation record, in one process with a
-registry of its own (SPEC section 11), and that nothing imports prometheus_client
+registry of its own (docs/metrics.md), and that nothing imports prometheus_client
 before the metrics are built. The real server: tests/test_metrics_served.py."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The real server's /metrics (SPEC section 11): `gunicorn -c gunicorn.conf.py`
+"""The real server's /metrics (README "Metrics", docs/metrics.md): `gunicorn -c gunicorn.conf.py`
 with two workers counts a known mix exactly, per worker and in sum, agreeing with
 its records bucket by bucket; `promtool check metrics` is clean; OpenMetrics on
 the metrics port only; metrics_port 0 turns it all off."""

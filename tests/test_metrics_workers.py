@@ -1,7 +1,8 @@
-"""Workers that come and go under the real server (SPEC section 11): after a
-SIGKILL, a timeout, 200 replacements or a HUP no counter goes backwards, each exit
-is counted with its reason, the dead leave the live gauges and the scrape stays
-fast; `fiboserver_draining` is 1 from SIGTERM until exit."""
+"""Workers that come and go under the real server (docs/metrics.md, "How one scrape
+sees every worker"): after a SIGKILL, a timeout, 200 replacements or a HUP no
+counter goes backwards, each exit is counted with its reason, the dead leave the
+live gauges and the scrape stays fast; `fiboserver_draining` is 1 from SIGTERM until
+exit."""
 
 from __future__ import annotations
 

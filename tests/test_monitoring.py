@@ -1,6 +1,7 @@
-"""k8s/monitoring (SPEC section 11): the objects against the Prometheus Operator CRDs,
-the rules through promtool (check and unit tests), and the dashboard's queries
-against a real Prometheus (Debian's package) scraping the real service."""
+"""k8s/monitoring (docs/metrics.md, "SLOs and alerts"): the objects against the
+Prometheus Operator CRDs, the rules through promtool (check and unit tests), and the
+dashboard's queries against a real Prometheus (Debian's package) scraping the real
+service."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Overload (SPEC section 12): a flood of costly requests is shed, not queued for
-seconds, and the kubelet's probes keep answering.
+"""Overload (README "Graceful start and stop", docs/worker.md): a flood of costly
+requests is shed, not queued for seconds, and the kubelet's probes keep answering.
 
 2,000 wrk connections ask uncached n in 90,000..100,000 from a pod's server (one
 worker, four threads). Real gunicorn, real sockets, 127.0.0.1 only. Speeds are
@@ -122,7 +122,7 @@ def shed_count(log_text: str) -> int:
 
 
 def log_records(path: Path) -> list[dict[str, Any]]:
-    # Every line is one JSON object (SPEC section 4).
+    # Every line is one JSON object (README "Logs").
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 

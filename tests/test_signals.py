@@ -1,5 +1,6 @@
-"""Signals to a running server (SPEC section 12): HUP reloads and never kills, and a
-USR2 upgrade followed by TERM to the old master loses no request."""
+"""Signals to a running server (README "Graceful start and stop", docs/worker.md
+"Signals"): HUP reloads and never kills, and a USR2 upgrade followed by TERM to the
+old master loses no request."""
 
 from __future__ import annotations
 

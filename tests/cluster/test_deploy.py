@@ -1,6 +1,6 @@
 """On the real cluster: `kubectl apply --server-side -k k8s` under Pod Security
 `restricted`, both Deployments 3/3 Ready through their real probes, QoS classes,
-and the container's user and read-only root (SPEC section 13, issue 9 items 1-2)."""
+and the container's user and read-only root (docs/cluster.md, issue 9 items 1-2)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from typing import Any
 from tests.support.fibref import fib_table
 from tests.support.procinfo import HOST
 
-GRACEFUL_TIMEOUT = 20  # gunicorn.conf.py, SPEC section 5
+GRACEFUL_TIMEOUT = 20  # gunicorn.conf.py's graceful_timeout (README "Graceful start and stop")
 
 
 def reference(values: list[int]) -> dict[int, Decimal]:
