@@ -2,7 +2,7 @@
 
 Every server is `gunicorn -c gunicorn.conf.py [app]` from a checkout's root, with
 FIBOSERVER_CONFIG naming a copy of the PROD config on a free loopback port, started
-through tests/serverproc.py (the one server helper) with its output in a log file.
+through tests/support/serverproc.py (the one server helper) with its output in a log file.
 A Variant says what differs: the app (the service, the bare-WSGI ceiling, the plain
 Flask floor), config keys, environment, gunicorn options or the tree.
 """

@@ -7,7 +7,7 @@ past `cache_max_bytes`. Two measurements:
 - tracemalloc sees every Python allocation: a walk of every n stored through the
   cache must stay within the budget at each step. This is where the entry
   overhead (the ordered dict's share) shows: small values, many entries.
-- the RSS of a real gunicorn worker (tests/serverproc.py) walking large n, the
+- the RSS of a real gunicorn worker (tests/support/serverproc.py) walking large n, the
   walk of `make bench`: what the C allocator keeps beyond the Python objects
   (heap holes, partly used pages) shows here. A second server with the cache off
   walks the same n at the same time; its growth (buffers, allocator arenas) is

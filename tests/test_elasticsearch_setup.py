@@ -4,7 +4,7 @@ fiboserver-*, its ILM policy, and `make elasticsearch-setup` (run by
 
 The bodies are checked against the shapes of Elasticsearch's composable index
 template and ILM APIs (PUT _index_template/<name>, PUT _ilm/policy/<name>); the
-field types themselves are the contract test's table (tests/logpipeline.py reads
+field types themselves are the contract test's table (tests/support/logpipeline.py reads
 them from the same file). The requests go to the local Elasticsearch and
 Kibana stand-in of tests/test_kibana_objects.py.
 """

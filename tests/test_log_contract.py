@@ -2,7 +2,7 @@
 
 The real service runs under gunicorn (DEV and PROD, plus two start-ups that fail
 on a bad configuration); requests include errors. Every line it prints is then
-taken through what k8s/logging does to it (the model in tests/logpipeline.py:
+taken through what k8s/logging does to it (the model in tests/support/logpipeline.py:
 containerd's CRI file, Fluent Bit's ``cri`` parser, the kubernetes filter's
 ``Merge_Log On`` / ``Keep_Log Off``).
 

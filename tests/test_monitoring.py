@@ -235,7 +235,7 @@ def test_dashboard_has_the_panels_the_issue_asks_for() -> None:
 
 
 class Prometheus:
-    """Debian's prometheus on 127.0.0.1:<free port>, configured by tests/promlocal.py."""
+    """Debian's prometheus on 127.0.0.1:<free port>, configured by tests/support/promlocal.py."""
 
     def __init__(self, workdir: Path, target: str) -> None:
         self.port = free_port()

@@ -95,7 +95,7 @@ def steady_run(
 ) -> dict[str, Any]:
     """The requests completed between window's two (time.time(), server CPU ticks)
     samples, from the `end` records' own timestamps, as a measured run
-    (bench.pairs.measured_wrk's keys) that tests/clients.py compares."""
+    (bench.pairs.measured_wrk's keys) that tests/support/clients.py compares."""
     t0, cpu0, t1, cpu1 = window
     completed = sum(
         1

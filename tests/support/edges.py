@@ -11,7 +11,7 @@
   redirect does the same. (Traefik's kubernetesIngressNGINX provider, which reads
   the annotation, keeps sending new requests to terminating pods in v3.6:
   traefik/traefik#13287, fixed in v3.7, which cannot be built here: docs/cluster.md.)
-- `nginx_edge()`: tests/e2e/edge.py's nginx, rendered from the same Ingress (nginxconf), its
+- `nginx_edge()`: tests/support/edge.py's nginx, rendered from the same Ingress (nginxconf), its
   upstreams pointed at each Service's ClusterIP, so every request crosses kube-proxy.
 """
 

@@ -12,7 +12,7 @@ k8s/monitoring: `make monitor`, and the tests that need a real one.
 Run as a script (what `make monitor` does), it writes the files into ``--dir``
 and replaces itself with Prometheus in the foreground::
 
-    python tests/promlocal.py --target 127.0.0.1:9464 --listen 127.0.0.1:9090
+    python tests/support/promlocal.py --target 127.0.0.1:9464 --listen 127.0.0.1:9090
 """
 
 from __future__ import annotations
