@@ -144,7 +144,7 @@ def test_a_flood_is_shed_while_probes_answer_and_work_goes_on(
     # manager it has that CPU to itself, and its clients run elsewhere. So here:
     # the server on one CPU, wrk and this test on the other. Unpinned, the
     # scheduler's placement of the worker's five threads over two CPUs changes
-    # the unloaded throughput by up to 20 % from one run to the next.
+    # the unloaded throughput from one run to the next (docs/performance.md).
     server_cpu, client_cpu = sorted(os.sched_getaffinity(0))[-2:]
     with on_cpus({server_cpu}):
         server.start()
