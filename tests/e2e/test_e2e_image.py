@@ -1,7 +1,7 @@
 """e2e, the image's provenance (issue 11): what `make image` built carries its
 version and commit, and `make sbom` lists exactly the locked distributions.
 
-Uses the session's one image build (tests/conftest.py), tagged
+Uses the session's one image build (tests/e2e/conftest.py), tagged
 localhost/fiboserver:e2e through `make image`.
 """
 

@@ -45,7 +45,7 @@ def tools(podman_tools: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def image(e2e_image: tuple[str, float, str]) -> tuple[str, float, str]:
-    """The session's one build of the service image (tests/conftest.py)."""
+    """The session's one build of the service image (tests/e2e/conftest.py)."""
     return e2e_image
 
 
