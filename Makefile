@@ -43,7 +43,7 @@ MONITOR_ARGS ?=
 .PHONY: monitor
 
 monitor: $(INSTALLED) ## Prometheus on 127.0.0.1:9090 scraping `make run` (in another terminal), with the alert rules
-	$(BIN)/python tests/promlocal.py --dir .monitor $(MONITOR_ARGS)
+	$(BIN)/python -m tests.support.promlocal --dir .monitor $(MONITOR_ARGS)
 
 # --- image, TLS and Kubernetes deployment (issue 3; README "Deployment") ---------
 # podman or docker, whichever is installed (podman first).
@@ -222,7 +222,7 @@ $(MUTATE_INSTALLED): $(INSTALLED)
 mutate: $(MUTATE_INSTALLED) ## mutation testing of fiboserver/ (mutmut); prints the score and every survivor
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children $(MUTATE_JOBS)
-	$(BIN)/python tests/mutation/summary.py $(BIN)/mutmut
+	$(BIN)/python -m tests.mutation.summary $(BIN)/mutmut
 
 # --- logs to Kibana (issue 5; README "Logs in Kibana") ------------------------------
 # KIBANA_URL: e.g. after `kubectl -n logging port-forward svc/kibana 5601:5601`.
@@ -272,9 +272,9 @@ kibana-import: elasticsearch-setup ## Elasticsearch setup, then the data view an
 
 # --- a real single-node cluster (issue 9; README "Run it on a real cluster") -------
 # Upstream Kubernetes v1.34.4, etcd, containerd built from pinned Go modules
-# (tests/cluster/build/*/go.mod), cached in /var/cache/fiboserver/cluster; runc, CNI
+# (tools/cluster/build/*/go.mod), cached in /var/cache/fiboserver/cluster; runc, CNI
 # plugins, catatonit, iptables from Debian (`.ci/run` installs them). Root only.
-CLUSTER := $(BIN)/python tests/cluster/cluster.py
+CLUSTER := $(BIN)/python -m tools.cluster
 
 .PHONY: cluster-up cluster-e2e cluster-down
 

@@ -7,10 +7,9 @@ import subprocess
 import sys
 from typing import Any
 
-from serverproc import REPO_ROOT
-
 from bench.log import log
 from bench.stats import median
+from tests.support.repo import REPO_ROOT
 
 _BIG_N_PROBE = r"""
 import json, sys, time

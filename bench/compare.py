@@ -20,11 +20,10 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from serverproc import REPO_ROOT
-
 from bench.pairs import alternate, summary
 from bench.servers import CEILING, SERVICE, Bench, Server
 from bench.wrk import WrkSettings, cached_load
+from tests.support.repo import REPO_ROOT
 
 
 def tree_at(ref: str, into: Path) -> Path:

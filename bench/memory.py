@@ -8,11 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from procinfo import HOST
-
 from bench.log import log
 from bench.procstat import proc_rss_bytes
 from bench.servers import SERVICE, Bench
+from tests.support.procinfo import HOST
 
 
 def walk(port: int, path_of: Callable[[int], str], ns: list[int], threads: int) -> int:

@@ -1,10 +1,10 @@
 """What the Prometheus metrics cost: the service with metrics on against metrics off.
 
-The budget (SPEC section 11): with metrics on, cached throughput falls by at most
+The budget (docs/metrics.md, "What it costs"): with metrics on, cached throughput falls by at most
 5 % against metrics off. On the cached path a request is cheapest, so the metrics'
 fixed cost per request (four updates of memory-mapped values, and one for the
 cache lookup) weighs the most there. Both variants run the PROD config; "on"
-serves /metrics on a free port (tests/serverproc.py picks it), "off" sets
+serves /metrics on a free port (tests/support/serverproc.py picks it), "off" sets
 `metrics_port: 0`. The ceiling runs in the same rounds, so the report also gives
 the cached ratio to the ceiling with metrics on.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from serverproc import ServerProcess
+from tests.support.serverproc import ServerProcess
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -26,8 +26,6 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from serverproc import REPO_ROOT
-
 from bench.bign import section_big_n
 from bench.memory import section_memory
 from bench.metrics_cost import section_metrics
@@ -37,6 +35,7 @@ from bench.startstop import section_start_stop
 from bench.throughput import section_throughput
 from bench.worker_cost import WORKER_BEFORE, section_worker_cost
 from bench.wrk import WrkSettings
+from tests.support.repo import REPO_ROOT
 
 RESULTS = REPO_ROOT / "bench" / "results"
 

@@ -2,7 +2,7 @@
 
 Every server is `gunicorn -c gunicorn.conf.py [app]` from a checkout's root, with
 FIBOSERVER_CONFIG naming a copy of the PROD config on a free loopback port, started
-through tests/serverproc.py (the one server helper) with its output in a log file.
+through tests/support/serverproc.py (the one server helper) with its output in a log file.
 A Variant says what differs: the app (the service, the bare-WSGI ceiling, the plain
 Flask floor), config keys, environment, gunicorn options or the tree.
 """
@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from serverproc import REPO_ROOT, ServerProcess
 
 from bench.log import log
+from tests.support.repo import REPO_ROOT
+from tests.support.serverproc import ServerProcess
 
 PROD_CONFIG = REPO_ROOT / "k8s" / "overlays" / "prod" / "config.yaml"
 CEILING_APP = "bench.ceiling:app"

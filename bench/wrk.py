@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from procinfo import HOST
-from serverproc import REPO_ROOT
-
 from bench.procstat import proc_cpu_ticks
+from tests.support.procinfo import HOST
+from tests.support.repo import REPO_ROOT
 
 SUMMARY_LUA = "bench/wrk/summary.lua"
 RANDOM_LUA = "bench/wrk/random_n.lua"

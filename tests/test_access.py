@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from conftest import JsonCapture
-
 from fiboserver.app.access import AccessLog
 from fiboserver.request_ids import HEADER as REQUEST_ID_HEADER
+from tests.support.logcapture import JsonCapture
 
 Headers = list[tuple[str, str]]
 

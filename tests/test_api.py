@@ -1,4 +1,4 @@
-"""HTTP API contract (SPEC section 2) through the Flask test client, DEV and PROD."""
+"""HTTP API contract (README "The API") through the Flask test client, DEV and PROD."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from conftest import JsonCapture
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from fiboserver.app import create_app
 from fiboserver.config import parse_config
+from tests.support.fibref import fib
+from tests.support.logcapture import JsonCapture
 
 
 @dataclass
@@ -38,13 +39,6 @@ def api(request: pytest.FixtureRequest) -> Iterator[Api]:
     other = "/prod" if env == "DEV" else "/dev"
     with app.test_client() as client:
         yield Api(app, client, "/" + env.lower(), other)
-
-
-def iterative(n: int) -> int:
-    a, b = 0, 1
-    for _ in range(n):
-        a, b = b, a + b
-    return a
 
 
 def body_of(resp: TestResponse) -> Any:
@@ -90,7 +84,7 @@ def test_fibo_large_values_exact(api: Api, n: int) -> None:
     check_common(resp)
     result = body_of(resp)["result"]
     assert isinstance(result, Decimal)
-    assert result == Decimal(iterative(n))
+    assert result == Decimal(fib(n))
     if n == 100000:
         text = resp.get_data(as_text=True)
         assert text.count("\n") <= 1 and len(text) > 20899
@@ -100,7 +94,7 @@ def test_fibo_n_equal_to_maxseq_is_served() -> None:
     app = make_app(env="DEV", maxseq=1000)
     resp = app.test_client().get("/dev/fibo?n=1000")
     assert resp.status_code == 200
-    assert body_of(resp)["result"] == Decimal(iterative(1000))
+    assert body_of(resp)["result"] == Decimal(fib(1000))
 
 
 @pytest.mark.parametrize("maxseq", [0, 1000, 100000])
@@ -317,7 +311,7 @@ def test_dev_uncached_request_logs_in_order_with_request_id(fibo_logs: JsonCaptu
     assert end["status"] == 200 and type(end["status"]) is int
     assert isinstance(end["duration_ms"], int | float) and end["duration_ms"] >= 0
     assert miss["level"] == "DEBUG" and miss["key"] == 1000 and type(miss["key"]) is int
-    digits = str(iterative(1000))
+    digits = str(fib(1000))
     assert stored["level"] == "DEBUG" and stored["key"] == 1000
     assert stored["digits"] == len(digits) == 209
     value = stored["value"]

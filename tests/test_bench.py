@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 
 from bench.metrics_cost import METRICS_OFF, METRICS_ON
 from bench.servers import (
@@ -26,6 +25,7 @@ from bench.servers import (
     check_same_settings,
 )
 from bench.wrk import WrkSettings, balanced, cached_load, random_load, run_wrk
+from tests.support.hosttools import require_tool
 
 
 @pytest.fixture(scope="module")

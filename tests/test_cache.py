@@ -8,12 +8,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from conftest import JsonCapture
 from flask import Flask
 
 from fiboserver.app import create_app
 from fiboserver.app.cache import LOGGED_VALUE_CHARS, FiboCache, elide
 from fiboserver.config import parse_config
+from tests.support.fibref import fib_table
+from tests.support.logcapture import JsonCapture
 
 
 def make_app(**config: Any) -> Flask:
@@ -26,15 +27,9 @@ def cache_of(app: Flask) -> FiboCache:
     return cache
 
 
-def fib_table(upto: int, keep: set[int]) -> dict[int, str]:
-    """Decimal digits of F(n) for n in `keep`, by plain addition (Decimal: no 4300 limit)."""
-    out: dict[int, str] = {}
-    a, b = 0, 1
-    for n in range(upto + 1):
-        if n in keep:
-            out[n] = str(Decimal(a))
-        a, b = b, a + b
-    return out
+def fib_digits(keep: set[int]) -> dict[int, str]:
+    """Decimal digits of F(n) for n in `keep` (Decimal: no 4300-digit limit)."""
+    return {n: str(Decimal(v)) for n, v in fib_table(keep).items()}
 
 
 def result_digits(app_client: Any, path: str) -> str:
@@ -188,7 +183,7 @@ def test_walking_every_n_stays_within_budget() -> None:
 
 
 def test_evicted_values_are_recomputed_correctly() -> None:
-    table = fib_table(20000, {19000, 19500, 20000})
+    table = fib_digits({19000, 19500, 20000})
     app = make_app(env="DEV", maxseq=20000, cache_max_bytes=12000)  # about two entries
     client = app.test_client()
     for _ in range(3):
@@ -199,7 +194,7 @@ def test_evicted_values_are_recomputed_correctly() -> None:
 @pytest.mark.parametrize("budget", [33554432, 30000])
 def test_concurrent_requests_all_correct(budget: int) -> None:
     keys = [0, 1, 2, 10, 93, 500, 1000, 4999, 5000, 12345, 30000]
-    table = fib_table(max(keys), set(keys))
+    table = fib_digits(set(keys))
     app = make_app(env="PROD", maxseq=100000, cache_max_bytes=budget)
     errors: list[str] = []
     done = [0]

@@ -1,12 +1,13 @@
 """The cache's byte budget against memory as measured, not as the cache counts it.
 
-SPEC 3: a client that walks every n up to maxseq must not grow a worker's memory
+README "Configuration" (`cache_max_bytes`) and docs/performance.md "Memory": a
+client that walks every n up to maxseq must not grow a worker's memory
 past `cache_max_bytes`. Two measurements:
 
 - tracemalloc sees every Python allocation: a walk of every n stored through the
   cache must stay within the budget at each step. This is where the entry
   overhead (the ordered dict's share) shows: small values, many entries.
-- the RSS of a real gunicorn worker (tests/serverproc.py) walking large n, the
+- the RSS of a real gunicorn worker (tests/support/serverproc.py) walking large n, the
   walk of `make bench`: what the C allocator keeps beyond the Python objects
   (heap holes, partly used pages) shows here. A second server with the cache off
   walks the same n at the same time; its growth (buffers, allocator arenas) is
@@ -21,12 +22,11 @@ import tracemalloc
 from collections.abc import Iterable
 from pathlib import Path
 
-from procinfo import child_pids
-from serverproc import ServerProcess
-
 from bench.procstat import proc_rss_bytes
 from fiboserver.app.cache import FiboCache
 from fiboserver.app.fibo import fibonacci_digits
+from tests.support.procinfo import child_pids
+from tests.support.serverproc import ServerProcess
 
 # What the interpreter's free lists (tuples from popitem, dict key tables) may
 # hold on to during the walk: not the cache's memory.

@@ -1,4 +1,4 @@
-"""`make certgen` (SPEC section 8), run for real in a temporary copy of the repo's
+"""`make certgen` (tls/README.md), run for real in a temporary copy of the repo's
 Makefile and tls/ with the real openssl; the repo's own tls/ is never touched."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.hosttools import require_tool
+from tests.support.repo import REPO_ROOT
+
 FILES = ("ca.crt", "ca.key", "tls.crt", "tls.key")
 
 
@@ -34,8 +35,8 @@ def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[s
 def workdir(tmp_path: Path) -> Path:
     require_tool("openssl")
     require_tool("make")
-    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
-    shutil.copytree(ROOT / "tls", tmp_path / "tls", ignore=shutil.ignore_patterns(*FILES))
+    shutil.copy(REPO_ROOT / "Makefile", tmp_path / "Makefile")
+    shutil.copytree(REPO_ROOT / "tls", tmp_path / "tls", ignore=shutil.ignore_patterns(*FILES))
     return tmp_path
 
 

@@ -1,4 +1,4 @@
-"""Configuration (SPEC section 1) given to the real process: bad files, and good
+"""Configuration (README "Configuration") given to the real process: bad files, and good
 files at the edges. (The pure rules of parse_config: test_config_rules.py.)
 
 Each bad file is run as `gunicorn -c gunicorn.conf.py` with FIBOSERVER_CONFIG set:
@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 import yaml
-from procinfo import free_port, is_listening
-from serverlog import Record
-from serverproc import ServerProcess
 
 from fiboserver.config import CONFIG_ENV
+from tests.support.procinfo import free_port, is_listening
+from tests.support.serverlog import Record
+from tests.support.serverproc import ServerProcess
 
 # -- bad files given to the real process ---------------------------------------------
 

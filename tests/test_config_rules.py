@@ -1,4 +1,4 @@
-"""Configuration (SPEC section 1): the pure rules of fiboserver.config.
+"""Configuration (README "Configuration"): the pure rules of fiboserver.config.
 
 parse_config's defaults, the values it accepts at each boundary and the ones it
 refuses (naming the key and the file), and load_config on the shipped files and
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fiboserver.config import Config, ConfigError, load_config, parse_config
+from tests.support.repo import REPO_ROOT
 
 
 def test_minimal_config_gets_the_defaults() -> None:
@@ -174,7 +175,7 @@ def test_top_level_must_be_a_mapping(data: object) -> None:
 
 
 def test_load_config_reads_the_shipped_files() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = REPO_ROOT
     dev = load_config(str(root / "k8s/overlays/dev/config.yaml"))
     prod = load_config(str(root / "k8s/overlays/prod/config.yaml"))
     assert (dev.env.upper(), dev.port, dev.maxseq, dev.loglevel) == ("DEV", 8080, 100000, "DEBUG")

@@ -1,4 +1,5 @@
-"""The Dockerfile (SPEC section 6): hadolint-clean, and what the manifests rely on.
+"""The Dockerfile (docs/dependencies.md, "How the image uses it"): hadolint-clean, and
+what the manifests rely on.
 
 Building and running the image is the e2e suite's job (tests/e2e, podman); here
 the file itself is read, and hadolint is run on it.
@@ -13,12 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import kube
 import pytest
-from conftest import require_tool
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCKERFILE = ROOT / "Dockerfile"
+from tests.support import kube
+from tests.support.hosttools import require_tool
+from tests.support.repo import REPO_ROOT
+
+DOCKERFILE = REPO_ROOT / "Dockerfile"
 
 Instruction = tuple[str, str]
 
@@ -155,7 +157,7 @@ def image_env() -> dict[str, str]:
 def test_image_defaults_match_the_deployment(env: str) -> None:
     """The image's FIBOSERVER_CONFIG and EXPOSE agree with the rendered pod."""
     (deployment,) = [
-        o for o in kube.render(ROOT / "k8s" / "overlays" / env) if o["kind"] == "Deployment"
+        o for o in kube.render(REPO_ROOT / "k8s" / "overlays" / env) if o["kind"] == "Deployment"
     ]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     pod_env = {e["name"]: e["value"] for e in container["env"]}
@@ -187,7 +189,7 @@ def ignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_keeps_secrets_tests_and_venvs_out() -> None:
     patterns = [
         line.strip()
-        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     for path in (
@@ -213,4 +215,4 @@ def test_dockerignore_keeps_secrets_tests_and_venvs_out() -> None:
     ]
     for src in (s for group in sources for s in group):
         assert not ignored(src, patterns), src
-        assert (ROOT / src).exists(), src
+        assert (REPO_ROOT / src).exists(), src

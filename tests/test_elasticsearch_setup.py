@@ -4,7 +4,7 @@ fiboserver-*, its ILM policy, and `make elasticsearch-setup` (run by
 
 The bodies are checked against the shapes of Elasticsearch's composable index
 template and ILM APIs (PUT _index_template/<name>, PUT _ilm/policy/<name>); the
-field types themselves are the contract test's table (tests/logpipeline.py reads
+field types themselves are the contract test's table (tests/support/logpipeline.py reads
 them from the same file). The requests go to the local Elasticsearch and
 Kibana stand-in of tests/test_kibana_objects.py.
 """
@@ -16,12 +16,13 @@ import re
 import subprocess
 from typing import Any
 
-import logpipeline
 import pytest
 import yaml
-from conftest import require_tool
-from kube import REPO_ROOT
-from test_kibana_objects import _Kibana, kibana  # noqa: F401 (fixture)
+
+from tests.support import logpipeline
+from tests.support.hosttools import require_tool
+from tests.support.repo import REPO_ROOT
+from tests.test_kibana_objects import _Kibana, kibana  # noqa: F401 (fixture)
 
 ES_DIR = REPO_ROOT / "k8s" / "logging" / "elasticsearch"
 TEMPLATE = ES_DIR / "index-template.json"

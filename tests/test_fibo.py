@@ -13,24 +13,14 @@ from decimal import Decimal
 import pytest
 
 from fiboserver.app.fibo import fibonacci_digits
+from tests.support.fibref import fib_table
 
 SPOT = [2001, 4000, 20000, 20577, 20578, 50000, 77777, 99999, 100000]
 
 
-def iterative(upto: int, keep: set[int]) -> dict[int, int]:
-    """F(n) for every n in `keep`, by plain addition from F(0)=0, F(1)=1."""
-    out: dict[int, int] = {}
-    a, b = 0, 1
-    for n in range(upto + 1):
-        if n in keep:
-            out[n] = a
-        a, b = b, a + b
-    return out
-
-
 @pytest.fixture(scope="module")
 def reference() -> dict[int, int]:
-    return iterative(max(SPOT), set(range(2001)) | set(SPOT))
+    return fib_table(set(range(2001)) | set(SPOT))
 
 
 def test_default_int_str_limit_is_in_force() -> None:

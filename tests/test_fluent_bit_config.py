@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 import yaml
-from kube import Obj
-from logmanifests import (  # noqa: F401 (fixtures)
+
+from tests.support.kube import Obj
+from tests.support.logmanifests import (  # noqa: F401 (fixtures)
     STATE_DIR,
     daemonset_fixture,
     fb_container_fixture,

@@ -22,9 +22,17 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from clients import GRACEFUL_TIMEOUT, Counts, one_request, reference
-from procinfo import HOST, child_pids, listen_queue, pending_signals, process_state, wait_until
-from serverproc import ServerProcess
+
+from tests.support.clients import GRACEFUL_TIMEOUT, Counts, one_request, reference
+from tests.support.procinfo import (
+    HOST,
+    child_pids,
+    listen_queue,
+    pending_signals,
+    process_state,
+    wait_until,
+)
+from tests.support.serverproc import ServerProcess
 
 CLIENTS = 16
 PER_CLIENT_MAX = 400  # bounds every client loop in count...
@@ -108,7 +116,7 @@ def test_idle_sigterm_exits_at_once(tmp_path: Path, capsys: pytest.CaptureFixtur
     with capsys.disabled():
         print(f"\nidle SIGTERM to exit: {elapsed:.2f}s")
     assert rc == 0
-    assert elapsed < 3, f"idle stop took {elapsed:.2f}s (SPEC: under a second)"
+    assert elapsed < 3, f"idle stop took {elapsed:.2f}s (README: about 0.5 s when idle)"
     msgs = [r["msg"] for r in srv.records]
     assert msgs.index("graceful stopping server") < msgs.index("server stopped")
 

@@ -14,10 +14,10 @@ import socket
 from pathlib import Path
 
 import pytest
-from procinfo import HOST
-from serverproc import ServerProcess
 
 from fiboserver.server.listener import refuse_new_connections
+from tests.support.procinfo import HOST
+from tests.support.serverproc import ServerProcess
 
 
 def _listener() -> socket.socket:

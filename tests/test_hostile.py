@@ -1,5 +1,6 @@
-"""Hostile clients (SPEC sections 2 and 12): idle and slow connections hold no thread,
-and what the HTTP layer refuses is answered in the API's shape with a log record.
+"""Hostile clients (README "The API" and "Graceful start and stop"; docs/worker.md):
+idle and slow connections hold no thread, and what the HTTP layer refuses is
+answered in the API's shape with a log record.
 
 Real gunicorn, real sockets, 127.0.0.1 only. The load measurements compare runs
 of the same server in the same minute, never absolute speeds.
@@ -18,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clients import (
+
+from bench.pairs import measured_wrk
+from bench.servers import Server
+from bench.wrk import WrkSettings, cached_load, run_wrk
+from fiboserver.echo import ECHO_LIMIT
+from fiboserver.worker.heads import HEAD_TIMEOUT
+from tests.support.clients import (
     completed_per_second,
     exchange,
     kept_throughput,
@@ -26,15 +33,9 @@ from clients import (
     parse_response,
     probe,
 )
-from conftest import require_tool
-from procinfo import HOST
-from serverproc import ServerProcess
-
-from bench.pairs import measured_wrk
-from bench.servers import Server
-from bench.wrk import WrkSettings, cached_load, run_wrk
-from fiboserver.echo import ECHO_LIMIT
-from fiboserver.worker.heads import HEAD_TIMEOUT
+from tests.support.hosttools import require_tool
+from tests.support.procinfo import HOST
+from tests.support.serverproc import ServerProcess
 
 IDLE = 200
 SLOWLORIS = 50

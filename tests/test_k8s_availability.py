@@ -1,5 +1,6 @@
-"""Staying up (SPEC section 7): replicas and the HPA, rolling updates, probes, the
-shutdown budget, spreading over nodes and zones, and the PodDisruptionBudget.
+"""Staying up (README "Deployment on Kubernetes"): replicas and the HPA, rolling
+updates, probes, the shutdown budget, spreading over nodes and zones, and the
+PodDisruptionBudget.
 
 The timing checks use the `graceful_timeout` the real gunicorn.conf.py resolves
 to for each overlay's config.
@@ -8,17 +9,18 @@ to for each overlay's config.
 from __future__ import annotations
 
 import pytest
-from appk8s import (
+
+from tests.support.appk8s import (
     ENVS,
     container_of,
     find,
     gunicorn_settings,
     one,
     overlay_config,
-    parse_quantity,
     pod_of,
     render,
 )
+from tests.support.kube import parse_quantity
 
 
 @pytest.mark.parametrize("env", ENVS)

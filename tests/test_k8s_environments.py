@@ -1,4 +1,5 @@
-"""The two environments (SPEC section 7): names, labels, selectors, config, image.
+"""The two environments (README "Deployment on Kubernetes"): names, labels, selectors,
+config, image.
 
 Each overlay's objects carry its name and labels, every selector picks exactly
 its own environment's pods, the hashed immutable ConfigMap is mounted where
@@ -12,7 +13,8 @@ import re
 import tomllib
 
 import pytest
-from appk8s import (
+
+from tests.support.appk8s import (
     ENVS,
     K8S,
     container_of,
@@ -24,7 +26,7 @@ from appk8s import (
     pod_of,
     render,
 )
-from kube import REPO_ROOT
+from tests.support.repo import REPO_ROOT
 
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:

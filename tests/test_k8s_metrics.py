@@ -1,14 +1,14 @@
-"""The pod's side of metrics (SPEC sections 7 and 11), on what `kubectl kustomize`
-renders: the `metrics` port, the multiprocess directory's tmpfs, the scrape
-annotations, and nothing in front of the pods that exposes the port.
-(Strict schemas and checkov cover these objects in tests/test_k8s_render.py.)"""
+"""The pod's side of metrics (README "Deployment on Kubernetes"; docs/metrics.md), on
+what `kubectl kustomize` renders: the `metrics` port, the multiprocess directory's
+tmpfs, the scrape annotations, and nothing in front of the pods that exposes the
+port. (Strict schemas and checkov cover these objects in tests/test_k8s_render.py.)"""
 
 from __future__ import annotations
 
 import pytest
-from appk8s import ENVS, container_of, find, one, overlay_config, pod_of, render
 
 from fiboserver.metrics.multiproc import ENV as MULTIPROC_ENV
+from tests.support.appk8s import ENVS, container_of, find, one, overlay_config, pod_of, render
 
 
 def metrics_port(env: str) -> int:

@@ -1,4 +1,5 @@
-"""The NetworkPolicy (SPEC sections 7 and 11): which namespaces may reach which port.
+"""The NetworkPolicy (README "Deployment on Kubernetes"; docs/metrics.md): which
+namespaces may reach which port.
 
 Only the proxies in front of the service reach `http`, only Prometheus reaches
 `metrics`, nothing goes out; the rules are evaluated connection by connection
@@ -11,19 +12,21 @@ from __future__ import annotations
 import re
 
 import pytest
-from appk8s import ENVS, K8S, NAMESPACE, container_of, one, overlay_config, render
-from kube import REPO_ROOT, Obj
+
+from tests.support.appk8s import ENVS, K8S, NAMESPACE, container_of, one, overlay_config, render
+from tests.support.kube import Obj
+from tests.support.repo import REPO_ROOT
 
 # Where the proxies named in k8s/ run by default: the Ingress class `nginx` is
 # ingress-nginx's controller in namespace ingress-nginx; the GatewayClass `eg` is
 # Envoy Gateway, whose Envoy proxies run in envoy-gateway-system. Prometheus runs
-# in `monitoring` (SPEC 11).
+# in `monitoring` (docs/metrics.md, "Deploying `k8s/monitoring`").
 PROXY_NAMESPACES = {
     ("Ingress", "nginx"): "ingress-nginx",
     ("Gateway", "eg"): "envoy-gateway-system",
 }
 MONITORING_NAMESPACE = "monitoring"
-METRICS_PORT = 9464  # SPEC 11: the container port named `metrics`
+METRICS_PORT = 9464  # the container port named `metrics` (README, the Deployment's numbers)
 
 
 def proxy_namespaces() -> list[str]:
@@ -104,7 +107,7 @@ def test_network_policy_rules(env: str) -> None:
         },
     ]  # fmt: skip
     # The port names exist on the container: `http` is what the Service targets,
-    # `metrics` is SPEC 11's 9464 and no Service port leads to it.
+    # `metrics` is 9464 and no Service port leads to it.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": overlay_config(env).port, "metrics": METRICS_PORT}
     svc_ports = one(objs, "Service", f"fiboserver-{env}")["spec"]["ports"]

@@ -1,4 +1,4 @@
-"""The Kubernetes manifests (SPEC section 7) as a whole: what kustomize renders.
+"""The Kubernetes manifests (README "Deployment on Kubernetes") as a whole: what kustomize renders.
 
 Every directory renders with the real `kubectl kustomize`; the root is exactly the
 namespace, both environments and the Ingress; every object is valid in strict
@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
-import kube
 import kubernetes_validate
 import pytest
 import yaml
-from appk8s import ENVOY_GATEWAY_API, ENVS, K8S, NAMESPACE, key, one, render
-from kube import Obj
 from kubernetes_validate.utils import all_versions
+
+from tests.support import kube
+from tests.support.appk8s import ENVOY_GATEWAY_API, ENVS, K8S, NAMESPACE, key, one, render
+from tests.support.kube import Obj
 
 GATEWAY_SCHEMAS = Path(__file__).resolve().parent / "schemas" / "gateway-api-v1.6.1"
 RENDER_DIRS = ("k8s", "k8s/overlays/dev", "k8s/overlays/prod", "k8s/gateway")

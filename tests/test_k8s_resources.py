@@ -1,5 +1,6 @@
-"""Resources and QoS (SPEC section 7): each environment's requests and limits, the
-QoS class Kubernetes gives its pods, and whole CPUs for gunicorn's worker count.
+"""Resources and QoS (README "Deployment on Kubernetes"): each environment's requests
+and limits, the QoS class Kubernetes gives its pods, and whole CPUs for gunicorn's
+worker count.
 
 The QoS rule is implemented here and checked against known cases first.
 """
@@ -7,10 +8,10 @@ The QoS rule is implemented here and checked against known cases first.
 from __future__ import annotations
 
 import pytest
-from appk8s import container_of, parse_quantity, pod_of
-from kube import Obj
 
 from fiboserver.server.cgroup import workers_for
+from tests.support.appk8s import container_of, pod_of
+from tests.support.kube import Obj, parse_quantity
 
 
 def qos_class(pod_spec: Obj) -> str:

@@ -1,4 +1,5 @@
-"""Traffic in (SPEC section 7): the Services, the Ingress and the Gateway API routes.
+"""Traffic in (README "Deployment on Kubernetes", docs/kubernetes.md): the Services,
+the Ingress and the Gateway API routes.
 
 Every route ends at an existing Service port leading to the pods' `http` port, TLS
 terminates at the edge and plain HTTP redirects, and Envoy Gateway closes idle
@@ -10,8 +11,17 @@ from __future__ import annotations
 import re
 
 import pytest
-from appk8s import ENVOY_GATEWAY_API, ENVS, container_of, find, gunicorn_settings, one, render
-from kube import Obj
+
+from tests.support.appk8s import (
+    ENVOY_GATEWAY_API,
+    ENVS,
+    container_of,
+    find,
+    gunicorn_settings,
+    one,
+    render,
+)
+from tests.support.kube import Obj
 
 
 def service_port(objs: tuple[Obj, ...], name: str, port: int | str) -> Obj:

@@ -1,4 +1,4 @@
-"""Pod security (SPEC section 7): the container's and pod's security context, no
+"""Pod security (README "Deployment on Kubernetes"): the container's and pod's security context, no
 service links, and the namespace's Pod Security Standard labels.
 """
 
@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from appk8s import ENVS, NAMESPACE, container_of, one, pod_of, render
+
+from tests.support.appk8s import ENVS, NAMESPACE, container_of, one, pod_of, render
 
 
 @pytest.mark.parametrize("env", ENVS)

@@ -21,11 +21,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
-import logpipeline
 import pytest
 import yaml
-from conftest import require_tool
-from kube import REPO_ROOT
+
+from tests.support import logpipeline
+from tests.support.hosttools import require_tool
+from tests.support.repo import REPO_ROOT
 
 NDJSON = REPO_ROOT / "k8s" / "logging" / "kibana" / "saved-objects.ndjson"
 PIPELINE = REPO_ROOT / "k8s" / "logging" / "fluent-bit.yaml"

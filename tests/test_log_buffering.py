@@ -26,10 +26,12 @@ from typing import Any
 import msgpack
 import pytest
 import yaml
-from kube import REPO_ROOT, render
-from logmanifests import parse_size
-from logpipeline import containerd_lines, cri_records, merge_log
-from test_log_contract import corpus  # noqa: F401 (fixture)
+
+from tests.support.kube import render
+from tests.support.logmanifests import parse_size
+from tests.support.logpipeline import containerd_lines, cri_records, merge_log
+from tests.support.repo import REPO_ROOT
+from tests.test_log_contract import corpus  # noqa: F401 (fixture)
 
 DOC = REPO_ROOT / "docs" / "log-buffering.md"
 BENCH = REPO_ROOT / "bench" / "results" / "latest.json"

@@ -2,7 +2,7 @@
 
 The real service runs under gunicorn (DEV and PROD, plus two start-ups that fail
 on a bad configuration); requests include errors. Every line it prints is then
-taken through what k8s/logging does to it (the model in tests/logpipeline.py:
+taken through what k8s/logging does to it (the model in tests/support/logpipeline.py:
 containerd's CRI file, Fluent Bit's ``cri`` parser, the kubernetes filter's
 ``Merge_Log On`` / ``Keep_Log Off``).
 
@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from clients import exchange, parse_response
-from logpipeline import (
+
+from tests.support.clients import exchange, parse_response
+from tests.support.logpipeline import (
     FIELD_TYPES,
     INDEX_TEMPLATE,
     LEVELS,
@@ -37,7 +38,7 @@ from logpipeline import (
     merge_log,
     type_conflicts,
 )
-from serverproc import ServerProcess
+from tests.support.serverproc import ServerProcess
 
 # The X-Request-ID `drive` sends once: the records of that one request carry it.
 CUSTOM_ID = "contract-test.0001_A"

@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kube import (
+
+from tests.support.kube import (
     Obj,
     assert_checkov_fails_only_skips,
     render,
     schema_versions,
     validate_strict,
 )
-from logmanifests import (  # noqa: F401 (fixtures)
+from tests.support.logmanifests import (  # noqa: F401 (fixtures)
     LOGGING,
     STATE_DIR,
     daemonset_fixture,

@@ -1,4 +1,4 @@
-"""The pipeline model of tests/logpipeline.py: it reassembles what containerd cuts,
+"""The pipeline model of tests/support/logpipeline.py: it reassembles what containerd cuts,
 and its checks are not vacuous (each flags the kind of record Elasticsearch refuses),
 so the contract test's passing on the service's records means something.
 """
@@ -10,7 +10,8 @@ import time
 from typing import Any
 
 import pytest
-from logpipeline import (
+
+from tests.support.logpipeline import (
     CRI_MAX_LINE,
     MergeError,
     containerd_lines,

@@ -3,7 +3,7 @@
 The README section "What each probe and each number in the Deployment is for"
 has one table, `| number | DEV | PROD | why |`, that is both the explanation for
 readers and the expected values here: the two cannot drift apart. Both overlays
-are rendered with the real `kubectl kustomize` (tests/kube.py); every number in
+are rendered with the real `kubectl kustomize` (tests/support/kube.py); every number in
 their Deployment, Service, PodDisruptionBudget and HorizontalPodAutoscaler must
 match exactly one row and equal that row's value for the environment, a row's
 `-` says the field is not set there, and a row that matches nothing fails too.
@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from kube import REPO_ROOT, render
+
+from tests.support.kube import render
+from tests.support.repo import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
 HEADER = "| number | DEV | PROD | why |"

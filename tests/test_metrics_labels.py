@@ -1,4 +1,4 @@
-"""Metric labels stay bounded (SPEC section 11): methods outside the known set are
+"""Metric labels stay bounded (docs/metrics.md, "Bounded series"): methods outside the known set are
 `_OTHER`, the route is the rule Flask matches or `unmatched`, the buckets are the
 spec's; and on the real server, 10,000 random requests add no series."""
 
@@ -12,17 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from metrictools import (
-    DURATION,
-    Recorded,
-    app_with,
-    request_counts,
-    samples,
-    server,
-    wait_booted,
-    wait_records,
-)
-from procinfo import HOST
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
@@ -34,6 +23,17 @@ from fiboserver.metrics.definitions import (
     method_label,
     static_rules,
 )
+from tests.support.metrictools import (
+    DURATION,
+    Recorded,
+    app_with,
+    request_counts,
+    samples,
+    server,
+    wait_booted,
+    wait_records,
+)
+from tests.support.procinfo import HOST
 
 # -- the rules, in one process ---------------------------------------------------
 

@@ -10,10 +10,10 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from metrictools import Recorded
-from procinfo import HOST, free_port
 
 from fiboserver.metrics.exposition import MetricsServer
+from tests.support.metrictools import Recorded
+from tests.support.procinfo import HOST, free_port
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
-"""The multiprocess directory (fiboserver.metrics.multiproc, SPEC section 11): dead
-workers' files archived with every count, the directory emptied and locked at
-start, a private one when none is set; and with the real server: a second server
-refused, a restart from zero, a USR2 master sharing the directory and taking the
-port over."""
+"""The multiprocess directory (fiboserver.metrics.multiproc; docs/metrics.md, "How one scrape
+sees every worker"): dead workers' files archived with every count, the directory
+emptied and locked at start, a private one when none is set; and with the real
+server: a second server refused, a restart from zero, a USR2 master sharing the
+directory and taking the port over."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from metrictools import (
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.parser import text_string_to_metric_families
+
+from fiboserver.metrics import multiproc
+from tests.support.metrictools import (
     never_went_down,
     request_counts,
     samples,
@@ -22,13 +28,7 @@ from metrictools import (
     wait_booted,
     wait_records,
 )
-from procinfo import child_pids, is_listening
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import generate_latest
-from prometheus_client.mmap_dict import MmapedDict, mmap_key
-from prometheus_client.parser import text_string_to_metric_families
-
-from fiboserver.metrics import multiproc
+from tests.support.procinfo import child_pids, is_listening
 
 # -- on files written as prometheus_client writes them ------------------------------
 

@@ -1,5 +1,5 @@
 """What a request, a cache lookup and a computation record, in one process with a
-registry of its own (SPEC section 11), and that nothing imports prometheus_client
+registry of its own (docs/metrics.md), and that nothing imports prometheus_client
 before the metrics are built. The real server: tests/test_metrics_served.py."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import JsonCapture
-from metrictools import DURATION, Recorded, app_with
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fiboserver.app.access import AccessLog
 from fiboserver.metrics.definitions import RequestMetrics
+from tests.support.logcapture import JsonCapture
+from tests.support.metrictools import DURATION, Recorded, app_with
 
 
 def test_a_mix_of_requests_is_counted_by_method_route_and_status(

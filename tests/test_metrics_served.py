@@ -1,4 +1,4 @@
-"""The real server's /metrics (SPEC section 11): `gunicorn -c gunicorn.conf.py`
+"""The real server's /metrics (README "Metrics", docs/metrics.md): `gunicorn -c gunicorn.conf.py`
 with two workers counts a known mix exactly, per worker and in sum, agreeing with
 its records bucket by bucket; `promtool check metrics` is clean; OpenMetrics on
 the metrics port only; metrics_port 0 turns it all off."""
@@ -11,8 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
-from metrictools import (
+
+from fiboserver.metrics.definitions import REQUEST_BUCKETS
+from tests.support.hosttools import require_tool
+from tests.support.metrictools import (
     DURATION,
     MIX,
     request_counts,
@@ -23,8 +25,6 @@ from metrictools import (
     wait_records,
     worker_values,
 )
-
-from fiboserver.metrics.definitions import REQUEST_BUCKETS
 
 ROUTES = ("/dev/fibo", "/dev/healthz", "/dev/readyz")
 

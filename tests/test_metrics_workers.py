@@ -1,7 +1,8 @@
-"""Workers that come and go under the real server (SPEC section 11): after a
-SIGKILL, a timeout, 200 replacements or a HUP no counter goes backwards, each exit
-is counted with its reason, the dead leave the live gauges and the scrape stays
-fast; `fiboserver_draining` is 1 from SIGTERM until exit."""
+"""Workers that come and go under the real server (docs/metrics.md, "How one scrape
+sees every worker"): after a SIGKILL, a timeout, 200 replacements or a HUP no
+counter goes backwards, each exit is counted with its reason, the dead leave the
+live gauges and the scrape stays fast; `fiboserver_draining` is 1 from SIGTERM until
+exit."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from metrictools import (
+
+from fiboserver.metrics.master import exit_reason
+from tests.support.metrictools import (
     DURATION,
     MIX,
     never_went_down,
@@ -27,9 +30,7 @@ from metrictools import (
     wait_records,
     worker_values,
 )
-from serverproc import ServerProcess
-
-from fiboserver.metrics.master import exit_reason
+from tests.support.serverproc import ServerProcess
 
 # -- the reason a worker's exit is counted under ---------------------------------------
 

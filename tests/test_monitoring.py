@@ -1,6 +1,7 @@
-"""k8s/monitoring (SPEC section 11): the objects against the Prometheus Operator CRDs,
-the rules through promtool (check and unit tests), and the dashboard's queries
-against a real Prometheus (Debian's package) scraping the real service."""
+"""k8s/monitoring (docs/metrics.md, "SLOs and alerts"): the objects against the
+Prometheus Operator CRDs, the rules through promtool (check and unit tests), and the
+dashboard's queries against a real Prometheus (Debian's package) scraping the real
+service."""
 
 from __future__ import annotations
 
@@ -21,16 +22,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kube
-import promlocal
 import pytest
 import yaml
-from conftest import require_tool
-from procinfo import HOST, free_port
-from serverproc import ServerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
-MONITORING = ROOT / "k8s" / "monitoring"
+from tests.support import kube, promlocal
+from tests.support.hosttools import require_tool
+from tests.support.procinfo import HOST, free_port
+from tests.support.repo import REPO_ROOT
+from tests.support.serverproc import ServerProcess
+
+MONITORING = REPO_ROOT / "k8s" / "monitoring"
 CRDS = Path(__file__).resolve().parent / "schemas" / "prometheus-operator-v0.93.0"
 RULE_TESTS = sorted((Path(__file__).resolve().parent / "monitoring").glob("*_test.yaml"))
 JOB = "fiboserver-dev"
@@ -109,7 +110,9 @@ def test_podmonitor_scrapes_both_environments_on_the_metrics_port() -> None:
     assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
     for env in ("dev", "prod"):
         (deployment,) = [
-            o for o in kube.render(ROOT / "k8s" / "overlays" / env) if o["kind"] == "Deployment"
+            o
+            for o in kube.render(REPO_ROOT / "k8s" / "overlays" / env)
+            if o["kind"] == "Deployment"
         ]
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == f"fiboserver-{env}"
@@ -119,7 +122,7 @@ def test_podmonitor_scrapes_both_environments_on_the_metrics_port() -> None:
 
 
 def test_every_alert_has_a_severity_and_a_runbook_section() -> None:
-    runbook = (ROOT / "docs" / "metrics.md").read_text()
+    runbook = (REPO_ROOT / "docs" / "metrics.md").read_text()
     anchors = {
         "#" + re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
         for line in runbook.splitlines()
@@ -232,7 +235,7 @@ def test_dashboard_has_the_panels_the_issue_asks_for() -> None:
 
 
 class Prometheus:
-    """Debian's prometheus on 127.0.0.1:<free port>, configured by tests/promlocal.py."""
+    """Debian's prometheus on 127.0.0.1:<free port>, configured by tests/support/promlocal.py."""
 
     def __init__(self, workdir: Path, target: str) -> None:
         self.port = free_port()

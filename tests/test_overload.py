@@ -1,5 +1,5 @@
-"""Overload (SPEC section 12): a flood of costly requests is shed, not queued for
-seconds, and the kubelet's probes keep answering.
+"""Overload (README "Graceful start and stop", docs/worker.md): a flood of costly
+requests is shed, not queued for seconds, and the kubelet's probes keep answering.
 
 2,000 wrk connections ask uncached n in 90,000..100,000 from a pod's server (one
 worker, four threads). Real gunicorn, real sockets, 127.0.0.1 only. Speeds are
@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clients import completed_per_second, kept_throughput, p99, probe
-from conftest import require_tool
-from procinfo import HOST, established, wait_until
 
 from bench.pairs import measured_wrk
 from bench.procstat import CLK_TCK, server_cpu_ticks
 from bench.servers import Server
 from bench.wrk import Load, WrkSettings, random_load, run_wrk
+from tests.support.clients import completed_per_second, kept_throughput, p99, probe
+from tests.support.hosttools import require_tool
+from tests.support.procinfo import HOST, established, wait_until
 
 FLOOD = 2000
 # Of each path. The issue asks for p99 over at least 20; over 20 the p99 is the
@@ -95,7 +95,7 @@ def steady_run(
 ) -> dict[str, Any]:
     """The requests completed between window's two (time.time(), server CPU ticks)
     samples, from the `end` records' own timestamps, as a measured run
-    (bench.pairs.measured_wrk's keys) that tests/clients.py compares."""
+    (bench.pairs.measured_wrk's keys) that tests/support/clients.py compares."""
     t0, cpu0, t1, cpu1 = window
     completed = sum(
         1
@@ -122,7 +122,7 @@ def shed_count(log_text: str) -> int:
 
 
 def log_records(path: Path) -> list[dict[str, Any]]:
-    # Every line is one JSON object (SPEC section 4).
+    # Every line is one JSON object (README "Logs").
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -144,7 +144,7 @@ def test_a_flood_is_shed_while_probes_answer_and_work_goes_on(
     # manager it has that CPU to itself, and its clients run elsewhere. So here:
     # the server on one CPU, wrk and this test on the other. Unpinned, the
     # scheduler's placement of the worker's five threads over two CPUs changes
-    # the unloaded throughput by up to 20 % from one run to the next.
+    # the unloaded throughput from one run to the next (docs/performance.md).
     server_cpu, client_cpu = sorted(os.sched_getaffinity(0))[-2:]
     with on_cpus({server_cpu}):
         server.start()

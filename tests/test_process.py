@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from procinfo import child_pids
-from serverlog import Record
-from serverproc import ServerProcess
+from tests.support.logpipeline import json_type
+from tests.support.procinfo import child_pids
+from tests.support.serverlog import Record
+from tests.support.serverproc import ServerProcess
 
 TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
@@ -26,18 +27,9 @@ RESERVED = {"time", "@timestamp", "log", "stream", "_p", "kubernetes"}
 INT64 = (-(2**63), 2**63 - 1)
 
 
-def json_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    return type(value).__name__
-
-
 def check_log_shape(srv: ServerProcess) -> None:
-    """Every line is one JSON object with the common keys; types stay per key."""
+    """Every line is one JSON object with the common keys; types stay per key (the
+    types Elasticsearch tells apart: tests.support.logpipeline.json_type)."""
     assert srv.bad_lines == [], srv.bad_lines[:5]
     assert srv.records, "the process logged nothing"
     now = datetime.now(UTC)

@@ -10,15 +10,15 @@ import time
 from http import HTTPStatus
 
 import pytest
-from conftest import JsonCapture
 from gunicorn.http import errors as http_errors
-from logpipeline import FIELD_TYPES, json_type
 
 from fiboserver.app.routes import parse_n
 from fiboserver.echo import ECHO_LIMIT, bounded, quoted
 from fiboserver.worker import refusals
 from fiboserver.worker.admission import Pacer
 from fiboserver.worker.connections import Conn, Connections
+from tests.support.logcapture import JsonCapture
+from tests.support.logpipeline import FIELD_TYPES, json_type
 
 
 def _split(data: bytes) -> tuple[str, dict[str, str], bytes]:

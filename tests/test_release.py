@@ -21,17 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import kube
 import pytest
 import yaml
-from conftest import require_tool
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-ROOT = kube.REPO_ROOT
-LOCK = ROOT / "requirements.lock"
-PYPROJECT = ROOT / "pyproject.toml"
+from tests.support import kube
+from tests.support.hosttools import require_tool
+from tests.support.repo import REPO_ROOT
+
+LOCK = REPO_ROOT / "requirements.lock"
+PYPROJECT = REPO_ROOT / "pyproject.toml"
 PROJECT_REF = "fiboserver (pyproject.toml)"
 SHA256 = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 
@@ -156,7 +157,7 @@ def make_dry_run(*args: str) -> str:
     make = require_tool("make")
     out = subprocess.run(
         [make, "--no-print-directory", "-n", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     return out.stdout
@@ -202,7 +203,7 @@ def print_image(repo: Path, *args: str) -> str:
 def scratch_repo(tmp_path: Path) -> Path:
     """A git repository holding the project's Makefile and pyproject.toml."""
     for name in ("Makefile", "pyproject.toml"):
-        shutil.copy(ROOT / name, tmp_path / name)
+        shutil.copy(REPO_ROOT / name, tmp_path / name)
     (tmp_path / "app.py").write_text("x = 1\n")
     git(tmp_path, "init", "-q")
     git(tmp_path, "add", "-A")
@@ -242,7 +243,7 @@ def test_tag_is_version_and_commit_and_dirty_state(scratch_repo: Path) -> None:
 
 def test_tag_without_git_is_the_version(tmp_path: Path) -> None:
     for name in ("Makefile", "pyproject.toml"):
-        shutil.copy(ROOT / name, tmp_path / name)
+        shutil.copy(REPO_ROOT / name, tmp_path / name)
     version = pyproject()["project"]["version"]
     out = subprocess.run(
         [require_tool("make"), "-s", "print-image"], cwd=tmp_path, capture_output=True,
@@ -254,12 +255,12 @@ def test_tag_without_git_is_the_version(tmp_path: Path) -> None:
 
 def test_image_and_deploy_share_the_tag() -> None:
     """`make image` tags, `make deploy` sets, the same IMAGE:TAG, with OCI labels."""
-    image = print_image(ROOT)
+    image = print_image(REPO_ROOT)
     build = make_dry_run("image", "CONTAINER_ENGINE=podman")
     assert f"-t {image} ." in build
     assert "--label org.opencontainers.image.version=" in build
     revision = re.search(r"org\.opencontainers\.image\.revision=(\S+)", build)
-    assert revision and revision[1].startswith(git(ROOT, "rev-parse", "HEAD"))
+    assert revision and revision[1].startswith(git(REPO_ROOT, "rev-parse", "HEAD"))
 
 
 # --- what make deploy applies ----------------------------------------------------------
@@ -269,7 +270,7 @@ def make_manifests(env: str, *args: str) -> list[kube.Obj]:
     require_tool("kubectl")
     out = subprocess.run(
         [require_tool("make"), "--no-print-directory", "-s", "manifests", f"ENV={env}", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -277,10 +278,10 @@ def make_manifests(env: str, *args: str) -> list[kube.Obj]:
 
 @pytest.mark.parametrize(("env", "rendered"), [("dev", "k8s/overlays/dev"), ("all", "k8s")])
 def test_manifests_set_the_image_and_nothing_else(env: str, rendered: str) -> None:
-    before = git(ROOT, "status", "--porcelain")
+    before = git(REPO_ROOT, "status", "--porcelain")
     objs = make_manifests(env, "IMAGE=reg.example/fibo", "TAG=0.1.0-abc1234")
-    assert git(ROOT, "status", "--porcelain") == before, "make manifests changed tracked files"
-    plain = kube.render(ROOT / rendered)
+    assert git(REPO_ROOT, "status", "--porcelain") == before, "make manifests changed tracked files"
+    plain = kube.render(REPO_ROOT / rendered)
     assert len(objs) == len(plain)
     deployments = [o for o in objs if o["kind"] == "Deployment"]
     assert len(deployments) == (2 if env == "all" else 1)
@@ -296,10 +297,10 @@ def test_manifests_set_the_image_and_nothing_else(env: str, rendered: str) -> No
 def test_manifests_default_to_the_built_image() -> None:
     objs = make_manifests("prod")
     (deploy,) = [o for o in objs if o["kind"] == "Deployment"]
-    assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == print_image(ROOT)
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == print_image(REPO_ROOT)
 
 
 def test_deploy_applies_the_rendered_manifests() -> None:
     command = make_dry_run("deploy", "ENV=prod")
     assert "kubectl kustomize" in command and "kubectl apply -f -" in command
-    assert "newTag: " + print_image(ROOT).rpartition(":")[2] in command
+    assert "newTag: " + print_image(REPO_ROOT).rpartition(":")[2] in command

@@ -1,6 +1,6 @@
 """Request ids under concurrency: 32 clients at once against one real gthread worker.
 
-SPEC 4: every record written while a request is served carries its
+README "Logs": every record written while a request is served carries its
 `request_id`, the one its response's `X-Request-ID` shows. The worker serves
 several requests at once on its threads, so a request id kept anywhere but in
 the request's own context (a global, a thread-local left set by the previous
@@ -16,11 +16,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from serverlog import Record
-from serverproc import ServerProcess
+from tests.support.serverlog import Record
+from tests.support.serverproc import ServerProcess
 
 CLIENTS = 32
-# Records that belong to a request (SPEC 4), and what each kind of request writes.
+# Records that belong to a request (README "Logs"), and what each kind of request writes.
 REQUEST_MSGS = {"start", "cache hit", "cache miss", "cache fibo", "fibo calculate failed", "end"}
 MISS = ["start", "cache miss", "cache fibo", "end"]
 HIT = ["start", "cache hit", "end"]

@@ -1,5 +1,6 @@
-"""Signals to a running server (SPEC section 12): HUP reloads and never kills, and a
-USR2 upgrade followed by TERM to the old master loses no request."""
+"""Signals to a running server (README "Graceful start and stop", docs/worker.md
+"Signals"): HUP reloads and never kills, and a USR2 upgrade followed by TERM to the
+old master loses no request."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from typing import Any
 
 import pytest
 import yaml
-from clients import GRACEFUL_TIMEOUT, Counts, one_request, reference
-from procinfo import child_pids, process_state, wait_until
-from serverproc import ServerProcess
+
+from tests.support.clients import GRACEFUL_TIMEOUT, Counts, one_request, reference
+from tests.support.procinfo import child_pids, process_state, wait_until
+from tests.support.serverproc import ServerProcess
 
 
 def _write_config(path: Path, config: dict[str, Any]) -> None:

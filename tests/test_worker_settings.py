@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from gunicorn.config import Config
-from serverproc import ServerProcess
 
 from fiboserver.worker import RequestThreadWorker
+from tests.support.serverproc import ServerProcess
 
 CONFIG = {"env": "PROD", "maxseq": 100}
 

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clusterlib import NS, Cluster, say
-from edges import Edge, cluster_edge
-from layout import POD_LOGS
-from test_log_contract import (  # noqa: F401 (pytest collects them here too)
+
+from tests.support.clusterlib import NS, Cluster
+from tests.support.edges import Edge, cluster_edge
+from tests.support.testlog import say
+from tests.test_log_contract import (  # noqa: F401 (pytest collects them here too)
     CUSTOM_ID,
     drive,
     merged,
@@ -27,6 +28,7 @@ from test_log_contract import (  # noqa: F401 (pytest collects them here too)
     test_no_key_collides_or_changes_name,
     test_query_fields_exist_with_their_types,
 )
+from tools.cluster.layout import POD_LOGS
 
 pytestmark = pytest.mark.cluster
 
@@ -56,7 +58,7 @@ def cri_files(cluster: Cluster, edge: Edge) -> dict[str, list[str]]:
     assert len(files) >= 6, sorted(files)
     said = sum(CUSTOM_ID in ln for lines in files.values() for ln in lines)
     assert said, "the request with the custom id is in no pod's log file"
-    say(f"kubelet CRI log files: {len(files)} files, "
+    say("cluster", f"kubelet CRI log files: {len(files)} files, "
         f"{sum(map(len, files.values()))} lines, e.g. {next(iter(files))}")  # fmt: skip
     return files
 

@@ -1,13 +1,15 @@
 """On the real cluster: `kubectl apply --server-side -k k8s` under Pod Security
 `restricted`, both Deployments 3/3 Ready through their real probes, QoS classes,
-and the container's user and read-only root (SPEC section 13, issue 9 items 1-2)."""
+and the container's user and read-only root (docs/cluster.md, issue 9 items 1-2)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from clusterlib import NS, Cluster, say
+
+from tests.support.clusterlib import NS, Cluster
+from tests.support.testlog import say
 
 pytestmark = pytest.mark.cluster
 
@@ -17,7 +19,7 @@ def test_apply_server_side_is_accepted_without_warnings(cluster: Cluster) -> Non
         assert result.returncode == 0, (cmd, result.stderr)
         # kubectl prints admission warnings (Pod Security among them) on stderr.
         assert result.stderr.strip() == "", (cmd, result.stderr)
-        say(f"{cmd}:\n" + result.stdout.strip())
+        say("cluster", f"{cmd}:\n" + result.stdout.strip())
     # Pods are created by the ReplicaSets, where Pod Security enforces: none refused.
     events = cluster.get("-n", NS, "events", "--field-selector", "reason=FailedCreate")
     assert events["items"] == [], [e["message"] for e in events["items"]]
@@ -40,7 +42,7 @@ def test_pod_security_restricted_is_enforced(cluster: Cluster) -> None:
     labels = cluster.get("namespace", NS)["metadata"]["labels"]
     version = labels.get("pod-security.kubernetes.io/enforce-version", "latest")
     assert f'violates PodSecurity "restricted:{version}"' in out.stderr, out.stderr
-    say(f"a non-restricted pod: {out.stderr.strip().splitlines()[0][:160]}")
+    say("cluster", f"a non-restricted pod: {out.stderr.strip().splitlines()[0][:160]}")
 
 
 @pytest.mark.parametrize(("env", "qos"), [("dev", "Burstable"), ("prod", "Guaranteed")])
@@ -63,7 +65,10 @@ def test_three_ready_pods_with_their_qos_class(cluster: Cluster, env: str, qos: 
         # and the container never restarted on the way.
         (status,) = p["status"]["containerStatuses"]
         assert status["started"] and status["ready"] and status["restartCount"] == 0, status
-    say(f"{env}: 3/3 Ready, qosClass {qos}: " + ", ".join(p["metadata"]["name"] for p in pods))
+    say(
+        "cluster",
+        f"{env}: 3/3 Ready, qosClass {qos}: " + ", ".join(p["metadata"]["name"] for p in pods),
+    )
 
 
 def test_container_runs_as_10001_on_a_read_only_root(cluster: Cluster) -> None:
@@ -77,4 +82,4 @@ def test_container_runs_as_10001_on_a_read_only_root(cluster: Cluster) -> None:
     out = cluster.kubectl("exec", "-n", NS, pod, "-c", "fiboserver", "--",
                           "python3", "-c", script).stdout.splitlines()  # fmt: skip
     assert out == ["10001 10001", "Read-only file system", "tmp writable"], out
-    say(f"kubectl exec {pod}: uid/gid {out[0]}, / {out[1].lower()}, /tmp {out[2]}")
+    say("cluster", f"kubectl exec {pod}: uid/gid {out[0]}, / {out[1].lower()}, /tmp {out[2]}")

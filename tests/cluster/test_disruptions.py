@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from clusterlib import NS, Cluster, say
-from edgeclients import LoadReport
-from edges import Edge, cluster_edge
-from layout import REPO_ROOT
+
+from tests.support.clusterlib import NS, Cluster
+from tests.support.edgeclients import LoadReport
+from tests.support.edges import Edge, cluster_edge
+from tests.support.repo import REPO_ROOT
+from tests.support.testlog import say
 
 pytestmark = pytest.mark.cluster
 
@@ -47,10 +49,10 @@ def under_load(cluster: Cluster, edge: Edge, label: str, action: Callable[[], No
         report = load.stop()
     lat = sorted(report.latencies) or [0.0]
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-    say(f"{label}: sent {report.sent}, failed {report.failed}, p99 {p99 * 1000:.0f} ms, "
+    say("cluster", f"{label}: sent {report.sent}, failed {report.failed}, p99 {p99 * 1000:.0f} ms, "
         f"duration {report.seconds:.1f} s  [{report.line()}]")  # fmt: skip
     for f in report.failures:
-        say(f"  failed: {f}")
+        say("cluster", f"  failed: {f}")
     # The load really ran through the whole disruption (generous floor: 2 shared cores).
     assert report.sent >= 10 * report.seconds, report.line()
     return report
@@ -134,7 +136,7 @@ def test_delete_busy_pod_loses_nothing(cluster: Cluster, edge: Edge) -> None:
 
     report = under_load(cluster, edge, "kubectl delete pod (the busiest)", delete)
     served, victim = chosen[0]
-    say(f"  deleted {victim}, which answered {served} requests in the 3 s before")
+    say("cluster", f"  deleted {victim}, which answered {served} requests in the 3 s before")
     assert served > 0, f"{victim} was not serving the load"
     assert victim not in pod_names(cluster)
     assert report.failed == 0, report.failures

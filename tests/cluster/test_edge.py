@@ -11,11 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clusterlib import NS, Cluster, say
-from conftest import require_tool
-from edgeclients import curl
-from edges import HOST, Edge, nginx_edge, traefik_edge
-from podmanlib import wait_http
+
+from tests.support.clusterlib import NS, Cluster
+from tests.support.edgeclients import curl
+from tests.support.edges import HOST, Edge, nginx_edge, traefik_edge
+from tests.support.hosttools import require_tool
+from tests.support.podmanlib import wait_http
+from tests.support.testlog import say
 
 pytestmark = pytest.mark.cluster
 
@@ -69,7 +71,7 @@ def test_nodeport_on_loopback_reaches_the_pods(cluster: Cluster, nodeport: int) 
         if "/dev/fibo" in logs:
             seen.add(pod["metadata"]["name"])
     assert len(seen) >= 2, seen
-    say(f"NodePort 127.0.0.1:{nodeport} -> 30 requests, answered by {len(seen)} pods")
+    say("cluster", f"NodePort 127.0.0.1:{nodeport} -> 30 requests, answered by {len(seen)} pods")
 
 
 def test_edge_routes_like_the_ingress(cluster: Cluster, edge: Edge) -> None:
@@ -87,7 +89,7 @@ def test_edge_routes_like_the_ingress(cluster: Cluster, edge: Edge) -> None:
     out = curl(curl_bin, "--resolve", f"{HOST}:{edge.http_port}:127.0.0.1", "-o", "/dev/null",
                "-w", "%{http_code}", http)  # fmt: skip
     assert out.stdout in {"301", "302", "307", "308"}, out
-    say(f"edge {edge.kind}: https 127.0.0.1:{edge.https_port} /dev and /prod -> 55, "
+    say("cluster", f"edge {edge.kind}: https 127.0.0.1:{edge.https_port} /dev and /prod -> 55, "
         f"/devx -> 404, plain HTTP -> {out.stdout}")  # fmt: skip
 
 
@@ -98,6 +100,6 @@ def test_load_through_the_edge_loses_nothing(edge: Edge, tmp_path: Path) -> None
     load = edge.load("/prod/fibo").start()
     time.sleep(5)
     report = load.stop()
-    say(f"steady load via {edge.kind}: {report.line()}")
+    say("cluster", f"steady load via {edge.kind}: {report.line()}")
     assert report.failed == 0, report.failures
     assert report.sent >= 100, report.line()

@@ -9,12 +9,12 @@ import re
 import tomllib
 from pathlib import Path
 
-from binaries import COMPONENTS, KUBERNETES, KUBERNETES_VERSION
-from clusterlib import K8S, fit_node
-from down import _octets, _ours
-from images import normalize, podman_name
-from kube import render
-from layout import (
+from tests.support.clusterlib import K8S, fit_node
+from tests.support.kube import render
+from tools.cluster.binaries import COMPONENTS, KUBERNETES, KUBERNETES_VERSION
+from tools.cluster.down import _octets, _ours
+from tools.cluster.images import normalize, podman_name
+from tools.cluster.layout import (
     CLUSTER_CIDR,
     CNI_CONF_DIR,
     POD_CIDR,

@@ -11,7 +11,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from clusterlib import NS, Cluster, Obj, container_pid, say
+
+from tests.support.clusterlib import NS, Cluster, Obj, container_pid
+from tests.support.testlog import say
 
 pytestmark = pytest.mark.cluster
 
@@ -32,7 +34,7 @@ def test_eviction_beyond_the_pdb_is_refused(cluster: Cluster, env: str) -> None:
     assert pdb["status"]["disruptionsAllowed"] == 1, pdb["status"]
     first, first_body = evict(cluster, pods[0])
     second, second_body = evict(cluster, pods[1])
-    say(f"{env}: evict {pods[0]} -> {first}; evict {pods[1]} right after -> {second} "
+    say("cluster", f"{env}: evict {pods[0]} -> {first}; evict {pods[1]} right after -> {second} "
         f"({second_body.get('message', '')})")  # fmt: skip
     assert first == 201, first_body
     # One pod down already: a second would leave fewer than the PDB allows.
@@ -82,7 +84,7 @@ def test_liveness_restarts_a_hung_container_after_its_thresholds(cluster: Cluste
     # so no restart before (threshold - 1) x period; event times have 1 s resolution.
     earliest = (threshold - 1) * period - 1
     latest = threshold * period + probe.get("timeoutSeconds", 1) + 5
-    say(f"liveness: stopped {len(stopped)} processes of {name}; the kubelet decided to "
+    say("cluster", f"liveness: stopped {len(stopped)} processes of {name}; the kubelet decided to "
         f"restart it after {decided:.0f} s (allowed {earliest + 1}..{latest} s): "
         f"{killing[0]['message']}")  # fmt: skip
     assert earliest <= decided <= latest, decided

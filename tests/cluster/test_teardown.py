@@ -8,8 +8,9 @@ started yourself stays up: `make cluster-down` ends it and lists anything left.
 from __future__ import annotations
 
 import pytest
-from clusterlib import Cluster, run_make
-from down import leftovers
+
+from tests.support.clusterlib import Cluster, run_make
+from tools.cluster.down import leftovers
 
 pytestmark = pytest.mark.cluster
 

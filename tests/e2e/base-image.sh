@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the local Python base image the e2e tests pass to the Dockerfile as BASE_IMAGE.
 # No container registry is reachable here, so the base is Debian bookworm made with
-# debootstrap (python3 + python3-venv: Debian's Python 3.11, as SPEC section 6 asks)
+# debootstrap (python3 + python3-venv: Debian bookworm's Python 3.11, the image's: docs/dependencies.md)
 # and imported into podman. Cached: does nothing when the image already exists
 # (FORCE=1 rebuilds). MIRROR=... picks another Debian mirror.
 set -euo pipefail

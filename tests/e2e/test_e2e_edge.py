@@ -14,22 +14,19 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import require_tool
-from drill import PRESTOP_S, PROPAGATION_S, DrillResult, Replica, rolling_update
-from edge import Nginx
-from edgeclients import Load, curl
-from nginxconf import REPO_ROOT, EdgePlan, plan_from_ingress, rendered_ingress
-from serverproc import ServerProcess
+
+from tests.support.drill import PRESTOP_S, PROPAGATION_S, DrillResult, Replica, rolling_update
+from tests.support.edge import Nginx
+from tests.support.edgeclients import Load, curl
+from tests.support.hosttools import require_tool
+from tests.support.nginxconf import EdgePlan, plan_from_ingress, rendered_ingress
+from tests.support.repo import REPO_ROOT
+from tests.support.serverproc import ServerProcess
+from tests.support.testlog import say
 
 pytestmark = pytest.mark.e2e
 
 HOST = "cloudnative"
-
-
-def say(capsys: pytest.CaptureFixture[str], text: str) -> None:
-    """Print past pytest's capture, so the CI log shows the figures."""
-    with capsys.disabled():
-        print(f"\n[e2e] {text}", end="", flush=True)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +92,6 @@ def test_tls_edge_routes_like_the_ingress(
     plan: EdgePlan,
     make_nginx: Any,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     servers = {
         svc: ServerProcess(overlay_config(svc), tmp_path, name=f"{svc}.yaml")
@@ -107,7 +103,7 @@ def test_tls_edge_routes_like_the_ingress(
             srv.wait_for("server start", timeout=30)
         ngx: Nginx = make_nginx({svc: [f"127.0.0.1:{s.port}"] for svc, s in servers.items()})
         say(
-            capsys,
+            "e2e",
             f"edge: nginx from the Ingress: host {HOST}, "
             + ", ".join(f"{r.path} -> {r.service}" for r in plan.routes)
             + f"; https 127.0.0.1:{ngx.https_port}, http 127.0.0.1:{ngx.http_port}",
@@ -120,7 +116,7 @@ def test_tls_edge_routes_like_the_ingress(
             out = curl(tools["curl"], *ca, *resolve, f"{https}{prefix}/fibo?n=10")
             assert out.returncode == 0, out.stderr
             assert json.loads(out.stdout)["result"] == 55, out.stdout
-            say(capsys, f"edge: curl --cacert tls/ca.crt {prefix}/fibo?n=10 -> {out.stdout}")
+            say("e2e", f"edge: curl --cacert tls/ca.crt {prefix}/fibo?n=10 -> {out.stdout}")
 
         # The request id a client sends comes back through the edge.
         out = curl(
@@ -138,7 +134,7 @@ def test_tls_edge_routes_like_the_ingress(
         out = curl(tools["curl"], *resolve, f"{https}/dev/fibo?n=10")
         assert out.returncode == 60, (out.returncode, out.stderr)
         say(
-            capsys,
+            "e2e",
             f"edge: curl without the CA -> exit {out.returncode} ({out.stderr.splitlines()[0]})",
         )
 
@@ -149,7 +145,7 @@ def test_tls_edge_routes_like_the_ingress(
             "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", http_url,
         )  # fmt: skip
         assert out.stdout == f"308 {https}/dev/fibo?n=10", out.stdout
-        say(capsys, f"edge: plain HTTP -> {out.stdout}")
+        say("e2e", f"edge: plain HTTP -> {out.stdout}")
 
         # Protocols: TLS 1.2 and 1.3 served, 1.1 refused by the server.
         for flags, want in ((["--tlsv1.2", "--tls-max", "1.2"], 0), (["--tlsv1.3"], 0)):
@@ -163,7 +159,7 @@ def test_tls_edge_routes_like_the_ingress(
         assert old.returncode != 0
         # The server's protocol_version alert, not a client-side refusal.
         assert "alert protocol version" in old.stderr, old.stderr
-        say(capsys, "edge: TLS 1.2 ok, TLS 1.3 ok, TLS 1.1 -> server alert protocol version")
+        say("e2e", "edge: TLS 1.2 ok, TLS 1.3 ok, TLS 1.1 -> server alert protocol version")
     finally:
         for srv in servers.values():
             srv.close()
@@ -179,7 +175,6 @@ def test_rollout_drill(
     tls_files: dict[str, Path],
     make_nginx: Any,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     service = "fiboserver-dev"
     # INFO, not the DEV default DEBUG: the drill's thousands of cache records would
@@ -227,7 +222,7 @@ def test_rollout_drill(
             retried = _retried(ngx.access_lines()[lines_before:])
             results.append((label, res, report, retried))
             say(
-                capsys,
+                "e2e",
                 f"drill {label} (preStop {prestop:.0f} s, endpoint removal reaches nginx "
                 f"after {PROPAGATION_S:.0f} s): {res.steps} replacements in "
                 f"{res.seconds:.1f} s; {report.line()}; nginx retried {retried} on "
@@ -237,10 +232,10 @@ def test_rollout_drill(
                 f"{res.failed_per_step}",
             )
             for f in report.failures:
-                say(capsys, f"  failed: {f}")
+                say("e2e", f"  failed: {f}")
 
         say(
-            capsys,
+            "e2e",
             "drill summary, failed/sent (retried by nginx): "
             + "; ".join(
                 f"{label}: {rep.failed}/{rep.sent} ({retried})"
@@ -251,8 +246,8 @@ def test_rollout_drill(
             assert res.steps == 10
             assert res.exit_codes == [0] * 10, res.exit_codes
             # The load really ran through every replacement (not a near-idle drill):
-            # 100 req/s offered, about 50 seen without preStop (1 s connect stalls);
-            # 10 is a generous floor for a busy machine.
+            # 100 req/s offered, fewer seen without preStop (1 s connect stalls);
+            # 10 is a generous floor for a busy machine (docs/e2e.md has the figures).
             assert report.sent >= 10 * res.seconds, report.line()
         (_, _, with_prestop, _), (_, _, _, rerouted), (_, _, lossy, _) = results
         # The bar: a rolling update with preStop loses nothing.
@@ -262,11 +257,11 @@ def test_rollout_drill(
         # retrying proxy, some of them had to be retried on another replica...
         assert rerouted > 0, "without preStop, no request reached the stopping replica"
         # ...and without retry they are lost. Odds of a false pass: every one of 10
-        # replacements would have to lose nothing. A replacement loses about 3
-        # (the requests routed to the stopped replica in that second at ~90 req/s,
-        # one connect stall per client thread); even if one in two lost none, a
-        # run of 10 would lose nothing once in 1024 runs, and measured, every
-        # replacement lost some ([2, 3, 2, 4, 4, 1, 5, 4, 3, 1]).
+        # replacements would have to lose nothing. A replacement loses the requests
+        # routed to the stopped replica in that second (one connect stall per
+        # client thread); even if one in two lost none, a run of 10 would lose
+        # nothing once in 1024 runs (docs/e2e.md, "The rollout drill", has what a
+        # measured run lost).
         assert lossy.failed > 0, "without preStop and retry, the drill lost nothing"
     finally:
         for r in replicas:

@@ -1,7 +1,7 @@
 """e2e, the image's provenance (issue 11): what `make image` built carries its
 version and commit, and `make sbom` lists exactly the locked distributions.
 
-Uses the session's one image build (tests/conftest.py), tagged
+Uses the session's one image build (tests/e2e/conftest.py), tagged
 localhost/fiboserver:e2e through `make image`.
 """
 
@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 from packaging.utils import canonicalize_name
-from podmanlib import REPO_ROOT, make, podman
-from test_release import LOCK, parse_lock
+
+from tests.support.podmanlib import make, podman
+from tests.support.repo import REPO_ROOT
+from tests.test_release import LOCK, parse_lock
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,28 +18,24 @@ from typing import Any
 
 import pytest
 import yaml
-from kube import render
-from podmanlib import (
+
+from tests.support.kube import parse_quantity, render
+from tests.support.podmanlib import (
     NAME_PREFIX,
-    REPO_ROOT,
     Record,
     http_get,
     json_records,
     podman,
     wait_http,
 )
-from procinfo import free_port
+from tests.support.procinfo import free_port
+from tests.support.repo import REPO_ROOT
+from tests.support.testlog import say
 
 pytestmark = pytest.mark.e2e
 
 Manifest = dict[str, Any]
 CAP_EFF = "print([ln.split()[1] for ln in open('/proc/1/status') if ln.startswith('CapEff')][0])"
-
-
-def say(capsys: pytest.CaptureFixture[str], text: str) -> None:
-    """Print past pytest's capture, so the CI log shows the figures."""
-    with capsys.disabled():
-        print(f"\n[e2e] {text}", end="", flush=True)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +45,7 @@ def tools(podman_tools: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def image(e2e_image: tuple[str, float, str]) -> tuple[str, float, str]:
-    """The session's one build of the service image (tests/conftest.py)."""
+    """The session's one build of the service image (tests/e2e/conftest.py)."""
     return e2e_image
 
 
@@ -67,18 +62,6 @@ def overlay(env: str) -> tuple[Manifest, Manifest]:
     return deploy, cm
 
 
-def cpu_quantity(q: str | int | float) -> float:
-    s = str(q)
-    return int(s[:-1]) / 1000 if s.endswith("m") else float(s)
-
-
-def memory_quantity(q: str | int) -> int:
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
-    m = re.fullmatch(r"(\d+)([KMG]i?)?", str(q))
-    assert m, q
-    return int(m.group(1)) * units.get(m.group(2) or "", 1)
-
-
 def worker_pids(records: list[Record]) -> set[int]:
     return {int(r["pid"]) for r in records if r.get("msg") == "worker booted"}
 
@@ -92,11 +75,11 @@ def check_json_only(text: str) -> list[Record]:
 
 
 def test_image_runs_as_10001_without_compiler(
-    tools: dict[str, str], image: tuple[str, float, str], capsys: pytest.CaptureFixture[str]
+    tools: dict[str, str], image: tuple[str, float, str]
 ) -> None:
     tag, seconds, base_note = image
-    say(capsys, base_note)
-    say(capsys, f"image: built {tag} from Dockerfile on the debootstrap base in {seconds:.0f} s")
+    say("e2e", base_note)
+    say("e2e", f"image: built {tag} from Dockerfile on the debootstrap base in {seconds:.0f} s")
     user = podman(tools["podman"], "image", "inspect", "--format", "{{.Config.User}}", tag)
     assert user.stdout.strip().split(":")[0] == "10001", user.stdout
     probe = (
@@ -111,7 +94,7 @@ def test_image_runs_as_10001_without_compiler(
     )
     out = podman(tools["podman"], "run", "--rm", "--network", "none", tag, "python3", "-c", probe)
     facts = json.loads(out.stdout)
-    say(capsys, f"image: {facts}")
+    say("e2e", f"image: {facts}")
     assert facts["uid"] == 10001
     assert facts["compilers"] == []
     assert not facts["tests"] and not facts["pip_cache"]
@@ -129,15 +112,14 @@ def test_container_with_the_deployments_constraints(
     image: tuple[str, float, str],
     container: str,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     pm = tools["podman"]
     deploy, cm = overlay("dev")
     pod = deploy["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     limits = c["resources"]["limits"]
-    cpus = cpu_quantity(limits["cpu"])
-    mem = memory_quantity(limits["memory"])
+    cpus = parse_quantity(limits["cpu"])
+    mem = int(parse_quantity(limits["memory"]))
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"]
     mounts = {m["name"]: m for m in c["volumeMounts"]}
@@ -173,7 +155,7 @@ def test_container_with_the_deployments_constraints(
         image[0],
     )  # fmt: skip
     say(
-        capsys,
+        "e2e",
         f"container: read-only root, tmpfs /tmp, cap-drop ALL, user {sc['runAsUser']}, "
         f"memory {limits['memory']} ({mem} B), cpus {cpus}, config ro; "
         f"published on 127.0.0.1:{port}",
@@ -181,12 +163,12 @@ def test_container_with_the_deployments_constraints(
     ready = wait_http(f"http://127.0.0.1:{port}/dev/readyz", timeout=60)
     status, body = http_get(f"http://127.0.0.1:{port}/dev/fibo?n=10")
     assert status == 200 and json.loads(body)["result"] == 55, (status, body)
-    say(capsys, f"container: ready in {ready:.1f} s; /dev/fibo?n=10 -> {body.decode()}")
+    say("e2e", f"container: ready in {ready:.1f} s; /dev/fibo?n=10 -> {body.decode()}")
     # Metrics on the `metrics` port, their files in the pod's emptyDir.
     status, body = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
     assert status == 200, (status, body[:200])
     assert b'fiboserver_cache_requests_total{result="miss"} 1.0' in body
-    say(capsys, f"container: /metrics on {container_ports['metrics']}, {len(body)} bytes")
+    say("e2e", f"container: /metrics on {container_ports['metrics']}, {len(body)} bytes")
 
     inspect = json.loads(podman(pm, "inspect", container).stdout)[0]
     hc = inspect["HostConfig"]
@@ -212,7 +194,7 @@ def test_container_with_the_deployments_constraints(
     procs = podman(pm, "top", container, "pid", "args").stdout
     n_proc = sum(1 for ln in procs.splitlines()[1:] if "gunicorn" in ln)
     say(
-        capsys,
+        "e2e",
         f"container: uid {uid}, writes {w}; workers booted {len(workers)} "
         f"(CPU limit {cpus} -> expected {expected}), gunicorn processes {n_proc}",
     )
@@ -227,7 +209,7 @@ def test_container_with_the_deployments_constraints(
     records = check_json_only(logs.stdout + logs.stderr)
     msgs = [r["msg"] for r in records]
     say(
-        capsys,
+        "e2e",
         f"container: podman stop -> exit {state['ExitCode']} in {stop_s:.2f} s "
         f"(grace period {grace} s); {len(records)} log lines, all JSON; "
         f"shutdown records present: {'graceful stopping server' in msgs}, "
@@ -317,7 +299,6 @@ def test_kube_play_the_rendered_deployment(
     image: tuple[str, float, str],
     kube: list[Played],
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     pm = tools["podman"]
     deploy, cm = overlay(env)
@@ -334,7 +315,7 @@ def test_kube_play_the_rendered_deployment(
     ctr = f"{pod}-{deploy['spec']['template']['spec']['containers'][0]['name']}"
     prefix = f"/{env}"
     ready = wait_http(f"http://127.0.0.1:{port}{prefix}/readyz", timeout=60)
-    say(capsys, f"kube play {env}: pod {pod} ready on 127.0.0.1:{port} in "
+    say("e2e", f"kube play {env}: pod {pod} ready on 127.0.0.1:{port} in "
                 f"{time.monotonic() - t0:.1f} s (readyz polled for {ready:.1f} s)")  # fmt: skip
 
     # Uncached n: DEV logs its cache records at DEBUG, PROD (INFO) must not.
@@ -360,11 +341,11 @@ def test_kube_play_the_rendered_deployment(
         # Effective capabilities of gunicorn (PID 1): drop ALL leaves none.
         "cap_eff": podman(pm, "exec", ctr, "python3", "-c", CAP_EFF).stdout.strip(),
     }
-    say(capsys, f"kube play {env}: {facts}")
+    say("e2e", f"kube play {env}: {facts}")
     assert facts["user"].split(":")[0] == "10001"
     assert facts["read_only_root"] is True
-    assert facts["memory"] == memory_quantity(limits["memory"])
-    assert facts["cpus"] == cpu_quantity(limits["cpu"])
+    assert facts["memory"] == int(parse_quantity(limits["memory"]))
+    assert facts["cpus"] == parse_quantity(limits["cpu"])
     assert facts["config_mount_rw"] is False
     assert int(facts["cap_eff"], 16) == 0
 
@@ -377,7 +358,7 @@ def test_kube_play_the_rendered_deployment(
     msgs = [r["msg"] for r in records]
     debug = sum(1 for r in records if r["level"] == "DEBUG")
     say(
-        capsys,
+        "e2e",
         f"kube play {env}: {len(records)} JSON log lines, levels {levels} ({debug} DEBUG); "
         f"podman pod stop -t {grace} -> container exit {exit_code} in {seconds:.2f} s, "
         f"'server stopped' logged: {'server stopped' in msgs}; podman kube down -> exit {rc}",

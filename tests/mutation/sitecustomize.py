@@ -2,7 +2,7 @@
 
 mutmut learns which tests reach a function from its trampolines, which record
 each call in the test process's memory. A gunicorn server started by a test
-(tests/serverproc.py) is another process: without this, its calls would be lost,
+(tests/support/serverproc.py) is another process: without this, its calls would be lost,
 and a mutant reached only through a real server would be run against no test
 at all, or only against the tests that call the function in-process.
 

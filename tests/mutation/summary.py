@@ -13,9 +13,9 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support.repo import REPO_ROOT
+
 JUDGED = REPO_ROOT / "docs" / "mutation.md"
 # `mutmut results` prints "    <mutant name>: <status>".
 _RESULT_LINE = re.compile(r"\s+(\S+__mutmut_\d+): (.+)")

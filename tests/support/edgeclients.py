@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procinfo import HOST
+from tests.support.fibref import fib_table
+from tests.support.procinfo import HOST
 
 
 def curl(curl_bin: str, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
@@ -47,13 +48,6 @@ class TLSConnection(http.client.HTTPSConnection):
     def connect(self) -> None:
         raw = socket.create_connection((HOST, self.port), timeout=self.timeout)
         self.sock = self._ctx.wrap_socket(raw, server_hostname=self.host, session=self._session)
-
-
-def fib(n: int) -> int:
-    a, b = 0, 1
-    for _ in range(n):
-        a, b = b, a + b
-    return a
 
 
 @dataclass
@@ -104,7 +98,7 @@ class Load:
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
         self._t0 = 0.0
-        self._expected = {n: fib(n) for n in range(max_n + 1)}
+        self._expected = fib_table(range(max_n + 1))
 
     def _one(self, rng: random.Random, session: ssl.SSLSession | None) -> ssl.SSLSession | None:
         n = rng.randint(0, self.max_n)

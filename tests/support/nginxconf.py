@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kube import render
+from tests.support.kube import render
+from tests.support.repo import REPO_ROOT
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent.parent
-TEMPLATE = HERE / "nginx.conf.tmpl"
+TEMPLATE = REPO_ROOT / "tests" / "e2e" / "nginx.conf.tmpl"
 
 Manifest = dict[str, Any]
 

@@ -21,8 +21,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from binaries import CACHE, CONTAINERD, CRITOOLS, KUBERNETES
-from layout import (
+from tools.cluster.binaries import CACHE, CONTAINERD, CRITOOLS, KUBERNETES
+from tools.cluster.layout import (
     BRIDGE,
     CLUSTER_CIDR,
     CNI_NETWORK,
@@ -35,7 +35,7 @@ from layout import (
     SERVICE_CIDR,
     STATE,
 )
-from procs import kill, pid_of, processes_running, stop
+from tools.cluster.procs import kill, pid_of, processes_running, stop
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 TABLES = ("filter", "nat", "mangle")

@@ -11,7 +11,7 @@
   redirect does the same. (Traefik's kubernetesIngressNGINX provider, which reads
   the annotation, keeps sending new requests to terminating pods in v3.6:
   traefik/traefik#13287, fixed in v3.7, which cannot be built here: docs/cluster.md.)
-- `nginx_edge()`: tests/e2e/edge.py's nginx, rendered from the same Ingress (nginxconf), its
+- `nginx_edge()`: tests/support/edge.py's nginx, rendered from the same Ingress (nginxconf), its
   upstreams pointed at each Service's ClusterIP, so every request crosses kube-proxy.
 """
 
@@ -28,14 +28,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from binaries import TRAEFIK
-from clusterlib import NS, Cluster
-from conftest import require_tool
-from edge import Nginx
-from edgeclients import Load, TLSConnection
-from layout import KUBECONFIG, REPO_ROOT
-from nginxconf import plan_from_ingress, rendered_ingress
-from procinfo import free_port
+from tests.support.clients import request_once
+from tests.support.clusterlib import NS, Cluster
+from tests.support.edge import Nginx
+from tests.support.edgeclients import Load, TLSConnection
+from tests.support.hosttools import require_tool
+from tests.support.nginxconf import plan_from_ingress, rendered_ingress
+from tests.support.procinfo import free_port
+from tests.support.repo import REPO_ROOT
+from tools.cluster.binaries import TRAEFIK
+from tools.cluster.layout import KUBECONFIG
 
 HOST = "cloudnative"  # the Ingress's host, also the certificate's name
 
@@ -52,13 +54,7 @@ class Edge:
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
         """One HTTPS request through the edge (like ServerProcess.get)."""
         ctx = ssl.create_default_context(cafile=str(self.cafile))
-        conn = TLSConnection(HOST, self.https_port, ctx, None)
-        try:
-            conn.request(method, path, headers={"Connection": "close", **(headers or {})})
-            resp = conn.getresponse()
-            return resp.status, resp.headers, resp.read()
-        finally:
-            conn.close()
+        return request_once(TLSConnection(HOST, self.https_port, ctx, None), method, path, headers)
 
     def load(self, path: str, *, threads: int = 4, rate: float = 25.0) -> Load:
         """edgeclients.Load against this edge: HTTPS to 127.0.0.1 with SNI `cloudnative`."""

@@ -9,10 +9,10 @@ k8s/monitoring: `make monitor`, and the tests that need a real one.
 - ``write(directory, ...)``: both files into ``directory``; returns the config's path.
 - ``command(config_file, data_dir, listen)``: the prometheus command line.
 
-Run as a script (what `make monitor` does), it writes the files into ``--dir``
+Run as a module (what `make monitor` does), it writes the files into ``--dir``
 and replaces itself with Prometheus in the foreground::
 
-    python tests/promlocal.py --target 127.0.0.1:9464 --listen 127.0.0.1:9090
+    python -m tests.support.promlocal --target 127.0.0.1:9464 --listen 127.0.0.1:9090
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.support.repo import REPO_ROOT
+
 MONITORING = REPO_ROOT / "k8s" / "monitoring"
 RULES = MONITORING / "prometheusrule.yaml"
 DASHBOARD = MONITORING / "dashboards" / "fiboserver.json"

@@ -25,8 +25,9 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
+
+from tests.support.repo import REPO_ROOT
 
 # FLB_ML_CRI_REGEX from fluent/fluent-bit src/multiline/flb_ml_parser_cri.c (the
 # built-in `cri` multiline parser), with Onigmo's (?<name>) written as Python's
@@ -44,13 +45,7 @@ PIPELINE_KEYS = frozenset({"time", "stream", "_p", "log", "@timestamp", "kuberne
 # fiboserver-* pins each field's Elasticsearch type, and the checks below hold the
 # service's records to it, read from that one file. Elasticsearch type -> the JSON
 # type (json_type below) a record's value must have for it.
-INDEX_TEMPLATE = (
-    Path(__file__).resolve().parent.parent
-    / "k8s"
-    / "logging"
-    / "elasticsearch"
-    / "index-template.json"
-)
+INDEX_TEMPLATE = REPO_ROOT / "k8s" / "logging" / "elasticsearch" / "index-template.json"
 JSON_TYPE_OF = {
     "keyword": "string", "text": "string", "long": "int", "float": "float",
     "double": "float", "date": "date", "date_nanos": "date", "boolean": "bool",

@@ -15,9 +15,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from binaries import CONTAINERD
-from layout import CONTAINERD_SOCK, PAUSE_IMAGE, REPO_ROOT
-from podmanlib import build_image, podman_env
+from tests.support.podmanlib import build_image, podman_env
+from tests.support.repo import REPO_ROOT
+from tools.cluster.binaries import CONTAINERD
+from tools.cluster.layout import CONTAINERD_SOCK, PAUSE_IMAGE
 
 CTR = CONTAINERD.path("ctr")
 

@@ -1,7 +1,7 @@
 """The cluster's programs: Go-built upstream components cached outside the clone, and
 the Debian tools the cluster needs.
 
-Each component is one pinned Go module (tests/cluster/build/<component>/go.mod and
+Each component is one pinned Go module (tools/cluster/build/<component>/go.mod and
 go.sum, committed) built with ``go build`` into
 ``/var/cache/fiboserver/cluster/<component>-<version>/`` (``FIBOSERVER_CLUSTER_CACHE``
 moves it). A stamp file there holds a digest of go.mod, go.sum, the flags and the Go
@@ -111,7 +111,7 @@ CONTAINERD = Component(
 # crictl: the kubelet's view of containers (host PIDs, sandboxes) for tests and for
 # `make cluster-down`, which removes every pod sandbox through the CRI.
 CRITOOLS = Component("cri-tools", "v1.34.0", {"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"})
-# The edge: a real Ingress controller run as a host process (tests/cluster/edges.py).
+# The edge: a real Ingress controller run as a host process (tests/support/edges.py).
 TRAEFIK = Component(
     "traefik",
     "v3.6.12",

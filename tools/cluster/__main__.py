@@ -1,18 +1,13 @@
-"""Command line of the local cluster: `python tests/cluster/cluster.py up|down|check`
+"""Command line of the local cluster: `python -m tools.cluster up|down|check`
 (the Makefile's cluster-up and cluster-down; README "Run it on a real cluster")."""
 
 from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-# The e2e helpers (podmanlib: base image and build flags) and tests/ (kube.render).
-sys.path[1:1] = [str(HERE.parent), str(HERE.parent / "e2e")]
-
-from down import down, leftovers  # noqa: E402
-from up import up  # noqa: E402
+from tools.cluster.down import down, leftovers
+from tools.cluster.up import up
 
 
 def main(argv: list[str]) -> int:
@@ -28,7 +23,7 @@ def main(argv: list[str]) -> int:
         if cmd == "down":
             print(f"cluster: nothing left behind ({time.monotonic() - t0:.1f} s)")
         return 0
-    print(f"usage: {argv[0]} up|down|check", file=sys.stderr)
+    print("usage: python -m tools.cluster up|down|check", file=sys.stderr)
     return 2
 
 

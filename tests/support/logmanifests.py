@@ -11,7 +11,9 @@ import re
 from typing import Any
 
 import pytest
-from kube import REPO_ROOT, Obj, render
+
+from tests.support.kube import Obj, render
+from tests.support.repo import REPO_ROOT
 
 LOGGING = REPO_ROOT / "k8s" / "logging"
 # The position DB and the filesystem buffer: the one host path Fluent Bit may write.

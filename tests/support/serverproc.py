@@ -10,7 +10,7 @@ background threads; lines that parse as JSON objects become ``records`` (``serve
 
 Typical use::
 
-    from serverproc import ServerProcess  # tests/ is on sys.path under pytest
+    from tests.support.serverproc import ServerProcess
 
     with ServerProcess({"env": "DEV", "maxseq": 100000}, tmp_path,
                        env={"WEB_CONCURRENCY": "2"}) as srv:
@@ -66,10 +66,12 @@ from types import TracebackType
 from typing import IO
 
 import yaml
-from procinfo import HOST, child_pids, free_port
-from serverlog import Record, ServerLog
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.support.clients import request_once
+from tests.support.procinfo import HOST, child_pids, free_port
+from tests.support.repo import REPO_ROOT
+from tests.support.serverlog import Record, ServerLog
+
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -329,13 +331,7 @@ class ServerProcess:
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
         """One request on a fresh connection (Connection: close): (status, headers, body).
         `port`: another of the server's ports (``metrics_port``) instead of the API's."""
-        conn = self.connection(timeout, port)
-        try:
-            conn.request(method, path, headers={"Connection": "close", **(headers or {})})
-            resp = conn.getresponse()
-            return resp.status, resp.headers, resp.read()
-        finally:
-            conn.close()
+        return request_once(self.connection(timeout, port), method, path, headers)
 
     def scrape(self, timeout: float = 10.0) -> str:
         """The server's `GET /metrics` on ``metrics_port``, Prometheus text format."""

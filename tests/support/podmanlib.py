@@ -17,9 +17,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent.parent
-CONTAINERS_CONF = HERE / "containers.conf"
+from tests.support.repo import REPO_ROOT
+
+E2E = REPO_ROOT / "tests" / "e2e"
+CONTAINERS_CONF = E2E / "containers.conf"
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/fiboserver-base:bookworm")
 # A tag of its own: the tests never overwrite an image a user built with `make image`.
 TEST_IMAGE = "localhost/fiboserver:e2e"
@@ -54,7 +55,7 @@ def ensure_base_image() -> str:
     """Build the debootstrap base unless it exists (cached across runs); returns
     what the builder said (kept or built, and in how many seconds)."""
     out = subprocess.run(
-        ["bash", str(HERE / "base-image.sh")],
+        ["bash", str(E2E / "base-image.sh")],
         env={**podman_env(), "BASE_IMAGE": BASE_IMAGE},
         capture_output=True,
         text=True,

@@ -13,12 +13,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
-from serverlog import Record
-from serverproc import ServerProcess
 
 from fiboserver.app import create_app
 from fiboserver.config import parse_config
 from fiboserver.metrics.definitions import Metrics
+from tests.support.serverlog import Record
+from tests.support.serverproc import ServerProcess
 
 DURATION = "http_server_request_duration_seconds"
 Key = tuple[str, frozenset[tuple[str, str]]]

@@ -15,9 +15,11 @@ import subprocess
 import time
 import urllib.request
 
-from binaries import CONTAINERD, ETCD, KUBERNETES, build_all, missing_tools
-from images import load_images
-from layout import (
+from tests.support.repo import REPO_ROOT
+from tools.cluster.binaries import CONTAINERD, ETCD, KUBERNETES, build_all, missing_tools
+from tools.cluster.images import load_images
+from tools.cluster.kubectl import kubectl
+from tools.cluster.layout import (
     API_PORT,
     CLUSTER_CIDR,
     CNI_CONF_DIR,
@@ -33,7 +35,6 @@ from layout import (
     NODE_NAME,
     OWNER,
     PKI,
-    REPO_ROOT,
     ROUTE_LOCALNET,
     RUN,
     SERVICE_CIDR,
@@ -47,8 +48,8 @@ from layout import (
     overlaps,
     scheduler_yaml,
 )
-from pki import CLIENTS, kubeconfig, make_pki
-from procs import pid_of, start, wait_until
+from tools.cluster.pki import CLIENTS, kubeconfig, make_pki
+from tools.cluster.procs import pid_of, start, wait_component
 
 K = KUBERNETES.path
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
@@ -59,11 +60,9 @@ def say(text: str) -> None:
     print(f"cluster: {text}", flush=True)
 
 
-def kubectl(*args: str, check: bool = True, timeout: float = 60) -> str:
-    proc = subprocess.run(
-        ["kubectl", "--kubeconfig", str(KUBECONFIG), *args],
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+def kubectl_out(*args: str, check: bool = True, timeout: float = 60) -> str:
+    """kubectl's stdout; a failure (with `check`) ends `up` with kubectl's words."""
+    proc = kubectl(*args, timeout=timeout)
     if check and proc.returncode != 0:
         raise SystemExit(f"cluster: kubectl {' '.join(args)}: {proc.stderr.strip()}")
     return proc.stdout
@@ -126,7 +125,7 @@ def _control_plane(ip: str) -> None:
         "--initial-cluster", f"{NODE_NAME}={ETCD_PEER}",
         "--listen-metrics-urls", "http://127.0.0.1:2381",
     ])  # fmt: skip
-    wait_until("etcd", lambda: _http_ok("http://127.0.0.1:2381/health"), 60, "etcd")
+    wait_component("etcd", lambda: _http_ok("http://127.0.0.1:2381/health"), 60, "etcd")
     start("kube-apiserver", [
         K("kube-apiserver"), "--etcd-servers", ETCD_CLIENT,
         # Loopback only: kubectl and every component run on this host.
@@ -150,9 +149,9 @@ def _control_plane(ip: str) -> None:
         "--enable-admission-plugins", "NodeRestriction",
         "--allow-privileged=false",
     ])  # fmt: skip
-    wait_until("kube-apiserver", _api_ready, 120, "kube-apiserver")
+    wait_component("kube-apiserver", _api_ready, 120, "kube-apiserver")
     # The API server may call the kubelet (logs, exec) with its client certificate.
-    kubectl("create", "clusterrolebinding", "apiserver-kubelet-client",
+    kubectl_out("create", "clusterrolebinding", "apiserver-kubelet-client",
             "--clusterrole", "system:kubelet-api-admin",
             "--user", CLIENTS["apiserver-kubelet-client"][0], check=False)  # fmt: skip
     start("kube-controller-manager", [
@@ -178,7 +177,7 @@ def _control_plane(ip: str) -> None:
 
 def _node(ip: str) -> dict[str, str]:
     start("containerd", [CONTAINERD.path("containerd"), "--config", STATE / "containerd.toml"])
-    wait_until("containerd", lambda: CONTAINERD_SOCK.is_socket(), 60, "containerd")
+    wait_component("containerd", lambda: CONTAINERD_SOCK.is_socket(), 60, "containerd")
     podman = shutil.which("podman") or "podman"
     t0 = time.monotonic()
     images = load_images(podman)
@@ -191,11 +190,11 @@ def _node(ip: str) -> dict[str, str]:
         "--kubeconfig", PKI / "kubelet.kubeconfig",
         "--root-dir", KUBELET_ROOT, "--hostname-override", NODE_NAME, "--node-ip", ip,
     ])  # fmt: skip
-    wait_until(
+    wait_component(
         "the node",
         lambda: (
             "True"
-            in kubectl(
+            in kubectl_out(
                 "get",
                 "node",
                 NODE_NAME,
@@ -208,7 +207,9 @@ def _node(ip: str) -> dict[str, str]:
         "kubelet",
     )
     start("kube-proxy", [K("kube-proxy"), "--config", STATE / "kube-proxy.yaml"])
-    wait_until("kube-proxy", lambda: _http_ok("http://127.0.0.1:10256/healthz"), 60, "kube-proxy")
+    wait_component(
+        "kube-proxy", lambda: _http_ok("http://127.0.0.1:10256/healthz"), 60, "kube-proxy"
+    )
     return images
 
 
@@ -233,7 +234,7 @@ def up() -> int:
             return 0
         raise SystemExit(f"cluster: a cluster started from {who} is running ({', '.join(live)}); "
                          f"`make -C {who} cluster-down` first")  # fmt: skip
-    from down import down  # a previous run that died: clear what it left
+    from tools.cluster.down import down  # a previous run that died: clear what it left
 
     down(quiet=True)
     clash = overlaps(host_networks())

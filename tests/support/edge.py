@@ -17,8 +17,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from nginxconf import EdgePlan, render_nginx_conf
-from procinfo import HOST, free_port
+from tests.support.nginxconf import EdgePlan, render_nginx_conf
+from tests.support.procinfo import HOST, free_port
 
 
 class Nginx:

@@ -25,9 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge import Nginx
-from podmanlib import wait_http
-from serverproc import ServerProcess
+from tests.support.edge import Nginx
+from tests.support.podmanlib import wait_http
+from tests.support.serverproc import ServerProcess
 
 PRESTOP_S = 2.0
 PROPAGATION_S = 1.0

@@ -7,6 +7,7 @@
 - ``validate_strict(objects, version)``: kubernetes-validate in strict mode (unknown
   fields are errors, not silently dropped as the API server would); a kind without a
   schema is an error too, unless listed in ``allow_kinds_without_schema``.
+- ``parse_quantity(q)``: a resource quantity (``500m``, ``1Gi``) as a number.
 - ``crd_validator(crd_file, version)``: a JSON Schema validator for the objects of a
   vendored CustomResourceDefinition (tests/schemas), just as strict.
 """
@@ -25,10 +26,11 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import require_tool
 from packaging.version import Version
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.support.hosttools import require_tool
+from tests.support.repo import REPO_ROOT
+
 OLDEST_VERSION = "1.30.0"
 
 Obj = dict[str, Any]
@@ -47,6 +49,18 @@ def render(path: Path | str) -> list[Obj]:
     if proc.returncode != 0:
         pytest.fail(f"kubectl kustomize {path} failed:\n{proc.stderr}")
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def parse_quantity(q: str | int | float) -> float:
+    """A Kubernetes resource quantity as a number (CPUs or bytes)."""
+    units = {
+        "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+        "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+    }  # fmt: skip
+    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(q))
+    assert match, f"bad quantity {q!r}"
+    number, unit = match.groups()
+    return float(number) * (units[unit] if unit else 1)
 
 
 def newest_version() -> str:

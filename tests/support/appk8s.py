@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
-import kube
-from kube import REPO_ROOT, Obj
-
 from fiboserver.config import Config, load_config
+from tests.support import kube
+from tests.support.kube import Obj
+from tests.support.repo import REPO_ROOT
 
 K8S = REPO_ROOT / "k8s"
 NAMESPACE = "cloudnative"
@@ -88,15 +87,3 @@ def gunicorn_settings(env: str) -> dict[str, str]:
         if sep:
             settings[name.strip()] = value.strip()
     return settings
-
-
-def parse_quantity(q: str | int | float) -> float:
-    """A Kubernetes resource quantity as a number (CPUs or bytes)."""
-    units = {
-        "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-        "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-    }  # fmt: skip
-    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(q))
-    assert match, f"bad quantity {q!r}"
-    number, unit = match.groups()
-    return float(number) * (units[unit] if unit else 1)

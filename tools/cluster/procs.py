@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from layout import LOGS, PIDS, component_path
+from tools.cluster.layout import LOGS, PIDS, component_path
 
 
 def start(name: str, argv: Sequence[str | Path], env: dict[str, str] | None = None) -> int:
@@ -75,9 +75,10 @@ def kill(pid: int, timeout: float = 20.0) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float, name: str) -> float:
+def wait_component(what: str, check: Callable[[], bool], timeout: float, name: str) -> float:
     """Poll `check` until true while process `name` runs; seconds waited. Fails
-    with the end of its log."""
+    (SystemExit) with the end of its log as soon as the process exits: unlike
+    tests.support.procinfo.wait_until, a check that raises counts as not yet."""
     t0 = time.monotonic()
     problem = f"not ready after {timeout:.0f} s"
     while time.monotonic() - t0 < timeout:

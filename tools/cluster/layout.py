@@ -15,10 +15,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from binaries import CNI_BIN_DIR, CONTAINERD
+from tests.support.repo import REPO_ROOT
+from tools.cluster.binaries import CNI_BIN_DIR, CONTAINERD
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent.parent
 DOT = REPO_ROOT / ".cluster"
 KUBECONFIG = DOT / "kubeconfig"
 LOGS = DOT / "logs"

@@ -13,25 +13,36 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from procinfo import HOST
+from tests.support.fibref import fib_table
+from tests.support.procinfo import HOST
 
-GRACEFUL_TIMEOUT = 20  # gunicorn.conf.py, SPEC section 5
+GRACEFUL_TIMEOUT = 20  # gunicorn.conf.py's graceful_timeout (README "Graceful start and stop")
 
 
 def reference(values: list[int]) -> dict[int, Decimal]:
-    keep = set(values)
-    out: dict[int, Decimal] = {}
-    a, b = 0, 1
-    for n in range(max(values) + 1):
-        if n in keep:
-            out[n] = Decimal(a)  # Decimal: no int/str digit limit involved
-        a, b = b, a + b
-    return out
+    """F(n) for each n as Decimal: no int/str digit limit involved."""
+    return {n: Decimal(v) for n, v in fib_table(values).items()}
+
+
+def request_once(
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """One request with `Connection: close` on `conn`, closed after:
+    (status, headers, body)."""
+    try:
+        conn.request(method, path, headers={"Connection": "close", **(headers or {})})
+        resp = conn.getresponse()
+        return resp.status, resp.headers, resp.read()
+    finally:
+        conn.close()
 
 
 @dataclass

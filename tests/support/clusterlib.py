@@ -1,8 +1,9 @@
-"""What the cluster tests share: the session's cluster (brought up here only with
-CI=true), kubectl against it, the deployment of k8s/ and CRI look-ups.
+"""What the cluster tests share: kubectl against the cluster of tools/cluster, the
+deployment of k8s/ and CRI look-ups (the session's `cluster` fixture, which brings
+one up only with CI=true, is in tests/cluster/conftest.py).
 
 Only 127.0.0.1 is contacted by the tests: the API server and NodePorts listen on
-loopback, and the edge (tests/cluster/edges.py) listens there too.
+loopback, and the edge (tests/support/edges.py) listens there too.
 """
 
 from __future__ import annotations
@@ -12,49 +13,33 @@ import os
 import shutil
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-from binaries import CRITOOLS
-from conftest import IN_CI, require_tool
-from layout import (
+from tests.support.hosttools import require_tool
+from tests.support.kube import parse_quantity
+from tests.support.repo import REPO_ROOT
+from tests.support.testlog import say
+from tools.cluster.binaries import CRITOOLS
+from tools.cluster.kubectl import kubectl
+from tools.cluster.layout import (
     API_PORT,
     CONTAINERD_SOCK,
     KUBECONFIG,
     NODE_NAME,
     OWNER,
     PKI,
-    REPO_ROOT,
-    ROUTE_LOCALNET,
 )
 
 NS = "cloudnative"
 K8S = REPO_ROOT / "k8s"
 HOW_TO = "make cluster-up && make cluster-e2e"
 Obj = dict[str, Any]
-
-
-_config: pytest.Config | None = None  # set by session()
-
-
-def say(text: str) -> None:
-    """A line in the test log past pytest's capture (figures for the CI log), as
-    capsys.disabled() prints."""
-    if _config is None:
-        print(f"[cluster] {text}", file=sys.stderr)
-        return
-    capman: Any = _config.pluginmanager.get_plugin("capturemanager")
-    reporter: Any = _config.pluginmanager.get_plugin("terminalreporter")
-    with capman.global_and_fixture_disabled():
-        reporter.write_line(f"[cluster] {text}")
 
 
 @dataclass
@@ -70,10 +55,7 @@ class Cluster:
     # --- kubectl ----------------------------------------------------------------
     def kubectl(self, *args: str, check: bool = True, timeout: float = 120,
                 stdin: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
-        proc = subprocess.run(
-            [require_tool("kubectl"), "--kubeconfig", str(KUBECONFIG), *args],
-            input=stdin, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
-        )  # fmt: skip
+        proc = kubectl(*args, timeout=timeout, stdin=stdin, binary=require_tool("kubectl"))
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}:\n"
                                  f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")  # fmt: skip
@@ -164,7 +146,7 @@ class Cluster:
         """What the tests apply: k8s/, or on a small node `fit_node()`'s overlay of it."""
         if self._manifests is None:
             alloc = self.get("node", NODE_NAME)["status"]["allocatable"]["cpu"]
-            self._manifests = fit_node(cpu_quantity(alloc), Path(tempfile.mkdtemp()))
+            self._manifests = fit_node(parse_quantity(alloc), Path(tempfile.mkdtemp()))
         return self._manifests
 
     def api(self, method: str, path: str, body: Obj | None = None) -> tuple[int, Obj]:
@@ -181,10 +163,6 @@ class Cluster:
                 return resp.status, json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
-
-
-def cpu_quantity(q: str) -> float:
-    return int(q[:-1]) / 1000 if q.endswith("m") else float(q)
 
 
 # prod's pods ask for a whole CPU each (k8s/overlays/prod): 3 replicas + 1 surge
@@ -245,11 +223,10 @@ def container_pid(pod: Obj) -> int:
 def api_ready() -> bool:
     if not KUBECONFIG.is_file():
         return False
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
+    binary = shutil.which("kubectl")
+    if binary is None:
         return False
-    proc = subprocess.run([kubectl, "--kubeconfig", str(KUBECONFIG), "get", "--raw", "/readyz"],
-                          capture_output=True, text=True, timeout=20)  # fmt: skip
+    proc = kubectl("get", "--raw", "/readyz", timeout=20, binary=binary)
     return proc.returncode == 0 and proc.stdout.strip() == "ok"
 
 
@@ -258,38 +235,6 @@ def run_make(target: str, timeout: float) -> subprocess.CompletedProcess[str]:
     t0 = time.monotonic()
     proc = subprocess.run(["make", "-s", target], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=timeout)  # fmt: skip
-    say(f"make {target}: exit {proc.returncode} in {time.monotonic() - t0:.0f} s\n"
+    say("cluster", f"make {target}: exit {proc.returncode} in {time.monotonic() - t0:.0f} s\n"
         + (proc.stdout + proc.stderr).strip())  # fmt: skip
     return proc
-
-
-def session(config: pytest.Config) -> Iterator[Cluster]:
-    """The `cluster` fixture (tests/conftest.py): with CI=true the run brings the
-    cluster up (`make cluster-up` keeps one this clone already runs) and down at the
-    end; otherwise a cluster that is up is used as it is, or the tests skip."""
-    global _config
-    _config = config
-    if api_ready() and not IN_CI:
-        yield Cluster(owned=False)
-        return
-    if not IN_CI:
-        pytest.skip(f"no local cluster is up; run them with `{HOW_TO}` (the first "
-                    "start compiles Kubernetes: README 'Run it on a real cluster')")  # fmt: skip
-    from up import host_dirs
-
-    # The host as it was, for test_teardown.py to compare with after the down.
-    before: dict[str, object] = {
-        "route_localnet": ROUTE_LOCALNET.read_text().strip(),
-        "host_dirs": host_dirs(),
-    }
-    up = run_make("cluster-up", timeout=3600)
-    if up.returncode != 0:
-        run_make("cluster-down", timeout=600)
-        pytest.fail(f"make cluster-up failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
-    cluster = Cluster(owned=True, host_before=before)
-    os.environ["KUBECONFIG"] = str(KUBECONFIG)
-    try:
-        yield cluster
-    finally:
-        if not cluster.down_done:
-            run_make("cluster-down", timeout=600)

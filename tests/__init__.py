@@ -1,0 +1,2 @@
+"""fiboserver's tests (`make test`). The helpers they share, and bench/ and
+tools/cluster with them, are the package tests.support."""

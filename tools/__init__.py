@@ -1,0 +1,1 @@
+"""Command-line tools of the project that are not the service: tools/cluster."""
