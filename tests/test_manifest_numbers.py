@@ -1,6 +1,7 @@
-"""Every number in the rendered manifests is the one the README's table gives, exactly.
+"""Every number in the rendered manifests is the one docs/kubernetes.md's table gives, exactly.
 
-The README section "What each probe and each number in the Deployment is for"
+The section "What each probe and each number in the Deployment is for" of
+docs/kubernetes.md (the README links it)
 has one table, `| number | DEV | PROD | why |`, that is both the explanation for
 readers and the expected values here: the two cannot drift apart. Both overlays
 are rendered with the real `kubectl kustomize` (tests/support/kube.py); every number in
@@ -26,7 +27,7 @@ import pytest
 from tests.support.kube import render
 from tests.support.repo import REPO_ROOT
 
-README = REPO_ROOT / "README.md"
+TABLE_DOC = REPO_ROOT / "docs" / "kubernetes.md"
 HEADER = "| number | DEV | PROD | why |"
 ENVS = ("DEV", "PROD")
 UNSET = "-"
@@ -44,10 +45,10 @@ class Row:
     values: dict[str, str]  # env -> value as written, UNSET when not set
 
 
-def readme_rows(text: str) -> list[Row]:
-    """The rows of the numbers table in the README text."""
+def table_rows(text: str) -> list[Row]:
+    """The rows of the numbers table in the text of TABLE_DOC."""
     lines = text.splitlines()
-    assert lines.count(HEADER) == 1, f"the README needs exactly one table headed {HEADER!r}"
+    assert lines.count(HEADER) == 1, f"{TABLE_DOC.name} needs exactly one table headed {HEADER!r}"
     start = lines.index(HEADER) + 2  # past the |---| line
     rows: list[Row] = []
     for line in lines[start:]:
@@ -107,26 +108,26 @@ def check(objects: list[Obj], env: str, rows: list[Row]) -> list[str]:
         matching = [r for r in rows if ends_with(path, r.key)]
         if len(matching) != 1:
             what = "no row" if not matching else f"rows {[r.key for r in matching]}"
-            errors.append(f"{env} {path} = {value!r}: {what} in the README table")
+            errors.append(f"{env} {path} = {value!r}: {what} in the table of docs/kubernetes.md")
             continue
         row = matching[0]
         seen.add(row.key)
         if row.values[env] != str(value):
-            errors.append(f"{env} {path} = {value!r}, the README says {row.values[env]!r}")
+            errors.append(f"{env} {path} = {value!r}, the table says {row.values[env]!r}")
     for row in rows:
         expected = row.values[env]
         if expected == UNSET:
             found = [p for p, _ in all_leaves if under(p, row.key)]
             if found:
-                errors.append(f"{env} `{row.key}` is set ({found[0]}), the README says unset")
+                errors.append(f"{env} `{row.key}` is set ({found[0]}), the table says unset")
         elif row.key not in seen:
-            errors.append(f"{env} `{row.key}` = {expected} in the README, not in the manifests")
+            errors.append(f"{env} `{row.key}` = {expected} in the table, not in the manifests")
     return errors
 
 
 @pytest.fixture(scope="module")
 def rows() -> list[Row]:
-    return readme_rows(README.read_text())
+    return table_rows(TABLE_DOC.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -135,12 +136,12 @@ def rendered() -> dict[str, list[Obj]]:
 
 
 @pytest.mark.parametrize("env", ENVS)
-def test_every_manifest_number_is_the_readme_table(
+def test_every_manifest_number_is_the_table(
     rows: list[Row], rendered: dict[str, list[Obj]], env: str
 ) -> None:
     assert {o["kind"] for o in rendered[env]} >= set(KINDS) - {"HorizontalPodAutoscaler"}
     errors = check(rendered[env], env, rows)
-    assert not errors, "manifests and README table disagree:\n" + "\n".join(errors)
+    assert not errors, f"manifests and {TABLE_DOC.name} disagree:\n" + "\n".join(errors)
 
 
 def test_table_covers_the_numbers_that_matter(rows: list[Row]) -> None:
