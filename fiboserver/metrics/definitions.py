@@ -86,7 +86,7 @@ class Metrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
+        from prometheus_client import Gauge, Histogram
 
         self.request_duration: Histogram = Histogram(
             "http_server_request_duration_seconds",
@@ -101,6 +101,12 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
+        self._declare_cache(registry)
+        self._declare_server(registry)
+
+    def _declare_cache(self, registry: CollectorRegistry | None) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
         cache_requests = Counter(
             "fiboserver_cache_requests",
             "Cache lookups, by result.",
@@ -133,6 +139,10 @@ class Metrics:
             buckets=COMPUTE_BUCKETS,
             registry=registry,
         )
+
+    def _declare_server(self, registry: CollectorRegistry | None) -> None:
+        from prometheus_client import Counter, Gauge
+
         self.draining: Gauge = Gauge(
             "fiboserver_draining",
             "1 once the server received SIGTERM, else 0.",
