@@ -23,8 +23,6 @@ import pytest
 from bench.pairs import measured_wrk
 from bench.servers import Server
 from bench.wrk import WrkSettings, cached_load, run_wrk
-from fiboserver.echo import ECHO_LIMIT
-from fiboserver.worker.heads import HEAD_TIMEOUT
 from tests.support.clients import (
     completed_per_second,
     exchange,
@@ -37,6 +35,10 @@ from tests.support.hosttools import require_tool
 from tests.support.procinfo import HOST
 from tests.support.serverproc import ServerProcess
 
+# README "HTTP API": at most 40 characters of client input are quoted.
+ECHO_LIMIT = 40
+# docs/worker.md: a connection's whole head must arrive within 10 s.
+HEAD_TIMEOUT = 10.0
 IDLE = 200
 SLOWLORIS = 50
 # The issue asks for p99 over at least 20 probes; over 20 the p99 is the largest,

@@ -13,12 +13,15 @@ import pytest
 from gunicorn.http import errors as http_errors
 
 from fiboserver.app.routes import parse_n
-from fiboserver.echo import ECHO_LIMIT, bounded, quoted
+from fiboserver.echo import bounded, quoted
 from fiboserver.worker import refusals
 from fiboserver.worker.admission import Pacer
 from fiboserver.worker.connections import Conn, Connections
 from tests.support.logcapture import JsonCapture
 from tests.support.logpipeline import FIELD_TYPES, json_type
+
+# README "HTTP API": an answer or a record quotes at most 40 characters of client input.
+ECHO_LIMIT = 40
 
 
 def _split(data: bytes) -> tuple[str, dict[str, str], bytes]:
