@@ -154,4 +154,3 @@ def test_retry_window_of_other_namespaces() -> None:
     low = mean - 3.1 * sd  # one-sided 99.9 % (normal approximation of the sum)
     assert abs(doc_number(r"on average ([\d.]+) minutes") * 60 - mean) <= 60
     assert abs(doc_number(r"at least ([\d.]+) minutes with 99\.9") * 60 - low) <= 60
-
