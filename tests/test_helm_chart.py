@@ -238,8 +238,10 @@ def test_helm_test_pod_asks_the_service_for_readyz_and_fibo() -> None:
     (container,) = pod["spec"]["containers"]
     assert container["image"] == the(objs, "Deployment")["spec"]["template"]["spec"][
         "containers"][0]["image"]  # fmt: skip
-    script, url = container["command"][2:]
-    assert url == "http://fiboserver-prod.cloudnative.svc:80/prod"
+    script, service, prefix = container["command"][2:]
+    assert (service, prefix) == ("fiboserver-prod", "/prod")
+    assert service == the(without_hooks(objs), "Service")["metadata"]["name"]
+    assert pod["spec"]["enableServiceLinks"] is True  # FIBOSERVER_PROD_SERVICE_HOST
     assert '"/readyz"' in script and '"/fibo?n=10"' in script and "== 55" in script
     # Not one of the app's pods: no Service endpoint, not under its NetworkPolicy.
     selector = the(without_hooks(objs), "Service")["spec"]["selector"]
@@ -251,12 +253,19 @@ def test_helm_test_pod_asks_the_service_for_readyz_and_fibo() -> None:
 
 
 def test_helm_test_script_runs(tmp_path: Path) -> None:
-    """The test Pod's script is valid Python that fails without a service to ask."""
+    """The test Pod's script, run here against a Service address where nothing
+    listens, and without the Service's variables: it fails, saying why."""
     (container,) = the(hooks(env_release("dev")), "Pod")["spec"]["containers"]
-    script = container["command"][2].replace("time.monotonic() + 60", "time.monotonic() + 1")
-    out = subprocess.run(["python3", "-c", script, "http://127.0.0.1:9/dev"],
+    script, *args = container["command"][2:]
+    script = script.replace("time.monotonic() + 60", "time.monotonic() + 1")
+    env = {"FIBOSERVER_DEV_SERVICE_HOST": "127.0.0.1", "FIBOSERVER_DEV_SERVICE_PORT_HTTP": "9"}
+    out = subprocess.run(["python3", "-c", script, *args], env=env,
                          capture_output=True, text=True, timeout=30)  # fmt: skip
-    assert out.returncode != 0 and "readyz: no answer" in out.stderr, out.stderr
+    assert out.returncode != 0 and "/dev/readyz: no answer" in out.stderr, out.stderr
+    assert "http://127.0.0.1:9/dev" in out.stderr
+    out = subprocess.run(["python3", "-c", script, *args], env={},
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert "FIBOSERVER_DEV_SERVICE_HOST unset" in out.stderr, out.stderr
 
 
 # --- make chart --------------------------------------------------------------------
