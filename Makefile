@@ -286,3 +286,30 @@ cluster-e2e: $(INSTALLED) ## the checks on the cluster of `make cluster-up` (app
 
 cluster-down: $(INSTALLED) ## stop the local cluster and remove everything it made (twice is harmless)
 	$(CLUSTER) down
+
+# --- Helm chart (issue 17; README "Install with Helm") ------------------------------
+# helm v4.3.2 built from its pinned Go module (tools/cluster/build/helm) into
+# /var/cache/fiboserver/cluster/helm-v4.3.2 like the cluster's parts; `make helm`
+# prints its path. The chart: charts/fiboserver (its README lists every value).
+HELM_BIN = $(shell $(BIN)/python -m tools.cluster.helm)
+DIST ?= dist
+CHART_TGZ = $(DIST)/fiboserver-$(VERSION).tgz
+HELM_NAMESPACE ?= cloudnative
+
+.PHONY: helm chart helm-install helm-uninstall
+
+helm: $(INSTALLED) ## build the pinned helm once (cached outside the clone) and print its path
+	@$(BIN)/python -m tools.cluster.helm --build
+
+chart: helm ## package charts/fiboserver as dist/fiboserver-<version>.tgz, appVersion = make print-image's tag
+	$(HELM_BIN) package charts/fiboserver --version $(VERSION) --app-version $(TAG) --destination $(DIST)
+
+helm-install: chart ## helm upgrade --install fiboserver-ENV (dev or prod) into the current context, image IMAGE:TAG
+	@case "$(ENV)" in dev|prod) ;; *) echo "ENV must be dev or prod, not '$(ENV)'" >&2; exit 2;; esac
+	$(if $(filter cloudnative,$(HELM_NAMESPACE)),kubectl apply -f k8s/namespace.yaml)
+	$(HELM_BIN) upgrade --install fiboserver-$(ENV) $(CHART_TGZ) --namespace $(HELM_NAMESPACE) \
+	  --values charts/fiboserver/values-$(ENV).yaml --set image.repository=$(IMAGE) \
+	  --wait --timeout 5m
+
+helm-uninstall: helm ## helm uninstall fiboserver-ENV (dev or prod); the namespace stays
+	$(HELM_BIN) uninstall fiboserver-$(ENV) --namespace $(HELM_NAMESPACE) --wait

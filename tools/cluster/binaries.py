@@ -118,7 +118,19 @@ TRAEFIK = Component(
     {"traefik": "github.com/traefik/traefik/v3/cmd/traefik"},
     ldflags=("-X github.com/traefik/traefik/v3/pkg/version.Version=v3.6.12",),
 )
-COMPONENTS = (KUBERNETES, ETCD, CONTAINERD, CRITOOLS, TRAEFIK)
+# helm: installs the chart (charts/fiboserver). Stamped like upstream's Makefile
+# does for a release tag, so `helm version` says v4.3.2 and not v4.3+unreleased.
+HELM = Component(
+    "helm",
+    "v4.3.2",
+    {"helm": "helm.sh/helm/v4/cmd/helm"},
+    ldflags=(
+        "-X helm.sh/helm/v4/internal/version.version=v4.3.2",
+        "-X helm.sh/helm/v4/internal/version.metadata=",
+        "-X helm.sh/helm/v4/internal/version.gitTreeState=clean",
+    ),
+)
+COMPONENTS = (KUBERNETES, ETCD, CONTAINERD, CRITOOLS, TRAEFIK, HELM)
 
 # What the cluster uses as it is, and how to get it: Debian packages (.ci/run
 # installs them): runc (the OCI runtime podman uses here too), catatonit (the pause
