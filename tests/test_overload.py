@@ -24,9 +24,10 @@ PROBES = 20  # of each path
 # README "The API": an overloaded server answers 503 with Retry-After: 1 at once.
 # "At once" is paced (docs/worker.md, "The shedding storm"): refusals may take 3 %
 # of a core, about 1 s of wait per 1,000 connections beyond what the queue holds,
-# so about 2 s for 2,000 (2.2 to 3.4 s p99 on a quiet machine). 6 s leaves a busy
-# machine room and still fails a server that queues the refused instead, which
-# wrk's 10 s timeout (a socket error below) would otherwise be first to see.
+# so about 2 s for 2,000 (batches' longest waits: 3.4 s p99 on a quiet machine,
+# 4.6 s with 1.3 cores of other load). 6 s leaves a busy machine room and still
+# fails a server that queues the refused instead, which wrk's 10 s timeout (a
+# socket error below) would otherwise be first to see.
 REFUSAL_WAIT = 6.0
 # After the flood nothing is left queued: a request starts at once, and the
 # contract's "within about a second" (README "Graceful start and stop") holds.
