@@ -190,61 +190,64 @@ def _busy_note(r: dict[str, Any]) -> list[str]:
 
 
 def overload_markdown(res: dict[str, Any]) -> list[str]:
-    lines: list[str] = []
-    o = res.get("overload")
-    if o:
-        wait, p = o["batch_wait_ms"], o["probe_p99_ms"]
-        refused_after = o["client_refused_after_s"]
-        lines += [
-            f"## Overload: {o['connections']:,} connections of uncached n in 90,000..100,000",
-            "",
-            "One worker (4 threads) pinned to one CPU; wrk (2 threads, "
-            f"{o['duration_s']:g} s), the probes (statuses {o['probe_statuses']}) and a "
-            "client of its own on the other (tests/support/flood.py).",
-            "",
-            "| | |",
-            "|---|---|",
-            "| unloaded peak, before / after | "
-            + " / ".join(f"{x:.0f}" for x in o["unloaded_rps"])
-            + " req/s |",
-            f"| completed in the flood's steady state ({o['steady_s']:.0f} s) | "
-            f"{o['steady_rps']:.0f} req/s: kept {_kept_measured(o)} |",
-            f"| probes p99 ({PROBES} each) | healthz {p['healthz']:.1f} ms, "
-            f"readyz {p['readyz']:.1f} ms |",
-            f"| 503s | {o['refused_per_s']:.0f}/s; the longest wait of a batch "
-            f"{wait['median']:.0f} ms median, {wait['p99']:.0f} ms p99 "
-            f"({o['batches']} batches) |",
-            "| a client's own 503 | "
-            + (f"after {refused_after:.2f} s |" if refused_after is not None else "none |"),
-            f"| socket errors (wrk) | {o['socket_errors']} |",
-            f"| the next request after the flood | {o['after_ms']:.1f} ms "
-            f"(unloaded {o['normal_ms']:.1f} ms) |",
-            "",
-            *_busy_note(o),
-        ]
-    h = res.get("hostile")
-    if h:
-        lines += [
-            f"## Hostile clients: {h['idle']} idle + {h['slowloris']} slowloris connections",
-            "",
-            f"One worker (4 threads); wrk on cached n=30 (1 thread, 8 connections, 2 s), "
-            f"{h['rounds']} rounds alternating without and with the attackers, each set "
-            f"pooled; {h['probes']} readyz probes spread over the attacked runs "
-            "(tests/support/attackers.py).",
-            "",
-            "| | |",
-            "|---|---|",
-            f"| readyz | p99 {h['readyz_p99_ms']:.1f} ms, median {h['readyz_median_ms']:.1f} ms, "
-            f"statuses {h['probe_statuses']} |",
-            "| wrk without / with the attackers | "
-            + ", ".join(f"{x:.0f}" for x in h["alone_rps"])
-            + " / "
-            + ", ".join(f"{x:.0f}" for x in h["attacked_rps"])
-            + f" req/s: kept {_kept_measured(h)} |",
-            f"| socket errors (wrk, attacked) | {h['socket_errors']} |",
-            f"| attackers closed after | {h['closed_after_s'][0]:.2f} to "
-            f"{h['closed_after_s'][1]:.2f} s |",
-            "",
-            *_busy_note(h),
-        ]
-    return lines
+    """The two sections' Markdown, for each that ran."""
+    o, h = res.get("overload"), res.get("hostile")
+    return (_overload_lines(o) if o else []) + (_hostile_lines(h) if h else [])
+
+
+def _overload_lines(o: dict[str, Any]) -> list[str]:
+    wait, p = o["batch_wait_ms"], o["probe_p99_ms"]
+    refused_after = o["client_refused_after_s"]
+    return [
+        f"## Overload: {o['connections']:,} connections of uncached n in 90,000..100,000",
+        "",
+        "One worker (4 threads) pinned to one CPU; wrk (2 threads, "
+        f"{o['duration_s']:g} s), the probes (statuses {o['probe_statuses']}) and a "
+        "client of its own on the other (tests/support/flood.py).",
+        "",
+        "| | |",
+        "|---|---|",
+        "| unloaded peak, before / after | "
+        + " / ".join(f"{x:.0f}" for x in o["unloaded_rps"])
+        + " req/s |",
+        f"| completed in the flood's steady state ({o['steady_s']:.0f} s) | "
+        f"{o['steady_rps']:.0f} req/s: kept {_kept_measured(o)} |",
+        f"| probes p99 ({PROBES} each) | healthz {p['healthz']:.1f} ms, "
+        f"readyz {p['readyz']:.1f} ms |",
+        f"| 503s | {o['refused_per_s']:.0f}/s; the longest wait of a batch "
+        f"{wait['median']:.0f} ms median, {wait['p99']:.0f} ms p99 "
+        f"({o['batches']} batches) |",
+        "| a client's own 503 | "
+        + (f"after {refused_after:.2f} s |" if refused_after is not None else "none |"),
+        f"| socket errors (wrk) | {o['socket_errors']} |",
+        f"| the next request after the flood | {o['after_ms']:.1f} ms "
+        f"(unloaded {o['normal_ms']:.1f} ms) |",
+        "",
+        *_busy_note(o),
+    ]
+
+
+def _hostile_lines(h: dict[str, Any]) -> list[str]:
+    return [
+        f"## Hostile clients: {h['idle']} idle + {h['slowloris']} slowloris connections",
+        "",
+        f"One worker (4 threads); wrk on cached n=30 (1 thread, 8 connections, 2 s), "
+        f"{h['rounds']} rounds alternating without and with the attackers, each set "
+        f"pooled; {h['probes']} readyz probes spread over the attacked runs "
+        "(tests/support/attackers.py).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| readyz | p99 {h['readyz_p99_ms']:.1f} ms, median {h['readyz_median_ms']:.1f} ms, "
+        f"statuses {h['probe_statuses']} |",
+        "| wrk without / with the attackers | "
+        + ", ".join(f"{x:.0f}" for x in h["alone_rps"])
+        + " / "
+        + ", ".join(f"{x:.0f}" for x in h["attacked_rps"])
+        + f" req/s: kept {_kept_measured(h)} |",
+        f"| socket errors (wrk, attacked) | {h['socket_errors']} |",
+        f"| attackers closed after | {h['closed_after_s'][0]:.2f} to "
+        f"{h['closed_after_s'][1]:.2f} s |",
+        "",
+        *_busy_note(h),
+    ]

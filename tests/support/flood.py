@@ -170,7 +170,8 @@ def _flood(server: Server, probes: int, steady: bool, run: FloodRun) -> None:
             path = "healthz" if i % 2 == 0 else "readyz"
             run.probes[path].append(probe(server.port, f"/prod/{path}"))
             time.sleep(0.01)
-        assert flooding.is_alive(), "the flood ended before the probes"
+        slowest = max(s for answers in run.probes.values() for _, s in answers)
+        assert flooding.is_alive(), f"the flood ended before the probes (slowest {slowest:.1f} s)"
         # A client's own view of a refusal while the flood goes on: it asks
         # until it is refused (a request may also find room in the queue).
         while not any(a.status == 503 for a in run.direct) and len(run.direct) < 50:
