@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.metrics_cost import BUDGET_RATIO, METRICS_OFF, METRICS_ON
+from bench.overload import overload_markdown, overload_targets
 from bench.stats import median
 from bench.worker_cost import WORKER_COST_BUDGET
 
@@ -84,6 +85,7 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
                 ok,
             )
         )
+    rows += overload_targets(res)
     return rows
 
 
@@ -290,6 +292,7 @@ def markdown(res: dict[str, Any]) -> str:
                     f"{w['rss_baseline'] / 2**20:.1f} | {walks} | {w['growth'] / 2**20:.1f} |"
                 )
         lines.append("")
+    lines += overload_markdown(res)
     all_notes = [*res.get("notes", []), *notes(res)]
     if all_notes:
         lines += ["## Notes", "", *[f"- {n}" for n in all_notes], ""]

@@ -7,6 +7,8 @@ Measures, on loopback only and bounded in time:
   * the cost of the Prometheus metrics: metrics on against off, cached n=30;
   * compute + serialize F(n) cold against a plain iterative loop;
   * start (process start -> first 200 on /readyz) and stop (SIGTERM -> exit);
+  * overload (2,000 connections of costly requests) and hostile clients (idle
+    and slowloris connections): probe p99 and throughput kept (bench/overload.py);
   * worker RSS after a walk over many large n against cache_max_bytes.
 Writes bench/results/latest.json and latest.md (README "Performance").
 """
@@ -29,6 +31,7 @@ from typing import Any
 from bench.bign import section_big_n
 from bench.memory import section_memory
 from bench.metrics_cost import section_metrics
+from bench.overload import section_hostile, section_overload
 from bench.report import render, targets, write_results
 from bench.servers import PROD_CONFIG, Bench
 from bench.startstop import section_start_stop
@@ -103,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rss-overhead-mib", type=int, default=8)
     p.add_argument(
         "--only",
-        default="cached,uncached,metrics,worker,big_n,start_stop,memory",
+        default="cached,uncached,metrics,worker,big_n,start_stop,memory,overload,hostile",
         help="comma-separated sections to run",
     )
     p.add_argument(
@@ -162,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "memory" in sections:
                 res["memory"] = [section_memory(bench, min(args.cache_max_bytes), cache=False)]
                 res["memory"] += [section_memory(bench, b) for b in args.cache_max_bytes]
+            if "overload" in sections:
+                res["overload"] = section_overload(bench)
+            if "hostile" in sections:
+                res["hostile"] = section_hostile(bench)
         except Exception:
             for log_path in bench.logs:
                 if log_path.exists():

@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench.metrics_cost import METRICS_OFF, METRICS_ON
+from bench.overload import kept, overload_targets
 from bench.servers import (
     CEILING,
     FLASK_FLOOR,
@@ -100,3 +102,41 @@ def test_metrics_pair_differs_in_metrics_only(tmp_path: Path) -> None:
         assert "fiboserver_cache_requests_total" in on.scrape()
         assert off.log_path is not None
         assert "metrics server start" not in off.log_path.read_text()
+
+
+def _run(completed: int, seconds: float, cpu_us_per_req: float, other: float) -> dict[str, Any]:
+    return {
+        "requests": completed,
+        "err_status": 0,
+        "duration_us": seconds * 1e6,
+        "server_cpu_us_per_req": cpu_us_per_req,
+        "other_cores": other,
+    }
+
+
+def test_kept_is_per_second_of_wall_clock_whatever_the_other_load() -> None:
+    """The verdict's measure never changes with the machine (issue 19); the per-CPU
+    figure is shown beside it."""
+    result = kept([_run(900, 10, 500, other=1.5)], [_run(1000, 10, 900, other=0.0)])
+    assert result["kept"] == pytest.approx(0.9)
+    assert result["kept_per_cpu_s"] == pytest.approx(1.8)
+    assert result["other_cores_max"] == 1.5
+
+
+@pytest.mark.parametrize(
+    ("probe_ms", "flood_kept", "readyz_ms", "hostile_kept", "met"),
+    [(249.0, 0.9, 49.0, 0.8, True), (250.0, 0.89, 50.0, 0.79, False)],
+)
+def test_overload_and_hostile_targets_are_the_contracts(
+    probe_ms: float, flood_kept: float, readyz_ms: float, hostile_kept: float, met: bool
+) -> None:
+    """docs/worker.md: under 2,000 connections probes p99 within 250 ms and kept
+    >= 0.9; with 200 idle + 50 slowloris, readyz p99 within 50 ms and kept >= 0.8."""
+    ratios = {"kept_per_cpu_s": 1.0, "other_cores_max": 0.0}
+    res: dict[str, Any] = {
+        "overload": {"probe_p99_ms": {"healthz": 1.0, "readyz": probe_ms}, "kept": flood_kept},
+        "hostile": {"readyz_p99_ms": readyz_ms, "kept": hostile_kept},
+    }
+    res["overload"].update(ratios)
+    res["hostile"].update(ratios)
+    assert [ok for _, _, ok in overload_targets(res)] == [met] * 4

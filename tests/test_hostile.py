@@ -2,48 +2,34 @@
 idle and slow connections hold no thread, and what the HTTP layer refuses is
 answered in the API's shape with a log record.
 
-Real gunicorn, real sockets, 127.0.0.1 only. The load measurements compare runs
-of the same server in the same minute, never absolute speeds.
+Real gunicorn, real sockets, 127.0.0.1 only. The attack (tests/support/attackers.py)
+is judged by behaviour only, with bounds far from a busy machine's noise; how fast
+(readyz p99, the share of throughput kept) is `make bench`'s section "hostile"
+(bench/overload.py, docs/performance.md).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import selectors
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from bench.pairs import measured_wrk
-from bench.servers import Server
-from bench.wrk import WrkSettings, cached_load, run_wrk
-from tests.support.clients import (
-    completed_per_second,
-    exchange,
-    kept_throughput,
-    p99,
-    parse_response,
-    probe,
-)
+from tests.support.attackers import IDLE, SLOWLORIS, run_attacks
+from tests.support.clients import exchange, parse_response
 from tests.support.hosttools import require_tool
-from tests.support.procinfo import HOST
 from tests.support.serverproc import ServerProcess
+from tests.support.testlog import say
 
 # README "HTTP API": at most 40 characters of client input are quoted.
 ECHO_LIMIT = 40
 # docs/worker.md: a connection's whole head must arrive within 10 s.
 HEAD_TIMEOUT = 10.0
-IDLE = 200
-SLOWLORIS = 50
-# The issue asks for p99 over at least 20 probes; over 20 the p99 is the largest,
-# which one scheduling hiccup of a shared 2-core machine decides.
-PROBES = 100
+# The kubelet gives a probe 1 s (k8s/base/deployment.yaml, timeoutSeconds: 1):
+# slower is a failed probe, whatever the machine.
+PROBE_TIMEOUT = 1.0
+PROBES = 20
 
 
 @pytest.fixture(scope="module")
@@ -133,137 +119,32 @@ def test_a_4000_character_n_is_quoted_at_most_40_characters(
     assert end["status"] == 400
 
 
-class Attackers:
-    """IDLE connections that send nothing and SLOWLORIS ones that send a head one
-    byte a second, all opened at once."""
-
-    def __init__(self, port: int) -> None:
-        self.opened = time.monotonic()
-        self.idle = [socket.create_connection((HOST, port)) for _ in range(IDLE)]
-        self.slow = [socket.create_connection((HOST, port)) for _ in range(SLOWLORIS)]
-        self._head = b"GET /prod/readyz HTTP/1.1\r\nHost: slow\r\nX-Slow: " + b"a" * 60
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._dribble)
-        self._thread.start()
-
-    def _dribble(self) -> None:
-        sent = 0
-        while not self._stop.wait(0 if sent == 0 else 1.0) and sent < len(self._head):
-            for sock in self.slow:
-                # A socket the server closed fails here: its answer is checked below.
-                with contextlib.suppress(OSError):
-                    sock.send(self._head[sent : sent + 1])
-            sent += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def close(self) -> None:
-        self.stop()
-        for sock in self.idle + self.slow:
-            sock.close()
-
-
-def _watch_closes(
-    socks: list[socket.socket], opened: float, limit: float
-) -> tuple[list[float], list[bytes]]:
-    """For each socket: seconds from `opened` until the server closed it (inf if not
-    by `opened + limit`), and what the server sent before closing."""
-    closed: dict[socket.socket, float] = {}
-    received = {sock: b"" for sock in socks}
-    with selectors.DefaultSelector() as sel:
-        for sock in socks:
-            sock.setblocking(False)
-            sel.register(sock, selectors.EVENT_READ)
-        while len(closed) < len(socks) and time.monotonic() < opened + limit:
-            for key, _ in sel.select(0.1):
-                ready = key.fileobj
-                assert isinstance(ready, socket.socket)
-                sock = ready
-                try:
-                    data = sock.recv(65536)
-                except ConnectionError:
-                    data = b""
-                if data:
-                    received[sock] += data
-                    continue
-                closed[sock] = time.monotonic() - opened
-                sel.unregister(sock)
-    return [closed.get(sock, float("inf")) for sock in socks], [received[s] for s in socks]
-
-
-ROUNDS = 5  # alternating runs with and without the attackers, each set pooled
-
-
 def test_idle_and_slowloris_connections_hold_no_thread(tmp_path: Path) -> None:
     require_tool("wrk")
-    load = cached_load("/prod")
-    ws = WrkSettings(threads=1, connections=8, duration_s=2, warmup_s=1, rounds=ROUNDS)
-    log_path = tmp_path / "server.log"  # not parsed while loaded: parsing costs CPU
-    server = Server(
-        "fiboserver",
-        {"env": "PROD", "maxseq": 100000},
-        tmp_path,
-        env={"WEB_CONCURRENCY": "1"},
-        log_path=log_path,
+    run = run_attacks(tmp_path / "server.log", 1, PROBES, HEAD_TIMEOUT, baseline=False)
+    refused = [r for r in run.records if r["msg"] == "request refused" and r["status"] == 408]
+    say(
+        "hostile",
+        f"slowest readyz {max(s for _, s in run.probes) * 1000:.0f} ms with {IDLE} idle + "
+        f"{SLOWLORIS} slowloris; wrk {[r['requests'] for r in run.attacked]} answers; "
+        f"closed after {min(run.closes):.2f}..{max(run.closes):.2f} s",
     )
-    alone: list[dict[str, Any]] = []
-    attacked: list[dict[str, Any]] = []
-    latencies: list[float] = []
-    with server:
-        server.wait_ready("/prod/readyz")
-        run_wrk(server.port, load, ws, ws.warmup_s)
-        for round_no in range(ROUNDS):
-            alone.append(measured_wrk(server, load, ws))
-            attackers = Attackers(server.port)
-            try:
-                count = PROBES // ROUNDS + (round_no < PROBES % ROUNDS)
-                prober = threading.Thread(
-                    target=_probe_readyz, args=(server.port, count, ws.duration_s, latencies)
-                )
-                prober.start()
-                attacked.append(measured_wrk(server, load, ws))
-                prober.join()
-                if round_no < ROUNDS - 1:
-                    continue
-                # The last round's attackers stay until the server closes them.
-                assert time.monotonic() - attackers.opened < HEAD_TIMEOUT, "measured too late"
-                closes, answers = _watch_closes(
-                    attackers.idle + attackers.slow, attackers.opened, HEAD_TIMEOUT + 5
-                )
-            finally:
-                attackers.close()
-    records = [json.loads(line) for line in log_path.read_text().splitlines()]
-    refused = [r for r in records if r["msg"] == "request refused" and r["status"] == 408]
-    kept, basis = kept_throughput(attacked, alone)
-    print(
-        f"\nreadyz with {IDLE} idle + {SLOWLORIS} slowloris connections: "
-        f"p99 {p99(latencies) * 1000:.1f} ms over {len(latencies)}; wrk kept {kept:.2f} "
-        f"{basis} ({[round(completed_per_second(r)) for r in attacked]} req/s with them, "
-        f"{[round(completed_per_second(r)) for r in alone]} without); "
-        f"closed after {min(closes):.2f}..{max(closes):.2f} s"
-    )
-    assert len(latencies) == PROBES and p99(latencies) < 0.050
-    for run in attacked:
-        assert sum(run[k] for k in ("err_connect", "err_read", "err_write", "err_timeout")) == 0
-    assert kept >= 0.8, basis
+    # The kubelet's readiness probe is answered in time, every one.
+    assert len(run.probes) == PROBES
+    assert all(status == 200 and s < PROBE_TIMEOUT for status, s in run.probes), run.probes
+    # Requests are served while the attackers hold their sockets: every one a 200,
+    # none reset or timed out.
+    for r in run.attacked:
+        assert r["requests"] > 0 and r["err_status"] == 0, r
+        assert sum(r[k] for k in ("err_connect", "err_read", "err_write", "err_timeout")) == 0
     # Closed after the documented head timeout, not before it and not much after.
-    for seconds in closes:
-        assert HEAD_TIMEOUT - 0.5 <= seconds <= HEAD_TIMEOUT + 3, closes
+    for seconds in run.closes:
+        assert HEAD_TIMEOUT - 0.5 <= seconds <= HEAD_TIMEOUT + 3, run.closes
     # An idle client is closed silently; a slowloris one that sent part of a head
     # is told why, in JSON.
-    assert answers[:IDLE] == [b""] * IDLE
-    for raw in answers[IDLE:]:
+    assert run.answers[:IDLE] == [b""] * IDLE
+    for raw in run.answers[IDLE:]:
         status, headers, body = parse_response(raw)
         assert status == 408 and json.loads(body) == {"error": "request head timeout"}
         assert headers["x-request-id"]
     assert len(refused) == SLOWLORIS
-
-
-def _probe_readyz(port: int, count: int, within: float, latencies: list[float]) -> None:
-    for _ in range(count):
-        time.sleep(within / count / 2)  # spread over the run, from after its start
-        status, seconds = probe(port, "/prod/readyz")
-        assert status == 200
-        latencies.append(seconds)

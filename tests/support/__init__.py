@@ -7,6 +7,8 @@ Real servers and their processes:
   procinfo     loopback ports, a process's children, state and signals; wait_until
   clients      one request per connection, counted by outcome; latency figures
   metrictools  a private metrics registry, the server with N workers, scrapes
+  flood        2,000 connections of costly requests, probes during them (overload)
+  attackers    idle and slowloris connections beside wrk and readyz probes
 
 Kubernetes manifests and logs:
   kube         kubectl kustomize, strict schema validation, quantities

@@ -13,10 +13,9 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
 
 from tests.support.fibref import fib_table
 from tests.support.procinfo import HOST
@@ -132,53 +131,6 @@ def probe(port: int, path: str, timeout: float = 15.0) -> tuple[int, float]:
 
 
 def p99(samples: list[float]) -> float:
-    """Nearest-rank 99th percentile (the largest of up to 100 samples)."""
+    """Nearest-rank 99th percentile (of fewer than 100 samples, the largest)."""
     ordered = sorted(samples)
     return ordered[max(0, -(-99 * len(ordered) // 100) - 1)]
-
-
-# Cores the rest of the machine may use during a measured run before a wall-clock
-# comparison is no longer about the server (the machine has 2, shared).
-OTHER_LOAD_LIMIT = 0.25
-
-
-def completed_per_second(run: dict[str, Any]) -> float:
-    """Requests a wrk run (bench.pairs.measured_wrk) got a 2xx/3xx for, per second."""
-    return _completed(run) / _seconds(run)
-
-
-def _completed(run: dict[str, Any]) -> float:
-    return float(run["requests"] - run["err_status"])
-
-
-def _seconds(run: dict[str, Any]) -> float:
-    return float(run["duration_us"]) / 1e6
-
-
-def _server_cpu_seconds(run: dict[str, Any]) -> float:
-    return float(run["server_cpu_us_per_req"]) * float(run["requests"]) / 1e6
-
-
-def kept_throughput(
-    loaded: list[dict[str, Any]], unloaded: list[dict[str, Any]]
-) -> tuple[float, str]:
-    """The completed requests of the `loaded` runs as a share of the `unloaded` ones'
-    (each set pooled), and what it was judged by.
-
-    Per second of wall clock, as a user sees it, when the rest of the machine stayed
-    quiet during all the runs. When it did not (other engineers' work on a shared
-    machine), the server got a different share of the cores in each run, and
-    requests per second of the server's own CPU are compared instead: the
-    overhead the load adds per request, which is what the ratio is about.
-    """
-    busy = max(run["other_cores"] for run in [*loaded, *unloaded])
-
-    def rate(runs: list[dict[str, Any]], per: Callable[[dict[str, Any]], float]) -> float:
-        return sum(_completed(r) for r in runs) / max(sum(per(r) for r in runs), 1e-9)
-
-    if busy <= OTHER_LOAD_LIMIT:
-        return rate(loaded, _seconds) / rate(unloaded, _seconds), "per second"
-    return (
-        rate(loaded, _server_cpu_seconds) / rate(unloaded, _server_cpu_seconds),
-        f"per server CPU second (other load up to {busy:.2f} cores)",
-    )
