@@ -15,7 +15,7 @@ from pathlib import Path
 from tests.support.clients import GRACEFUL_TIMEOUT
 from tests.support.serverproc import ServerProcess
 
-Answer = tuple[int, dict[str, str], float]  # status, JSON body, time it arrived
+Answer = tuple[int, dict[str, object], float]  # status, JSON body, time it arrived
 
 
 def fetch(srv: ServerProcess, path: str) -> Answer:
