@@ -263,6 +263,7 @@ def traffic(srv: ServerProcess, stop: threading.Event) -> None:
         srv.get(path, timeout=10)
 
 
+@pytest.mark.prometheus
 def test_every_dashboard_query_returns_data(
     prometheus_and_service: tuple[Prometheus, ServerProcess],
 ) -> None:
