@@ -13,7 +13,9 @@ import re
 import tomllib
 
 import pytest
+import yaml
 
+from fiboserver.config import Config, parse_config
 from tests.support.appk8s import (
     ENVS,
     K8S,
@@ -104,6 +106,28 @@ def test_config_map_generated_mounted_and_accepted(env: str) -> None:
     (port,) = [p for p in container["ports"] if p["name"] == "http"]
     assert port == {"name": "http", "containerPort": config.port, "protocol": "TCP"}
     assert gunicorn_settings(env)["bind"] == repr([f"0.0.0.0:{config.port}"])
+
+
+def prod_configs() -> dict[str, Config]:
+    """Every PROD configuration the repository deploys, by where it comes from, as
+    the service reads it. (Another PROD source, such as a Helm chart's values, is
+    one more entry here.)"""
+    (cm,) = [
+        o
+        for o in find(render("k8s/overlays/prod"), "ConfigMap")
+        if o["metadata"]["name"].startswith("fiboserver-config-prod-")
+    ]
+    source = "k8s/overlays/prod ConfigMap"
+    return {source: parse_config(yaml.safe_load(cm["data"]["config.yaml"]), source)}
+
+
+def test_prod_keeps_fault_injection_off() -> None:
+    """README "Fault injection": never in PROD, whatever a default becomes."""
+    configs = prod_configs()
+    assert configs
+    for source, config in configs.items():
+        assert config.env.upper() == "PROD", source
+        assert (config.fault_delay_ms, config.fault_error_ratio) == (0, 0.0), source
 
 
 def test_generated_config_maps_are_immutable() -> None:
