@@ -66,10 +66,10 @@ class AccessLog:
     `X-Request-ID` is added to every response, errors included, and `end` is
     written when the server closes the response, so `duration_ms` includes
     sending it. A request the app injected a fault into (fiboserver.app.faults)
-    has `fault` in its `end` record. With `metrics`, the request is counted in flight from `start`
-    to `end` and recorded in the duration histogram with the `end` record's own
-    method, path, status and duration: the log and the metric agree on every
-    request.
+    has `fault` in its `end` record. With `metrics`, the request is counted in
+    flight from `start` to `end` and recorded in the duration histogram with the
+    `end` record's own method, path, status and duration: the log and the metric
+    agree on every request.
     """
 
     def __init__(self, wsgi_app: WSGIApplication, metrics: RequestMetrics | None = None) -> None:
