@@ -18,6 +18,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MAX_SEQ_LIMIT = 100_000
 # The OpenTelemetry Prometheus exporter's port; 0 turns metrics off (docs/metrics.md).
 DEFAULT_METRICS_PORT = 9464
+# Fault injection (README "Fault injection"): the delay's upper bound stays well
+# inside graceful_timeout (20 s), so a delayed request still drains on SIGTERM.
+MAX_FAULT_DELAY_MS = 10_000
 _ENV_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,30}")
 
 
@@ -41,6 +44,8 @@ class Config:
     loglevel: str = "INFO"
     cache_max_bytes: int = 32 * 1024 * 1024
     metrics_port: int = DEFAULT_METRICS_PORT
+    fault_delay_ms: int = 0
+    fault_error_ratio: float = 0.0
 
     @property
     def prefix(self) -> str:
@@ -60,6 +65,16 @@ def _int_in(low: int, high: int | None = None) -> Callable[[Any], str | None]:
         return None
 
     return check
+
+
+def _ratio(value: Any) -> str | None:
+    # A number, int or float (YAML writes 0 and 1 as ints); never a bool.
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return f"must be a number, got {type(value).__name__}"
+    # Also refuses .nan, which compares false with everything.
+    if not 0 <= value <= 1:
+        return f"must be in 0..1, got {value}"
+    return None
 
 
 def _bool(value: Any) -> str | None:
@@ -89,6 +104,8 @@ _RULES: dict[str, tuple[bool, Callable[[Any], str | None]]] = {
     "loglevel": (False, _loglevel),
     "cache_max_bytes": (False, _int_in(0)),
     "metrics_port": (False, _int_in(0, 65535)),
+    "fault_delay_ms": (False, _int_in(0, MAX_FAULT_DELAY_MS)),
+    "fault_error_ratio": (False, _ratio),
 }
 
 
@@ -121,6 +138,7 @@ def parse_config(data: object, path: str) -> Config:
         )
     values.setdefault("loglevel", default_loglevel(values["env"]))
     values["loglevel"] = values["loglevel"].upper()
+    values["fault_error_ratio"] = float(values.get("fault_error_ratio", 0))
     return Config(**values)
 
 

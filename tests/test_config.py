@@ -79,7 +79,10 @@ def directory(d: Path, port: int) -> Path:
     return path
 
 
-KNOWN = "env, maxseq, cacheresult, port, loglevel, cache_max_bytes, metrics_port"
+KNOWN = (
+    "env, maxseq, cacheresult, port, loglevel, cache_max_bytes, metrics_port, "
+    "fault_delay_ms, fault_error_ratio"
+)
 CASES = [
     Case("missing-file", missing_file, None, "cannot read: No such file or directory"),
     Case("directory", directory, None, "cannot read: Is a directory"),
@@ -158,6 +161,36 @@ CASES = [
         lambda d, p: good_with(metrics_port=p)(d, p),
         "metrics_port",
         "must differ from port",
+    ),
+    Case(
+        "fault-delay-too-big",
+        good_with(fault_delay_ms=10001),
+        "fault_delay_ms",
+        "must be in 0..10000, got 10001",
+    ),
+    Case(
+        "fault-delay-float",
+        good_with(fault_delay_ms=2.5),
+        "fault_delay_ms",
+        "must be an integer, got float",
+    ),
+    Case(
+        "fault-ratio-above-one",
+        good_with(fault_error_ratio=1.5),
+        "fault_error_ratio",
+        "must be in 0..1, got 1.5",
+    ),
+    Case(
+        "fault-ratio-bool",
+        good_with(fault_error_ratio=True),
+        "fault_error_ratio",
+        "must be a number, got bool",
+    ),
+    Case(
+        "fault-ratio-string",
+        text_file("env: DEV\nmaxseq: 10\nport: PORT\nfault_error_ratio: '0.2'\n"),
+        "fault_error_ratio",
+        "must be a number, got str",
     ),
     Case("missing-env", good_with(env=None), "env", "required key is missing"),
     Case("missing-maxseq", good_with(maxseq=None), "maxseq", "required key is missing"),

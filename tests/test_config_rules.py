@@ -25,6 +25,8 @@ def test_minimal_config_gets_the_defaults() -> None:
     assert cfg.loglevel == "INFO"
     assert cfg.cache_max_bytes == 33554432
     assert cfg.metrics_port == 9464
+    assert cfg.fault_delay_ms == 0
+    assert cfg.fault_error_ratio == 0.0
     assert cfg.prefix == "/prod"
 
 
@@ -51,6 +53,8 @@ def test_every_key_given() -> None:
         "loglevel": "WARNING",
         "cache_max_bytes": 1048576,
         "metrics_port": 9100,
+        "fault_delay_ms": 2000,
+        "fault_error_ratio": 0.2,
     }
     cfg = parse_config(data, "test.yaml")
     assert cfg == Config(
@@ -61,6 +65,8 @@ def test_every_key_given() -> None:
         loglevel="WARNING",
         cache_max_bytes=1048576,
         metrics_port=9100,
+        fault_delay_ms=2000,
+        fault_error_ratio=0.2,
     )
     assert cfg.prefix == "/canary-1"
 
@@ -80,6 +86,13 @@ def test_every_key_given() -> None:
         ("metrics_port", 0),
         ("metrics_port", 1),
         ("metrics_port", 65535),
+        ("fault_delay_ms", 0),
+        ("fault_delay_ms", 10000),
+        ("fault_error_ratio", 0),
+        ("fault_error_ratio", 1),
+        ("fault_error_ratio", 0.0),
+        ("fault_error_ratio", 1.0),
+        ("fault_error_ratio", 0.001),
     ],
 )
 def test_boundaries_accepted(key: str, value: object) -> None:
@@ -118,6 +131,21 @@ BAD_VALUES: list[tuple[str, object]] = [
     ("metrics_port", None),
     # The API's port (8080 unless set): one listener each.
     ("metrics_port", 8080),
+    ("fault_delay_ms", -1),
+    ("fault_delay_ms", 10001),
+    ("fault_delay_ms", 1.5),
+    ("fault_delay_ms", "100"),
+    ("fault_delay_ms", True),
+    ("fault_delay_ms", None),
+    ("fault_error_ratio", -0.1),
+    ("fault_error_ratio", 1.01),
+    ("fault_error_ratio", 2),
+    ("fault_error_ratio", True),
+    ("fault_error_ratio", False),
+    ("fault_error_ratio", "0.2"),
+    ("fault_error_ratio", None),
+    ("fault_error_ratio", float("nan")),
+    ("fault_error_ratio", float("inf")),
 ]
 
 
@@ -145,6 +173,27 @@ def test_metrics_port_must_differ_from_port(data: dict[str, int]) -> None:
         parse_config({"env": "PROD", "maxseq": 10, **data}, "x.yaml")
     assert err.value.key == "metrics_port"
     assert "must differ from port" in err.value.reason
+
+
+@pytest.mark.parametrize("value", [0, 1])
+def test_an_integer_error_ratio_is_kept_as_a_float(value: int) -> None:
+    cfg = parse_config({"env": "PROD", "maxseq": 10, "fault_error_ratio": value}, "x.yaml")
+    assert type(cfg.fault_error_ratio) is float and cfg.fault_error_ratio == value
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (True, "must be a number, got bool"),
+        ("0.2", "must be a number, got str"),
+        (1.5, "must be in 0..1, got 1.5"),
+        (-1, "must be in 0..1, got -1"),
+    ],
+)
+def test_bad_error_ratio_says_why(value: object, reason: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"env": "PROD", "maxseq": 10, "fault_error_ratio": value}, "x.yaml")
+    assert err.value.reason == reason
 
 
 def test_metrics_off_frees_its_port_for_the_api() -> None:

@@ -115,7 +115,8 @@ GOOD = {
     "maxseq 0": "config:\n  maxseq: 0\n",
     "loglevel in lower case": "config:\n  loglevel: warning\n",
     "every config key": "config:\n  env: Staging-2\n  maxseq: 10\n  cacheresult: false\n"
-    "  port: 1024\n  loglevel: ERROR\n  cache_max_bytes: 0\n  metrics_port: 65535\n",
+    "  port: 1024\n  loglevel: ERROR\n  cache_max_bytes: 0\n  metrics_port: 65535\n"
+    "  fault_delay_ms: 10000\n  fault_error_ratio: 1\n",
     "grace exactly preStop + 25": "preStopSleepSeconds: 20\nterminationGracePeriodSeconds: 45\n",
     "shortest preStop and grace": "preStopSleepSeconds: 1\nterminationGracePeriodSeconds: 26\n",
     "image tag set": "image:\n  tag: 0.1.0-abc1234\n",

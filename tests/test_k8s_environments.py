@@ -13,7 +13,9 @@ import re
 import tomllib
 
 import pytest
+import yaml
 
+from fiboserver.config import Config, parse_config
 from tests.support.appk8s import (
     ENVS,
     K8S,
@@ -26,6 +28,7 @@ from tests.support.appk8s import (
     pod_of,
     render,
 )
+from tests.support.helmchart import VALUES, template
 from tests.support.repo import REPO_ROOT
 
 
@@ -104,6 +107,33 @@ def test_config_map_generated_mounted_and_accepted(env: str) -> None:
     (port,) = [p for p in container["ports"] if p["name"] == "http"]
     assert port == {"name": "http", "containerPort": config.port, "protocol": "TCP"}
     assert gunicorn_settings(env)["bind"] == repr([f"0.0.0.0:{config.port}"])
+
+
+def prod_configs() -> dict[str, Config]:
+    """Every PROD configuration the repository deploys, by where it comes from, as
+    the service reads it: the kustomize overlay and the Helm chart's PROD values."""
+    (cm,) = [
+        o
+        for o in find(render("k8s/overlays/prod"), "ConfigMap")
+        if o["metadata"]["name"].startswith("fiboserver-config-prod-")
+    ]
+    source = "k8s/overlays/prod ConfigMap"
+    configs = {source: parse_config(yaml.safe_load(cm["data"]["config.yaml"]), source)}
+    rendered = template("fiboserver-prod", VALUES["prod"])
+    (chart_cm,) = [o for o in rendered if o["kind"] == "ConfigMap"]
+    chart_source = "charts/fiboserver values-prod.yaml ConfigMap"
+    chart_config = yaml.safe_load(chart_cm["data"]["config.yaml"])
+    configs[chart_source] = parse_config(chart_config, chart_source)
+    return configs
+
+
+def test_prod_keeps_fault_injection_off() -> None:
+    """README "Fault injection": never in PROD, whatever a default becomes."""
+    configs = prod_configs()
+    assert configs
+    for source, config in configs.items():
+        assert config.env.upper() == "PROD", source
+        assert (config.fault_delay_ms, config.fault_error_ratio) == (0, 0.0), source
 
 
 def test_generated_config_maps_are_immutable() -> None:

@@ -99,8 +99,9 @@ def refused_by_the_http_layer(port: int) -> set[int]:
     return statuses
 
 
-def run_service(tmp: Path, env: str) -> tuple[list[tuple[str, str]], set[int]]:
-    with ServerProcess({"env": env, "maxseq": 100000}, tmp, env={"WEB_CONCURRENCY": "2"}) as srv:
+def run_service(tmp: Path, env: str, **config: object) -> tuple[list[tuple[str, str]], set[int]]:
+    settings = {"env": env, "maxseq": 100000, **config}
+    with ServerProcess(settings, tmp, env={"WEB_CONCURRENCY": "2"}) as srv:
         srv.wait_for("server start", timeout=30)
         statuses = drive(srv, "/" + env.lower()) | refused_by_the_http_layer(srv.port)
         srv.wait_for("end", where=lambda r: r.get("request_id") == CUSTOM_ID, timeout=10)
@@ -125,6 +126,12 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str
         # The runs really covered successes and client errors.
         assert {200, 400, 404, 405, 414} <= statuses, statuses
         runs[env] = lines
+    # Faults on (README "Fault injection"): `end` records with `fault`, both values.
+    lines, statuses = run_service(
+        tmp_path_factory.mktemp("faults"), "DEV", fault_delay_ms=20, fault_error_ratio=0.5
+    )
+    assert 500 in statuses, statuses
+    runs["DEV with faults"] = lines
     runs["unknown key"] = run_bad_config(
         tmp_path_factory.mktemp("bad1"), {"env": "DEV", "maxseq": 10, "bogus": 1}
     )
@@ -214,7 +221,7 @@ def test_every_field_has_its_template_type(merged: list[dict[str, Any]]) -> None
     assert not wrong, wrong
     # The ones the issue names, as it names them.
     expected = {"status": "int", "duration_ms": "float", "key": "int", "value": "string",
-                "request_id": "string", "ts": "date"}  # fmt: skip
+                "request_id": "string", "ts": "date", "fault": "string"}  # fmt: skip
     assert {k: FIELD_TYPES[k] for k in expected} == expected
 
 
@@ -228,6 +235,11 @@ def test_records_the_queries_look_for(merged: list[dict[str, Any]]) -> None:
     ends = [r for r in merged if r["msg"] == "end"]
     assert ends and all(isinstance(r["duration_ms"], float) for r in ends)
     assert all(isinstance(r["status"], int) for r in ends)
+    # Injected faults: `msg : "end" and fault : "error"` (or "delay").
+    faulted = [r for r in ends if "fault" in r]
+    assert {r["fault"] for r in faulted} == {"delay", "error"}
+    assert all(r["path"].endswith("/fibo") for r in faulted)
+    assert {r["status"] for r in faulted if r["fault"] == "error"} == {500}
     # The errors-and-warnings search: invalid n is logged as a WARNING with errmsg.
     failed = [r for r in merged if r["msg"] == "fibo calculate failed"]
     assert failed and all(r["level"] == "WARNING" and r["errmsg"] for r in failed)

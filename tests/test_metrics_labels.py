@@ -91,6 +91,9 @@ def test_buckets_follow_the_spec() -> None:
     assert {0.0005, 0.001} <= set(REQUEST_BUCKETS)
     assert REQUEST_BUCKETS[-1] == 10.0
     assert 0.1 in REQUEST_BUCKETS  # the latency SLO's threshold (k8s/monitoring)
+    # The top of the 0..2 s fault delay: its p99 is read inside 1..2 s
+    # (test_faults_prometheus.py measures it).
+    assert {1.0, 2.0} <= set(REQUEST_BUCKETS) and 1.5 not in REQUEST_BUCKETS
 
 
 # -- whatever clients send to the real server, the series stay bounded -----------------

@@ -5,19 +5,15 @@ service."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
 import random
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +23,8 @@ import yaml
 
 from tests.support import kube, promlocal
 from tests.support.hosttools import require_tool
-from tests.support.procinfo import HOST, free_port
+from tests.support.procinfo import HOST
+from tests.support.promlocal import Prometheus
 from tests.support.repo import REPO_ROOT
 from tests.support.serverproc import ServerProcess
 
@@ -234,54 +231,6 @@ def test_dashboard_has_the_panels_the_issue_asks_for() -> None:
     assert all(p["datasource"]["uid"] == "${datasource}" for p in dashboard()["panels"])
 
 
-class Prometheus:
-    """Debian's prometheus on 127.0.0.1:<free port>, configured by tests/support/promlocal.py."""
-
-    def __init__(self, workdir: Path, target: str) -> None:
-        self.port = free_port()
-        config = promlocal.write(workdir, [target], JOB, interval="1s")
-        self.log = (workdir / "prometheus.log").open("wb")
-        self.proc = subprocess.Popen(
-            promlocal.command(
-                require_tool("prometheus"), config, workdir / "data", f"{HOST}:{self.port}"
-            ),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def api(self, path: str, **params: str) -> Any:
-        url = f"http://{HOST}:{self.port}{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return json.load(resp)
-
-    def query(self, expr: str) -> list[Obj]:
-        body = self.api("/api/v1/query", query=expr)
-        assert body["status"] == "success", body
-        result: list[Obj] = body["data"]["result"]
-        return result
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "prometheus exited"
-            ready = f"http://{HOST}:{self.port}/-/ready"
-            with contextlib.suppress(OSError), urllib.request.urlopen(ready, timeout=2):
-                return
-            time.sleep(0.2)
-        raise AssertionError("prometheus not ready")
-
-    def close(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.log.close()
-
-
 @pytest.fixture
 def prometheus_and_service(tmp_path: Path) -> Iterator[tuple[Prometheus, ServerProcess]]:
     require_tool("prometheus")
@@ -289,7 +238,7 @@ def prometheus_and_service(tmp_path: Path) -> Iterator[tuple[Prometheus, ServerP
         {"env": "DEV", "maxseq": 100000}, tmp_path, env={"WEB_CONCURRENCY": "2"}
     ) as srv:
         srv.wait_for("metrics server start", timeout=30)
-        prom = Prometheus(tmp_path / "prometheus", f"{HOST}:{srv.metrics_port}")
+        prom = Prometheus(tmp_path / "prometheus", f"{HOST}:{srv.metrics_port}", JOB)
         try:
             prom.wait_ready()
             yield prom, srv
@@ -314,6 +263,7 @@ def traffic(srv: ServerProcess, stop: threading.Event) -> None:
         srv.get(path, timeout=10)
 
 
+@pytest.mark.prometheus
 def test_every_dashboard_query_returns_data(
     prometheus_and_service: tuple[Prometheus, ServerProcess],
 ) -> None:

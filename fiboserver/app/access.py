@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("fiboserver.access")
+# Where the app leaves a request's injected fault (fiboserver.app.faults) for its
+# `end` record: the environ is the one object the app and this middleware share
+# per request, and a missing key costs one dict lookup when faults are off.
+FAULT_ENVIRON_KEY = "fiboserver.fault"
 
 
 def _path(environ: WSGIEnvironment) -> str:
@@ -61,10 +65,11 @@ class AccessLog:
     meanwhile carries it;
     `X-Request-ID` is added to every response, errors included, and `end` is
     written when the server closes the response, so `duration_ms` includes
-    sending it. With `metrics`, the request is counted in flight from `start`
-    to `end` and recorded in the duration histogram with the `end` record's own
-    method, path, status and duration: the log and the metric agree on every
-    request.
+    sending it. A request the app injected a fault into (fiboserver.app.faults)
+    has `fault` in its `end` record. With `metrics`, the request is counted in
+    flight from `start` to `end` and recorded in the duration histogram with the
+    `end` record's own method, path, status and duration: the log and the metric
+    agree on every request.
     """
 
     def __init__(self, wsgi_app: WSGIApplication, metrics: RequestMetrics | None = None) -> None:
@@ -100,6 +105,9 @@ class AccessLog:
             try:
                 fields["status"] = int(status[:3])
                 fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+                fault = environ.get(FAULT_ENVIRON_KEY)
+                if fault is not None:
+                    fields["fault"] = fault
                 if metrics is not None:
                     # The record's own values, the rounded duration included: a
                     # request falls in the bucket a reader of the log would put it

@@ -9,7 +9,7 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 from werkzeug.sansio.response import Response as BaseResponse
 
-from fiboserver.app import access
+from fiboserver.app import access, faults
 from fiboserver.app.cache import FiboCache
 from fiboserver.app.routes import PROBE_ROUTES, bp, json_response
 from fiboserver.config import CONFIG_ENV, Config, load_config
@@ -42,6 +42,7 @@ def create_app(config: Config | None = None, metrics: MetricsSource | None = Non
         FIBO_CACHE_MAX_BYTES=config.cache_max_bytes,
     )
     app.register_blueprint(bp, url_prefix=config.prefix)
+    faults.install(app, faults.FaultPlan.of(config))
     source = (metrics or process_metrics) if config.metrics_port else None
     if source is not None:
         app.extensions[EXTENSION_KEY] = source

@@ -94,5 +94,7 @@ def readyz() -> Response:
 # Registered here rather than with @bp.get: mutmut (`make mutate`) leaves decorated
 # functions alone, and these three are the service.
 bp.add_url_rule("/fibo", view_func=fibo, methods=["GET"])
+# The endpoint fault injection wraps (fiboserver.app.faults).
+FIBO_ENDPOINT = f"{bp.name}.fibo"
 bp.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
 bp.add_url_rule("/readyz", view_func=readyz, methods=["GET"])

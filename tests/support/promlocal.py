@@ -8,6 +8,8 @@ k8s/monitoring: `make monitor`, and the tests that need a real one.
   (``fiboserver-<env>``), so the rules and the dashboard work unchanged.
 - ``write(directory, ...)``: both files into ``directory``; returns the config's path.
 - ``command(config_file, data_dir, listen)``: the prometheus command line.
+- ``Prometheus(workdir, target, job)``: that command run on 127.0.0.1 for a test,
+  scraping and evaluating the rules every second, with its HTTP API at hand.
 
 Run as a module (what `make monitor` does), it writes the files into ``--dir``
 and replaces itself with Prometheus in the foreground::
@@ -18,15 +20,23 @@ and replaces itself with Prometheus in the foreground::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tests.support.procinfo import HOST, free_port
 from tests.support.repo import REPO_ROOT
 
 MONITORING = REPO_ROOT / "k8s" / "monitoring"
@@ -91,6 +101,69 @@ def command(prometheus: str, config_file: Path, data_dir: Path, listen: str) -> 
         # A local look at the numbers: a day of history is plenty.
         "--storage.tsdb.retention.time=1d",
     ]
+
+
+def alert_expr(name: str, path: Path = RULES) -> str:
+    """The expression of the alert `name` in the PrometheusRule at `path`."""
+    groups = rules(path)["groups"]
+    (found,) = [r["expr"] for g in groups for r in g["rules"] if r.get("alert") == name]
+    expr: str = found
+    return expr
+
+
+class Prometheus:
+    """Debian's prometheus on 127.0.0.1:<free port>, scraping `target` as `job` and
+    evaluating k8s/monitoring's rules every second. A test without the program
+    skips, or fails with CI=true (hosttools.require_tool)."""
+
+    def __init__(self, workdir: Path, target: str, job: str) -> None:
+        # Here, not at the top: `make monitor` runs this module without pytest.
+        from tests.support.hosttools import require_tool
+
+        self.port = free_port()
+        config = write(workdir, [target], job, interval="1s")
+        self.log = (workdir / "prometheus.log").open("wb")
+        self.proc = subprocess.Popen(
+            command(require_tool("prometheus"), config, workdir / "data", f"{HOST}:{self.port}"),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"http://{HOST}:{self.port}{path}?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.load(resp)
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        body = self.api("/api/v1/query", query=expr)
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def values(self, expr: str) -> list[float]:
+        """The sample values `expr` returns now."""
+        return [float(r["value"][1]) for r in self.query(expr)]
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "prometheus exited"
+            ready = f"http://{HOST}:{self.port}/-/ready"
+            with contextlib.suppress(OSError), urllib.request.urlopen(ready, timeout=2):
+                return
+            time.sleep(0.2)
+        raise AssertionError("prometheus not ready")
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.log.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
