@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.mdmap import (
+    LINK,
     Row,
     anchors,
     check_link,
@@ -114,6 +115,14 @@ def test_module_8_has_a_row_per_requirement_of_the_seed(path: Path) -> None:
 def test_every_file_line_anchor_and_test_exists(path: Path) -> None:
     errors = [e for table in map_tables(path) for row in table for e in check_row(row, path)]
     assert not errors, "stale rows in the assignment map:\n" + "\n".join(errors)
+
+
+@pytest.mark.parametrize("path", MAPS, ids=["zh", "en"])
+def test_every_other_link_of_the_page_resolves(path: Path) -> None:
+    # The prose around the tables too: a Chinese reader has no other way in.
+    found = [check_link(target, text, path) for text, target in LINK.findall(read(path))]
+    errors = [e for e in found if e]
+    assert not errors, "broken links:\n" + "\n".join(errors)
 
 
 def test_both_maps_name_the_same_lines_and_tests() -> None:
