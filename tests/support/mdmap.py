@@ -138,6 +138,9 @@ def _collected(test_file: Path) -> frozenset[str]:
          str(test_file.relative_to(REPO_ROOT))],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
+    if out.returncode != 0:
+        # Not a missing parameter: the file does not collect at all. Say why.
+        raise RuntimeError(f"pytest --collect-only {test_file.name} failed:\n{out.stdout[-2000:]}")
     return frozenset(line.strip() for line in out.stdout.splitlines() if "::" in line)
 
 
