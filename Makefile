@@ -236,7 +236,14 @@ ELASTICSEARCH_URL ?= http://127.0.0.1:9200
 ES_CURL_ARGS ?=
 ES_DIR := k8s/logging/elasticsearch
 
-.PHONY: deploy-logging undeploy-logging elasticsearch-setup kibana-import
+.PHONY: deploy-logging undeploy-logging elasticsearch-setup kibana-import opensearch
+
+# The tests' real engine (issue 19): OpenSearch 2.19.6 embedded by tests/opensearch's
+# launcher. mvn fetches the jars (~/.m2) and compiles the launcher once per version of
+# tests/opensearch into /var/cache/fiboserver/opensearch-2.19.6/<hash>; `.ci/run` runs
+# this before `make test`. Needs java (17) and mvn.
+opensearch: $(INSTALLED) ## fetch OpenSearch's jars and build the tests' launcher (cached outside the clone)
+	$(BIN)/python -m tests.support.opensearch --build
 
 deploy-logging: ## Fluent Bit DaemonSet to namespace logging; DEMO=1 first applies the demo Elasticsearch + Kibana
 	$(if $(filter 1,$(DEMO)),kubectl apply -k k8s/logging/elastic)

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.support import testlog
+from tests.support.hosttools import require_tool
 from tests.support.logcapture import JsonCapture
 
 if TYPE_CHECKING:
     from tests.support.metrictools import Recorded
+    from tests.support.opensearch import OpenSearch
 
 
 @pytest.fixture
@@ -44,6 +46,27 @@ def recorded() -> Recorded:
     from tests.support.metrictools import Recorded
 
     return Recorded()
+
+
+@pytest.fixture(scope="session")
+def opensearch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenSearch]:
+    """One real OpenSearch node for the session (tests/support/opensearch.py), shared
+    by the log tests: a JVM start per module would cost seconds each. Stopped at the
+    end of the session, whatever the tests did."""
+    from tests.support import opensearch as engine
+
+    java = require_tool("java")
+    # Cached by `make opensearch` (.ci/run); otherwise built here, which needs mvn.
+    built = engine.build_dir()
+    if not (built / "classes").is_dir():
+        built = engine.build(require_tool("mvn"))
+    node = engine.OpenSearch(tmp_path_factory.mktemp("opensearch"), built, java)
+    testlog.say("opensearch", f"{engine.VERSION} up at {node.url} in {node.start_seconds:.1f} s")
+    try:
+        yield node
+    finally:
+        rc = node.stop()
+        testlog.say("opensearch", f"stopped (exit status {rc})")
 
 
 # --- make mutate (docs/mutation.md) ------------------------------------------------
