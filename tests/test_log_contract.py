@@ -15,6 +15,7 @@ types those queries need (``QUERY_FIELDS``, shared with test_kibana_objects.py).
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Mapping
@@ -23,7 +24,9 @@ from typing import Any, Protocol
 
 import pytest
 
+from tests.support import kql
 from tests.support.clients import exchange, parse_response
+from tests.support.esoutput import bulk_body, doc_id, shipped
 from tests.support.logpipeline import (
     FIELD_TYPES,
     INDEX_TEMPLATE,
@@ -38,10 +41,13 @@ from tests.support.logpipeline import (
     merge_log,
     type_conflicts,
 )
+from tests.support.opensearch import OpenSearch, template_for_opensearch
+from tests.support.repo import REPO_ROOT
 from tests.support.serverproc import ServerProcess
 
 # The X-Request-ID `drive` sends once: the records of that one request carry it.
 CUSTOM_ID = "contract-test.0001_A"
+SAVED_OBJECTS = REPO_ROOT / "k8s" / "logging" / "kibana" / "saved-objects.ndjson"
 
 
 # --- the corpus: every line of real runs ---------------------------------------------
@@ -127,8 +133,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str
         assert {200, 400, 404, 405, 414} <= statuses, statuses
         runs[env] = lines
     # Faults on (README "Fault injection"): `end` records with `fault`, both values.
+    # Delays of 0 to 400 ms: the slow-requests search (duration_ms > 100) must find
+    # some; each delayed request is over 100 ms with p = 3/4, so none of the run's
+    # delayed fibo requests being slow has a chance below 1e-4.
     lines, statuses = run_service(
-        tmp_path_factory.mktemp("faults"), "DEV", fault_delay_ms=20, fault_error_ratio=0.5
+        tmp_path_factory.mktemp("faults"), "DEV", fault_delay_ms=400, fault_error_ratio=0.5
     )
     assert 500 in statuses, statuses
     runs["DEV with faults"] = lines
@@ -251,3 +260,83 @@ def test_records_the_queries_look_for(merged: list[dict[str, Any]]) -> None:
         assert isinstance(r["errmsg"], str) and isinstance(r["request_id"], str)
     # A configuration error is one ERROR/CRITICAL record (both runs that refused).
     assert sum(r["level"] in {"ERROR", "CRITICAL"} for r in merged) >= 2
+
+
+# --- the real engine: Fluent Bit's bulk requests and the saved searches --------------
+# OpenSearch 2.19.6 (tests/support/opensearch.py) with the index template installed
+# as `make elasticsearch-setup` installs it, minus the ILM setting OpenSearch does
+# not know (tests/test_elasticsearch_setup.py proves that is the only refusal).
+
+
+@pytest.fixture(scope="module")
+def indexed(
+    opensearch: OpenSearch, cri_files: dict[str, list[str]]
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every record shipped to OpenSearch as the es output does; (index, document)."""
+    opensearch.ok("PUT", "/_index_template/fiboserver", template_for_opensearch())
+    docs: list[tuple[str, dict[str, Any]]] = []
+    for run, file_lines in cri_files.items():
+        instance = "fiboserver-prod" if run == "PROD" else "fiboserver-dev"
+        pod = f"{instance}-6d9f7c-{run.split()[0].lower()}"
+        docs += [shipped(merge_log(r), instance, pod) for r in cri_records(file_lines)]
+    status, answer = opensearch.request("POST", "/_bulk?refresh=true", bulk_body(docs), True)
+    assert status == 200, answer
+    errors = [item["create"] for item in answer["items"] if "error" in item["create"]]
+    assert not errors and answer["errors"] is False, errors[:5]
+    assert [item["create"]["status"] for item in answer["items"]] == [201] * len(docs)
+    return docs
+
+
+def test_bulk_lands_with_the_template_types(
+    opensearch: OpenSearch, indexed: list[tuple[str, dict[str, Any]]]
+) -> None:
+    count = opensearch.ok("GET", "/fiboserver-*/_count")["count"]
+    assert count == len(indexed)
+    props = json.loads(INDEX_TEMPLATE.read_text())["template"]["mappings"]["properties"]
+    for index in {index for index, _ in indexed}:
+        mapping = opensearch.ok("GET", f"/{index}/_mapping")[index]["mappings"]["properties"]
+        for name, spec in props.items():
+            if "properties" in spec:  # kubernetes: its pinned subfields
+                for sub, subspec in spec["properties"].items():
+                    assert mapping[name]["properties"][sub]["type"] == subspec["type"], sub
+            elif name in mapping:  # a field no record had is not mapped yet
+                assert mapping[name]["type"] == spec["type"], (name, mapping[name])
+        # Every field the records brought is one of the template's or the pipeline's.
+        assert set(mapping) - set(props) == {"_p"}, set(mapping) - set(props)
+        labels = mapping["kubernetes"]["properties"]["labels"]["properties"]
+        assert labels["app_kubernetes_io/instance"]["type"] == "keyword"  # Replace_Dots
+
+
+def saved_queries() -> list[tuple[str, str]]:
+    """(title, KQL) of every saved search."""
+    out: list[tuple[str, str]] = []
+    for line in SAVED_OBJECTS.read_text().splitlines():
+        obj = json.loads(line)
+        if obj["type"] == "search":
+            source = json.loads(obj["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
+            assert source["query"]["language"] == "kuery" and not source["filter"], obj["id"]
+            out.append((obj["attributes"]["title"], source["query"]["query"]))
+    assert out
+    return out
+
+
+@pytest.mark.parametrize(("title", "query"), saved_queries(), ids=lambda v: str(v)[:40])
+def test_saved_search_finds_its_records(
+    opensearch: OpenSearch, indexed: list[tuple[str, dict[str, Any]]], title: str, query: str
+) -> None:
+    clauses = kql.parse(query)
+    body = {"query": kql.to_dsl(clauses), "size": 10000, "_source": False}
+    hits = opensearch.ok("POST", "/fiboserver-*/_search", body)["hits"]
+    found = {hit["_id"] for hit in hits["hits"]}
+    ids = {doc_id(doc): doc for _, doc in indexed}
+    expected = {doc_id for doc_id, doc in ids.items() if kql.matches(clauses, doc)}
+    # The search selects: it finds some records and not all of them.
+    assert 0 < len(expected) < len(ids), (title, len(expected))
+    assert found == expected, (title, len(found), len(expected))
+
+
+def test_kql_translator_refuses_what_it_does_not_know() -> None:
+    for query in ('level : "ERROR" or level : "WARNING"', "not level : \"INFO\"",
+                  "level : ERROR", 'msg : "a" and (level : "b")', 'ts > "2024-01-01"'):  # fmt: skip
+        with pytest.raises(kql.UnsupportedKql):
+            kql.parse(query)
