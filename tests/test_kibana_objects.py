@@ -159,14 +159,20 @@ class _Kibana(BaseHTTPRequestHandler):
     empty). The answer is Kibana's: `success`, `successCount`, `successResults`,
     and `errors` per object that failed. `status` makes it answer an HTTP error
     instead, `conflicts` makes it refuse those ids (an object it cannot overwrite).
+
+    A stand-in because no Kibana is installable here (no registry offers it), and
+    the saved-objects import is Kibana's alone: OpenSearch, the tests' real engine
+    for everything Elasticsearch does (tests/support/opensearch.py), has no such API.
     """
 
     uploads: ClassVar[list[tuple[str, list[dict[str, Any]]]]] = []
     status: ClassVar[int] = 200
     conflicts: ClassVar[set[str]] = set()
     # Elasticsearch, for the PUTs of `make elasticsearch-setup`, which kibana-import
-    # runs first: (path, Content-Type, body) of each, and the answer it gets
-    # (tests/test_elasticsearch_setup.py checks them).
+    # runs first: (path, Content-Type, body) of each, and the answer it gets. Only
+    # the request sequence is checked here (tests/test_elasticsearch_setup.py): the
+    # real engine of the tests, OpenSearch, has no ILM API to acknowledge the first
+    # PUT; the template itself is judged by OpenSearch there.
     es_puts: ClassVar[list[tuple[str, str, bytes]]] = []
     es_reply: ClassVar[dict[str, Any]] = {"acknowledged": True}
     separators: ClassVar[tuple[str, str]] = (",", ":")

@@ -11,6 +11,11 @@ nothing collides with the pipeline's own keys, every key keeps one JSON type
 (int and float differ, bool is not int), and every integer fits a `long`. And the
 fields that the Kibana saved searches and the README's KQL use exist with the
 types those queries need (``QUERY_FIELDS``, shared with test_kibana_objects.py).
+
+Then a real engine judges them: every record goes to OpenSearch 2.19.6 in one
+``_bulk`` request as Fluent Bit's es output sends it (tests/support/esoutput.py),
+with zero item errors and the template's types in ``_mapping``, and each saved
+search runs as a query (tests/support/kql.py) and finds exactly its records.
 """
 
 from __future__ import annotations
