@@ -97,9 +97,30 @@ def configmap_of(cluster: Cluster) -> str:
     return name
 
 
+def caches(cluster: Cluster, pod: str) -> bool:
+    """Whether the service in `pod` caches results, as it behaves: inside the pod
+    (kubectl exec) the same n is asked twice, and DEV's DEBUG log shows a `cache
+    hit` for the second only when `cacheresult` is on (off: no cache records)."""
+    rid = f"cache-check-{time.time_ns()}"
+    code = (
+        "import urllib.request as u\n"
+        "for i in range(2):\n"
+        "    u.urlopen(u.Request('http://127.0.0.1:8080/dev/fibo?n=4321',\n"
+        f"        headers={{'X-Request-ID': '{rid}-' + str(i)}}), timeout=10).read()\n"
+    )
+    cluster.kubectl("exec", "-n", NS, pod, "-c", "fiboserver", "--", "python3", "-c", code)
+    logs = cluster.kubectl("logs", "-n", NS, pod, "-c", "fiboserver", "--since=60s").stdout
+    records = [json.loads(ln) for ln in logs.splitlines() if ln.startswith("{")]
+    mine = [r for r in records if str(r.get("request_id", "")).startswith(rid)]
+    assert [r["status"] for r in mine if r["msg"] == "end"] == [200, 200], mine
+    return any(r["msg"] == "cache hit" and r["request_id"] == f"{rid}-1" for r in mine)
+
+
 def test_config_change_loses_nothing(cluster: Cluster, edge: Edge, tmp_path: Path) -> None:
     overlay = config_change_overlay(cluster, tmp_path)
     old = configmap_of(cluster)
+    # The control: the pods as deployed cache (DEV's config has cacheresult: true).
+    assert all(caches(cluster, pod) for pod in pod_names(cluster))
 
     def change() -> None:
         cluster.reapply(overlay)
@@ -112,6 +133,10 @@ def test_config_change_loses_nothing(cluster: Cluster, edge: Edge, tmp_path: Pat
         data = cluster.get("-n", NS, "configmap", new)["data"]["config.yaml"]
         assert yaml.safe_load(data)["cacheresult"] is not True
         assert report.failed == 0, report.failures
+        # The new value is in effect in every pod, not just in the ConfigMap.
+        pods = pod_names(cluster)
+        assert not any(caches(cluster, pod) for pod in pods), pods
+        say("cluster", f"  cacheresult off in effect in {len(pods)} new pods (no cache hit)")
     finally:
         cluster.reapply()
         cluster.rollout_status(DEPLOYMENT)
