@@ -30,7 +30,8 @@ Typical use::
 - ``env`` adds or overrides environment variables (``WEB_CONCURRENCY``, ...). The
   inherited ``WEB_CONCURRENCY``, ``GUNICORN_CMD_ARGS``, ``FIBOSERVER_CONFIG`` and
   ``PYTHONDONTWRITEBYTECODE``, and every ``OTEL_*`` (tracing), are dropped first so a
-  developer's shell cannot change what a test runs (the image ships compiled bytecode: a measured start-up uses it too).
+  developer's shell cannot change what a test runs (the image ships compiled
+  bytecode: a measured start-up uses it too).
 - ``args`` follow ``-c gunicorn.conf.py`` (options, then an app such as
   ``bench.ceiling:app``); ``cwd`` is the tree to run from (``bench.compare`` runs an
   older commit's).
