@@ -7,8 +7,9 @@ worker started one) there is no span machinery at all: an incoming
 `traceparent` is parsed with the API's W3C propagator and its ids go into the
 log records, which is the whole cost, and only for requests that carry one.
 With an exporter, each request gets one SERVER span named and attributed by the
-stable HTTP semantic conventions, the current span while the app runs (so the
-computation's span is its child), and its ids go into the log records.
+stable HTTP semantic conventions (the required attributes), the current span
+while the app runs (so the computation's span is its child), and its ids go
+into the log records.
 """
 
 from __future__ import annotations
@@ -145,13 +146,16 @@ class RequestTracing:
     def _attributes(
         environ: WSGIEnvironment, method: str, path: str, route: str | None
     ) -> dict[str, str | int]:
-        """The stable HTTP server span attributes known before the app runs."""
+        """The stable HTTP server span attributes known before the app runs: the
+        required and conditionally required ones. The recommended ones (client
+        and server address, protocol version, user agent) are left out: every
+        attribute is validated when the span starts and encoded when it is
+        exported, about 2 us each on the cached path (docs/tracing.md, "Cost"),
+        and the request's log records have the client already."""
         attributes: dict[str, str | int] = {
             "http.request.method": method if method in _KNOWN_METHODS else "_OTHER",
             "url.path": path,
             "url.scheme": environ.get("wsgi.url_scheme", "http"),
-            "network.protocol.version": environ.get("SERVER_PROTOCOL", "").removeprefix("HTTP/"),
-            "client.address": environ.get("REMOTE_ADDR", ""),
         }
         if method not in _KNOWN_METHODS:
             attributes["http.request.method_original"] = method
@@ -160,17 +164,6 @@ class RequestTracing:
         query = environ.get("QUERY_STRING")
         if query:
             attributes["url.query"] = query
-        host = environ.get("HTTP_HOST")
-        if host:
-            name, colon, port = host.rpartition(":")
-            if colon and port.isdigit():
-                attributes["server.address"] = name
-                attributes["server.port"] = int(port)
-            else:
-                attributes["server.address"] = host
-        user_agent = environ.get("HTTP_USER_AGENT")
-        if user_agent:
-            attributes["user_agent.original"] = user_agent
         return attributes
 
 
