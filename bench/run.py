@@ -5,6 +5,8 @@ Measures, on loopback only and bounded in time:
     WSGI app on the same gunicorn settings (bench/ceiling.py), cached n=30 and
     uncached random n, alternating A, B, A, B so machine drift cancels;
   * the cost of the Prometheus metrics: metrics on against off, cached n=30;
+  * the cost of tracing: without an endpoint, and exporting to a local Jaeger,
+    against the app without tracing, cached n=30 with a traceparent;
   * compute + serialize F(n) cold against a plain iterative loop;
   * start (process start -> first 200 on /readyz) and stop (SIGTERM -> exit);
   * worker RSS after a walk over many large n against cache_max_bytes.
@@ -33,6 +35,7 @@ from bench.report import render, targets, write_results
 from bench.servers import PROD_CONFIG, Bench
 from bench.startstop import section_start_stop
 from bench.throughput import section_throughput
+from bench.tracing_cost import section_tracing
 from bench.worker_cost import WORKER_BEFORE, section_worker_cost
 from bench.wrk import WrkSettings
 from tests.support.repo import REPO_ROOT
@@ -103,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rss-overhead-mib", type=int, default=8)
     p.add_argument(
         "--only",
-        default="cached,uncached,metrics,worker,big_n,start_stop,memory",
+        default="cached,uncached,metrics,tracing,worker,big_n,start_stop,memory",
         help="comma-separated sections to run",
     )
     p.add_argument(
@@ -151,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 res["uncached"] = section_throughput(bench, ws, cached=False, seed=args.seed)
             if "metrics" in sections:
                 res["metrics"] = section_metrics(bench, ws)
+            if "tracing" in sections:
+                res["tracing"] = section_tracing(bench, ws, args.seed)
             if "big_n" in sections:
                 res["big_n"] = section_big_n(args.big_n_samples)
             if "start_stop" in sections:
