@@ -225,6 +225,11 @@ class JaegerProcess:
         found = self._get(f"{self.query_url}/api/v3/traces/{trace_id}")
         return spans_of(found["result"]) if found else []
 
+    def services(self) -> list[str]:
+        """The service names Jaeger has spans of."""
+        found = self._get(f"{self.query_url}/api/v3/services") or {}
+        return sorted(found.get("services", []))
+
     def wait_spans(self, trace_id: str, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
         """The trace's spans once it has at least `count`, or what it has at `timeout`."""
         deadline = time.monotonic() + timeout
