@@ -45,6 +45,18 @@ MONITOR_ARGS ?=
 monitor: $(INSTALLED) ## Prometheus on 127.0.0.1:9090 scraping `make run` (in another terminal), with the alert rules
 	$(BIN)/python -m tests.support.promlocal --dir .monitor $(MONITOR_ARGS)
 
+# --- tracing (issue 18; README "Tracing", docs/tracing.md) ----------------------------
+# Jaeger v2 built from its pinned Go module (tools/cluster/build/jaeger; the first
+# run compiles it, about 8 minutes), memory storage, on 127.0.0.1: OTLP/HTTP on
+# :4318, the query API on :16686. It prints the variables that make `make run`
+# export to it. Config in .traces/ (git-ignored).
+TRACES_ARGS ?=
+
+.PHONY: traces
+
+traces: $(INSTALLED) ## Jaeger on 127.0.0.1 (OTLP :4318, query API :16686) for `make run`, which it tells how to export
+	$(BIN)/python -m tests.support.jaeger --dir .traces $(TRACES_ARGS)
+
 # --- image, TLS and Kubernetes deployment (issue 3; README "Deployment") ---------
 # podman or docker, whichever is installed (podman first).
 CONTAINER_ENGINE ?= $(shell command -v podman 2>/dev/null || command -v docker 2>/dev/null)

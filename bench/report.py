@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import tracing_cost
 from bench.metrics_cost import BUDGET_RATIO, METRICS_OFF, METRICS_ON
 from bench.overload import overload_markdown, overload_targets
 from bench.stats import median
@@ -50,6 +51,7 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
                 w["cost"] <= WORKER_COST_BUDGET,
             )
         )
+    rows += tracing_cost.targets(res)
     b = res.get("big_n", {}).get("100000")
     if b:
         rows.append(
@@ -248,6 +250,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"Exit codes: idle {s['idle_exit_codes']}, under load {s['loaded_exit_codes']}.",
             "",
         ]
+    lines += tracing_cost.markdown(res)
     w = res.get("worker")
     if w:
         lines += [

@@ -5,6 +5,8 @@ Measures, on loopback only and bounded in time:
     WSGI app on the same gunicorn settings (bench/ceiling.py), cached n=30 and
     uncached random n, alternating A, B, A, B so machine drift cancels;
   * the cost of the Prometheus metrics: metrics on against off, cached n=30;
+  * the cost of tracing: without an endpoint, and exporting to a local Jaeger,
+    against the app without tracing, cached n=30 with a traceparent;
   * compute + serialize F(n) cold against a plain iterative loop;
   * start (process start -> first 200 on /readyz) and stop (SIGTERM -> exit);
   * overload (2,000 connections of costly requests) and hostile clients (idle
@@ -36,6 +38,7 @@ from bench.report import render, targets, write_results
 from bench.servers import PROD_CONFIG, Bench
 from bench.startstop import section_start_stop
 from bench.throughput import section_throughput
+from bench.tracing_cost import section_tracing
 from bench.worker_cost import WORKER_BEFORE, section_worker_cost
 from bench.wrk import WrkSettings
 from tests.support.repo import REPO_ROOT
@@ -106,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rss-overhead-mib", type=int, default=8)
     p.add_argument(
         "--only",
-        default="cached,uncached,metrics,worker,big_n,start_stop,memory,overload,hostile",
+        default="cached,uncached,metrics,tracing,worker,big_n,start_stop,memory,overload,hostile",
         help="comma-separated sections to run",
     )
     p.add_argument(
@@ -154,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 res["uncached"] = section_throughput(bench, ws, cached=False, seed=args.seed)
             if "metrics" in sections:
                 res["metrics"] = section_metrics(bench, ws)
+            if "tracing" in sections:
+                res["tracing"] = section_tracing(bench, ws, args.seed)
             if "big_n" in sections:
                 res["big_n"] = section_big_n(args.big_n_samples)
             if "start_stop" in sections:

@@ -2,7 +2,8 @@
 
 The same formatter serves the gunicorn master, its workers and the app, so a
 log pipeline sees one shape: `ts`, `level`, `logger`, `msg`, then the event's
-own keys. Records written while a request is served carry its `request_id`.
+own keys. Records written while a request is served carry its `request_id`,
+and its `trace_id` and `span_id` when it has a trace context.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
 
 # Set by the access middleware for the duration of a request (one context per thread).
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+# (trace_id, span_id) as 32 and 16 hex digits, set by fiboserver.tracing for a
+# request that has a trace context, for as long as request_id_var.
+trace_ids_var: ContextVar[tuple[str, str] | None] = ContextVar("trace_ids", default=None)
 
 # Our records show none of the caller's file and line, thread or process (a
 # worker's records carry `pid` explicitly), so the logging module need not look
@@ -81,6 +85,9 @@ class JsonFormatter(_LibraryJsonFormatter):
         request_id = request_id_var.get()
         if request_id is not None:
             log_data["request_id"] = request_id
+            trace_ids = trace_ids_var.get()
+            if trace_ids is not None:
+                log_data["trace_id"], log_data["span_id"] = trace_ids
         # The message dict (exc_info), then the record's extra attributes in
         # their order: the library's add_fields with nothing to rename.
         log_data.update(message_dict)

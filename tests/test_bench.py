@@ -8,6 +8,8 @@ gunicorn masters on loopback ports, as `make bench` does.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from bench.servers import (
     check_same_response,
     check_same_settings,
 )
+from bench.tracing_cost import NO_ENDPOINT, TRACING_OFF, traced_load
 from bench.wrk import WrkSettings, balanced, cached_load, random_load, run_wrk
 from tests.support.hosttools import require_tool
 
@@ -140,3 +143,30 @@ def test_overload_and_hostile_targets_are_the_contracts(
     res["overload"].update(ratios)
     res["hostile"].update(ratios)
     assert [ok for _, _, ok in overload_targets(res)] == [met] * 4
+
+
+def test_tracing_pair_differs_in_tracing_only(tmp_path: Path) -> None:
+    """bench/tracing_cost.py: wrk's traceparent script sends a new trace on every
+    request; "no endpoint" logs each one's ids, "tracing off" none, with the same
+    gunicorn settings and answers."""
+    require_tool("wrk")
+    bench = Bench(tmp_path)
+    traced, off = bench.server("traced", NO_ENDPOINT), bench.server("off", TRACING_OFF)
+    check_same_settings([traced, off])
+    ws = WrkSettings(threads=1, connections=2, duration_s=1, warmup_s=0, rounds=1)
+    with bench.running(traced, off):
+        check_same_response(traced, off, "/prod/fibo?n=30")
+        for server in (traced, off):
+            result = run_wrk(server.port, traced_load("/prod", 1), ws, 1)
+            assert result["requests"] > 0 and result["err_status"] == 0
+    assert traced.log_path is not None and off.log_path is not None
+    ends = [
+        r for r in map(json.loads, traced.log_path.read_text().splitlines()) if r["msg"] == "end"
+    ]
+    fibo = [r for r in ends if r["path"] == "/prod/fibo"]
+    trace_ids = [r["trace_id"] for r in fibo if "trace_id" in r]
+    # Every request of wrk's, i.e. all but check_same_response's, was traced.
+    assert len(trace_ids) == len(fibo) - 1 > 10
+    assert len(set(trace_ids)) == len(trace_ids)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", t) for t in trace_ids)
+    assert '"trace_id"' not in off.log_path.read_text()

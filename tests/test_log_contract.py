@@ -53,6 +53,10 @@ from tests.support.serverproc import ServerProcess
 # The X-Request-ID `drive` sends once: the records of that one request carry it.
 CUSTOM_ID = "contract-test.0001_A"
 SAVED_OBJECTS = REPO_ROOT / "k8s" / "logging" / "kibana" / "saved-objects.ndjson"
+# The W3C trace context `drive` sends once: that request's records carry its ids.
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
 
 
 # --- the corpus: every line of real runs ---------------------------------------------
@@ -92,6 +96,7 @@ def drive(srv: Client, prefix: str) -> set[int]:
         ("GET", f"{p}/fibo?n=20", {"X-Request-ID": CUSTOM_ID}),
         ("GET", f"{p}/fibo?n=21", {"X-Request-ID": "x" * 200}),  # invalid: a new id
         ("GET", f"{p}/fibo?n=22", {"X-Request-ID": "bad id!"}),
+        ("GET", f"{p}/fibo?n=23", {"traceparent": TRACEPARENT, "tracestate": "vendor=x"}),
     ]
     statuses: set[int] = set()
     for method, path, headers in requests:
@@ -235,7 +240,8 @@ def test_every_field_has_its_template_type(merged: list[dict[str, Any]]) -> None
     assert not wrong, wrong
     # The ones the issue names, as it names them.
     expected = {"status": "int", "duration_ms": "float", "key": "int", "value": "string",
-                "request_id": "string", "ts": "date", "fault": "string"}  # fmt: skip
+                "request_id": "string", "ts": "date", "fault": "string", "trace_id": "string",
+                "span_id": "string"}  # fmt: skip
     assert {k: FIELD_TYPES[k] for k in expected} == expected
 
 
@@ -245,6 +251,11 @@ def test_records_the_queries_look_for(merged: list[dict[str, Any]]) -> None:
     ours = [r for r in merged if r.get("request_id") == CUSTOM_ID]
     assert {"start", "end"} <= {r["msg"] for r in ours}
     assert {"cache miss", "cache fibo"} <= {r["msg"] for r in ours}
+    # `trace_id : "<id>"` finds the records of a traced request, from start to end
+    # (no exporter here: the span id is the caller's).
+    traced = [r for r in merged if r.get("trace_id") == TRACE_ID]
+    assert {"start", "cache miss", "cache fibo", "end"} <= {r["msg"] for r in traced}
+    assert {r["span_id"] for r in traced} == {PARENT_ID}
     # The slow-requests search: `msg : "end" and duration_ms > <n>`.
     ends = [r for r in merged if r["msg"] == "end"]
     assert ends and all(isinstance(r["duration_ms"], float) for r in ends)

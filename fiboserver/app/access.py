@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from fiboserver.logs import request_id_var
 from fiboserver.metrics.definitions import RequestMetrics
 from fiboserver.request_ids import HEADER as REQUEST_ID_HEADER
 from fiboserver.request_ids import choose_request_id
+from fiboserver.tracing import RequestTracing
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -72,9 +74,17 @@ class AccessLog:
     agree on every request.
     """
 
-    def __init__(self, wsgi_app: WSGIApplication, metrics: RequestMetrics | None = None) -> None:
+    def __init__(
+        self,
+        wsgi_app: WSGIApplication,
+        metrics: RequestMetrics | None = None,
+        tracing: RequestTracing | None = None,
+    ) -> None:
         self.wsgi_app = wsgi_app
         self.metrics = metrics
+        # The request's trace (fiboserver.tracing) spans `start` to `end`, so both
+        # records carry its ids.
+        self.tracing = tracing
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -85,6 +95,8 @@ class AccessLog:
             "path": _path(environ),
             "client": f"{environ.get('REMOTE_ADDR', '')}:{environ.get('REMOTE_PORT', '')}",
         }
+        tracing = self.tracing
+        trace = tracing.begin(environ, fields["method"], fields["path"]) if tracing else None
         log.info("start", extra=fields)
         metrics = self.metrics
         if metrics is not None:
@@ -119,6 +131,8 @@ class AccessLog:
                 log.info("end", extra=fields)
             finally:
                 request_id_var.reset(token)
+                if trace is not None:
+                    trace.end(fields.get("status"))
 
         try:
             body = self.wsgi_app(environ, start_response_with_id)
@@ -127,9 +141,13 @@ class AccessLog:
             if metrics is not None:
                 metrics.abandoned()
             request_id_var.reset(token)
+            if trace is not None:
+                trace.end(None, sys.exc_info()[1])
             raise
         return _Closing(body, end)
 
 
-def init_app(app: Flask, metrics: RequestMetrics | None = None) -> None:
-    app.wsgi_app = AccessLog(app.wsgi_app, metrics)  # type: ignore[method-assign]
+def init_app(
+    app: Flask, metrics: RequestMetrics | None = None, tracing: RequestTracing | None = None
+) -> None:
+    app.wsgi_app = AccessLog(app.wsgi_app, metrics, tracing)  # type: ignore[method-assign]

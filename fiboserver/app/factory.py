@@ -21,16 +21,21 @@ from fiboserver.metrics.definitions import (
     static_rules,
 )
 from fiboserver.serving import ATTRIBUTE, Serving
+from fiboserver.tracing import RequestTracing
 
 log = logging.getLogger("fiboserver.app")
 
 
-def create_app(config: Config | None = None, metrics: MetricsSource | None = None) -> Flask:
+def create_app(
+    config: Config | None = None, metrics: MetricsSource | None = None, *, tracing: bool = True
+) -> Flask:
     """Build the app for `config`, by default the file named by $FIBOSERVER_CONFIG.
 
     With `metrics_port` set, it records metrics into `metrics()`, by default this
     process's own (fiboserver.metrics.definitions.process_metrics). The app
     carries a `Serving` record for the worker and the master (fiboserver.serving).
+    `tracing=False` leaves tracing out of the request path altogether: only the
+    benchmark's baseline wants that (the OTEL_* variables decide everything else).
     """
     if config is None:
         config = load_config(os.environ[CONFIG_ENV])
@@ -46,14 +51,16 @@ def create_app(config: Config | None = None, metrics: MetricsSource | None = Non
     source = (metrics or process_metrics) if config.metrics_port else None
     if source is not None:
         app.extensions[EXTENSION_KEY] = source
-    requests = RequestMetrics(static_rules(app.url_map), source) if source else None
-    access.init_app(app, requests)
+    routes = static_rules(app.url_map)
+    requests = RequestMetrics(routes, source) if source else None
+    probe_paths = frozenset(config.prefix + route for route in PROBE_ROUTES)
+    access.init_app(app, requests, RequestTracing(routes, probe_paths) if tracing else None)
     if config.cacheresult:
         FiboCache(app, metrics=source)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
     serving = Serving(
-        probe_paths=frozenset(config.prefix + route for route in PROBE_ROUTES),
+        probe_paths=probe_paths,
         requests=requests,
         metrics_port=config.metrics_port,
     )

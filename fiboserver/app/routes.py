@@ -16,6 +16,7 @@ from fiboserver.echo import bounded, quoted
 from fiboserver.lifecycle import is_draining
 from fiboserver.metrics.definitions import EXTENSION_KEY as METRICS_KEY
 from fiboserver.metrics.definitions import MetricsSource
+from fiboserver.tracing import computation
 
 bp = Blueprint("fibo", __name__)
 log = logging.getLogger("fiboserver.fibo")
@@ -68,7 +69,8 @@ def fibo() -> Response:
     digits = cache.get(n) if cache is not None else None
     if digits is None:
         started = time.perf_counter()
-        digits = fibonacci_digits(n)
+        with computation(n):  # a child of the request's span, when exporting
+            digits = fibonacci_digits(n)
         metrics: MetricsSource | None = current_app.extensions.get(METRICS_KEY)
         if metrics is not None:
             metrics().compute_duration.observe(time.perf_counter() - started)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fiboserver import gunicorn_internals as gunicorn
+from fiboserver import tracing
 from fiboserver.metrics import master
 from fiboserver.server.listener import refuse_new_connections
 from fiboserver.server.reload import reload_safely
@@ -27,6 +28,7 @@ def when_ready(server: Any) -> None:
     serving = serving_of(gunicorn.preloaded_wsgi(server))
     master.server_ready(serving.metrics_port, upgrading=gunicorn.started_by_upgrade(server))
     log.info("server start", extra={"addr": gunicorn.listener_addresses(server)})
+    tracing.prepare(os.environ)
     stop_gracefully_on_sigterm(server)
     reload_safely(server)
 
@@ -70,6 +72,8 @@ def pre_fork(server: Any, worker: Any) -> None:
 
 # Worker, after it has loaded the app and before it serves.
 def post_worker_init(worker: Any) -> None:
+    # The span exporter's thread belongs to this process: started after the fork.
+    tracing.start_worker(os.environ)
     master.worker_booted()
     log.info("worker booted", extra={"pid": worker.pid})
 
@@ -81,6 +85,9 @@ def worker_abort(worker: Any) -> None:
 
 # Worker, on every exit it makes itself (not when killed by a signal).
 def worker_exit(server: Any, worker: Any) -> None:
+    # After a graceful stop every request is answered and its span ended: export
+    # them before the process is gone.
+    tracing.stop_worker()
     master.worker_exiting(worker)
 
 

@@ -74,7 +74,7 @@ QUERY_FIELDS: dict[str, str] = {
     name: FIELD_TYPES[name]
     for name in (
         "level", "logger", "msg", "request_id", "method", "path", "status", "duration_ms",
-        "errmsg",
+        "errmsg", "trace_id",
     )
 }  # fmt: skip
 # Fields the pipeline adds (kubernetes filter with Labels On, es output), named as

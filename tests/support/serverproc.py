@@ -29,8 +29,9 @@ Typical use::
   unless ``env`` names one (an empty value: the server makes a private one).
 - ``env`` adds or overrides environment variables (``WEB_CONCURRENCY``, ...). The
   inherited ``WEB_CONCURRENCY``, ``GUNICORN_CMD_ARGS``, ``FIBOSERVER_CONFIG`` and
-  ``PYTHONDONTWRITEBYTECODE`` are dropped first so a developer's shell cannot change
-  what a test runs (the image ships compiled bytecode: a measured start-up uses it too).
+  ``PYTHONDONTWRITEBYTECODE``, and every ``OTEL_*`` (tracing), are dropped first so a
+  developer's shell cannot change what a test runs (the image ships compiled
+  bytecode: a measured start-up uses it too).
 - ``args`` follow ``-c gunicorn.conf.py`` (options, then an app such as
   ``bench.ceiling:app``); ``cwd`` is the tree to run from (``bench.compare`` runs an
   older commit's).
@@ -119,6 +120,10 @@ class ServerProcess:
             METRICS_DIR_ENV,
         ):
             self._env.pop(var, None)
+        # Tracing is configured by OTEL_* variables alone: a shell that exports to
+        # `make traces` must not turn it on in a test that did not ask.
+        for var in [v for v in self._env if v.startswith("OTEL_")]:
+            del self._env[var]
         if self.config_path is not None:
             self._env["FIBOSERVER_CONFIG"] = str(self.config_path)
         self._env[METRICS_DIR_ENV] = str(self.metrics_dir)

@@ -131,6 +131,16 @@ HELM = Component(
     ),
 )
 COMPONENTS = (KUBERNETES, ETCD, CONTAINERD, CRITOOLS, TRAEFIK, HELM)
+# The trace backend of the tracing tests and `make traces` (docs/tracing.md): Jaeger v2,
+# whose Go module still carries v1 version numbers (v1.75.0 is the v2 release of
+# the same day). Not in COMPONENTS: the cluster does not need it to start, so
+# `make cluster-up` does not wait for it; tools/cluster/jaeger.py builds it on use.
+JAEGER = Component(
+    "jaeger",
+    "v1.75.0",
+    {"jaeger": "github.com/jaegertracing/jaeger/cmd/jaeger"},
+    ldflags=("-X github.com/jaegertracing/jaeger/internal/version.latestVersion=v1.75.0",),
+)
 
 # What the cluster uses as it is, and how to get it: Debian packages (.ci/run
 # installs them): runc (the OCI runtime podman uses here too), catatonit (the pause

@@ -1,0 +1,56 @@
+"""The exporter of one worker: TracerProvider, BatchSpanProcessor, OTLP over HTTP.
+
+Started in each worker after the fork (gunicorn's post_worker_init hook): the
+batch processor's thread must belong to the process that ends the spans, and a
+master that started one before forking would hand each worker a copy of a
+thread that does not exist there. Shut down as the worker exits after a
+graceful stop (worker_exit hook), which exports every span still queued: the
+requests served during the drain included. Importing this module starts nothing;
+the master imports it early when exporting so that forked workers share it.
+Spans ended after the shutdown are dropped, which is why it runs when no
+request is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from importlib.metadata import PackageNotFoundError, version
+
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from fiboserver.tracing.requests import ACTIVE
+from fiboserver.tracing.settings import TracingSettings
+
+# service.name when neither OTEL_SERVICE_NAME nor OTEL_RESOURCE_ATTRIBUTES names one.
+DEFAULT_SERVICE_NAME = "fiboserver"
+
+
+def _resource() -> Resource:
+    """OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (read by Resource.create),
+    else service.name fiboserver; always the service's version and this pid."""
+    resource = Resource.create()
+    own: dict[str, str | int] = {"process.pid": os.getpid()}
+    with_default_name = str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service")
+    if with_default_name:
+        own[SERVICE_NAME] = DEFAULT_SERVICE_NAME
+    with contextlib.suppress(PackageNotFoundError):  # a tree that was not installed
+        own["service.version"] = version("fiboserver")
+    return resource.merge(Resource(own))
+
+
+def start(settings: TracingSettings) -> None:
+    """Provider, exporter and the batch thread, in this (worker) process; the
+    request path finds the tracer, the exit hook the shutdown, in ACTIVE."""
+    if not settings.exporting or ACTIVE.tracer is not None:
+        return
+    # The exporter reads the endpoint, headers, timeout and compression from the
+    # environment itself; the provider the sampler and span limits.
+    # No atexit shutdown of its own: the worker_exit hook shuts it down (a second
+    # shutdown would only log a warning).
+    provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    ACTIVE.exporting(provider.get_tracer("fiboserver"), provider.shutdown)

@@ -1,0 +1,176 @@
+"""One request's trace: the incoming W3C context, the SERVER span, the log ids.
+
+Runs in the request threads, called by the access middleware
+(fiboserver.app.access) as a request arrives and when its response is closed.
+Without an exporter (no endpoint, OTEL_SDK_DISABLED, or a process where no
+worker started one) there is no span machinery at all: an incoming
+`traceparent` is parsed with the API's W3C propagator and its ids go into the
+log records, which is the whole cost, and only for requests that carry one.
+With an exporter, each request gets one SERVER span named and attributed by the
+stable HTTP semantic conventions (the required attributes), the current span
+while the app runs (so the computation's span is its child), and its ids go
+into the log records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry.trace import (
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    Tracer,
+    get_current_span,
+    set_span_in_context,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from fiboserver.logs import trace_ids_var
+
+if TYPE_CHECKING:
+    from contextvars import Token
+
+    from _typeshed.wsgi import WSGIEnvironment
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+# http.request.method takes these as they are; any other becomes _OTHER, with the
+# original in http.request.method_original (semantic conventions: HTTP spans).
+_KNOWN_METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
+)
+
+
+class ActiveTracer:
+    """This process's exporter: its tracer and how to shut it down. Set by
+    fiboserver.tracing.exporting in a worker that exports; None everywhere else
+    (the master, tests, no endpoint), and again once shut down."""
+
+    __slots__ = ("_shutdown", "tracer")
+
+    def __init__(self) -> None:
+        self.tracer: Tracer | None = None
+        self._shutdown: Callable[[], None] | None = None
+
+    def exporting(self, tracer: Tracer, shutdown: Callable[[], None]) -> None:
+        self.tracer, self._shutdown = tracer, shutdown
+
+    def shut_down(self) -> None:
+        """Export what is queued and stop exporting; nothing if not exporting."""
+        shutdown, self._shutdown, self.tracer = self._shutdown, None, None
+        if shutdown is not None:
+            shutdown()
+
+
+ACTIVE = ActiveTracer()
+
+
+def log_ids(span: Span) -> tuple[str, str] | None:
+    """(trace_id, span_id) as 32 and 16 lower-case hex digits; None without a context."""
+    sc = span.get_span_context()
+    if not sc.is_valid:
+        return None
+    return format(sc.trace_id, "032x"), format(sc.span_id, "016x")
+
+
+class RequestTrace:
+    """A traced request, from its arrival to `end`: the span (when exporting) and
+    the tokens that undo what `RequestTracing.begin` set."""
+
+    __slots__ = ("_context_token", "_ids_token", "_span")
+
+    def __init__(
+        self,
+        span: Span | None,
+        context_token: Token[Any] | None,
+        ids_token: Token[tuple[str, str] | None],
+    ) -> None:
+        self._span = span
+        self._context_token = context_token
+        self._ids_token = ids_token
+
+    def end(self, status: int | None, error: BaseException | None = None) -> None:
+        """The response was sent with `status` (None: the app raised `error`)."""
+        try:
+            span = self._span
+            if span is not None:
+                if status is not None:
+                    span.set_attribute("http.response.status_code", status)
+                # Server spans: a 5xx or no answer is an error, a 4xx is the client's.
+                if status is None or status >= 500:
+                    kind = type(error).__qualname__ if error is not None else str(status)
+                    span.set_attribute("error.type", kind)
+                    span.set_status(Status(StatusCode.ERROR))
+                span.end()
+        finally:
+            if self._context_token is not None:
+                otel_context.detach(self._context_token)
+            trace_ids_var.reset(self._ids_token)
+
+
+class RequestTracing:
+    """Begins a `RequestTrace` for each request that has (or, exporting, gets) a
+    trace context. `routes`: the app's URL rules (plain paths), for http.route;
+    `probe_paths`: the kubelet's probes, which get a span only when the caller
+    sent a traceparent (a kubelet never does: spans every few seconds per pod
+    that nobody asked for)."""
+
+    def __init__(self, routes: Iterable[str], probe_paths: Iterable[str] = ()) -> None:
+        self._routes = frozenset(routes)
+        self._probe_paths = frozenset(probe_paths)
+
+    def begin(self, environ: WSGIEnvironment, method: str, path: str) -> RequestTrace | None:
+        traceparent: str | None = environ.get("HTTP_TRACEPARENT")
+        tracer = ACTIVE.tracer
+        if tracer is None or (traceparent is None and path in self._probe_paths):
+            if traceparent is None:
+                return None  # the cached path's usual case: one dict lookup
+            parent = get_current_span(_extract(environ, traceparent))
+            ids = log_ids(parent)
+            return None if ids is None else RequestTrace(None, None, trace_ids_var.set(ids))
+        parent_context = _extract(environ, traceparent) if traceparent is not None else None
+        route = path if path in self._routes else None
+        span = tracer.start_span(
+            f"{method} {route}" if route is not None else method,
+            context=parent_context,
+            kind=SpanKind.SERVER,
+            attributes=self._attributes(environ, method, path, route),
+        )
+        context_token = otel_context.attach(set_span_in_context(span))
+        return RequestTrace(span, context_token, trace_ids_var.set(log_ids(span)))
+
+    @staticmethod
+    def _attributes(
+        environ: WSGIEnvironment, method: str, path: str, route: str | None
+    ) -> dict[str, str | int]:
+        """The stable HTTP server span attributes known before the app runs: the
+        required and conditionally required ones. The recommended ones (client
+        and server address, protocol version, user agent) are left out: every
+        attribute is validated when the span starts and encoded when it is
+        exported, about 2 us each on the cached path (docs/tracing.md, "Cost"),
+        and the request's log records have the client already."""
+        attributes: dict[str, str | int] = {
+            "http.request.method": method if method in _KNOWN_METHODS else "_OTHER",
+            "url.path": path,
+            "url.scheme": environ.get("wsgi.url_scheme", "http"),
+        }
+        if method not in _KNOWN_METHODS:
+            attributes["http.request.method_original"] = method
+        if route is not None:
+            attributes["http.route"] = route
+        query = environ.get("QUERY_STRING")
+        if query:
+            attributes["url.query"] = query
+        return attributes
+
+
+def _extract(environ: WSGIEnvironment, traceparent: str) -> otel_context.Context:
+    """The W3C trace context of the request's headers (empty when malformed)."""
+    carrier = {"traceparent": traceparent}
+    tracestate = environ.get("HTTP_TRACESTATE")
+    if tracestate is not None:
+        carrier["tracestate"] = tracestate
+    return _PROPAGATOR.extract(carrier)
