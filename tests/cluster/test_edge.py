@@ -6,6 +6,7 @@ ClusterIPs) and through the edge the Ingress describes, a real Ingress controlle
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from tests.support.clusterlib import NS, Cluster
 from tests.support.edgeclients import curl
-from tests.support.edges import HOST, Edge, nginx_edge, traefik_edge
+from tests.support.edges import HOST, TRAEFIK_EDGE_OBJECTS, Edge, nginx_edge, traefik_edge
 from tests.support.hosttools import require_tool
 from tests.support.podmanlib import wait_http
 from tests.support.testlog import say
@@ -103,3 +104,45 @@ def test_load_through_the_edge_loses_nothing(edge: Edge, tmp_path: Path) -> None
     say("cluster", f"steady load via {edge.kind}: {report.line()}")
     assert report.failed == 0, report.failures
     assert report.sent >= 100, report.line()
+
+
+def plain_http(edge: Edge, path: str = "/dev/fibo?n=10") -> tuple[str, str]:
+    """(status, Location) of one plain-HTTP request to the edge for our host."""
+    out = curl(require_tool("curl"), "--resolve", f"{HOST}:{edge.http_port}:127.0.0.1",
+               "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+               f"http://{HOST}:{edge.http_port}{path}")  # fmt: skip
+    status, _, location = out.stdout.partition(" ")
+    return status, location
+
+
+def wait_plain_http(edge: Edge, want: str, timeout: float = 30) -> tuple[str, str]:
+    """Poll until plain HTTP answers `want` (Traefik applies changes after its 7 s
+    throttle), returning the last (status, Location)."""
+    deadline = time.monotonic() + timeout
+    while (got := plain_http(edge))[0] != want and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return got
+
+
+def test_traefik_redirect_is_the_middleware_in_k8s(cluster: Cluster, tmp_path_factory:
+                                                   pytest.TempPathFactory) -> None:  # fmt: skip
+    """Traefik's redirect is k8s/edge/traefik's Middleware, not the harness's: with
+    the Middleware deleted, plain HTTP is no longer redirected (the control); applied
+    again, it is, permanently, to the same URL over HTTPS."""
+    cluster.deploy()
+    with traefik_edge(cluster, tmp_path_factory.mktemp("edge-control")) as edge:
+        https_url = f"https://{HOST}/dev/fibo?n=10"
+        # Permanent: 301 for a GET (Traefik's redirectScheme; 308 for other methods).
+        assert plain_http(edge) == ("301", https_url)
+        cluster.kubectl("delete", "-n", NS, "middleware.traefik.io", "redirect-https")
+        try:
+            # The IngressRoute now names a missing Middleware: Traefik drops its
+            # router, and nothing answers plain HTTP for the host.
+            assert wait_plain_http(edge, "404") == ("404", "")
+            # HTTPS is the Ingress's own, untouched.
+            assert edge.get("/dev/readyz")[0] == 200
+        finally:
+            cluster.kubectl("apply", "--server-side", "-k", str(TRAEFIK_EDGE_OBJECTS))
+        assert wait_plain_http(edge, "301") == ("301", https_url)
+    say("cluster", "Traefik: plain HTTP -> 301 to https (Middleware redirect-https); "
+        "Middleware deleted -> 404; applied again -> 301")  # fmt: skip

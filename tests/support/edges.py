@@ -7,10 +7,14 @@
   created here naming Traefik as its controller, as a cluster admin would; TLS
   comes from the Ingress's Secret; requests go to the Service's endpoints (pod
   IPs) as the EndpointSlices list them, terminating pods fenced off from new
-  requests. The ssl-redirect annotation is ingress-nginx's: Traefik's entry point
-  redirect does the same. (Traefik's kubernetesIngressNGINX provider, which reads
-  the annotation, keeps sending new requests to terminating pods in v3.6:
-  traefik/traefik#13287, fixed in v3.7, which cannot be built here: docs/cluster.md.)
+  requests. Traefik's static configuration here is generic (entry points `web`
+  and `websecure`, the kubernetesIngress and kubernetesCRD providers): HTTPS on
+  `websecure` comes from the Ingress's Traefik annotations, the plain-HTTP
+  redirect from k8s/edge/traefik (a Middleware and the IngressRoute using it),
+  applied here with Traefik's vendored CRDs. (Traefik's kubernetesIngressNGINX
+  provider, which reads the ssl-redirect annotation, keeps sending new requests to
+  terminating pods in v3.6: traefik/traefik#13287, fixed in v3.7, which cannot be
+  built here: docs/cluster.md.)
 - `nginx_edge()`: tests/support/edge.py's nginx, rendered from the same Ingress (nginxconf), its
   upstreams pointed at each Service's ClusterIP, so every request crosses kube-proxy.
 """
@@ -92,45 +96,68 @@ INGRESS_CLASS = {
     "metadata": {"name": "nginx"},
     "spec": {"controller": "traefik.io/ingress-controller"},
 }
+# Traefik's CRDs, vendored from the version built (tests/schemas/traefik-v3.6.12).
+TRAEFIK_CRDS = REPO_ROOT / "tests/schemas/traefik-v3.6.12/kubernetes-crd-definition-v1.yml"
+# What k8s/ ships for a Traefik edge besides the Ingress: the plain-HTTP redirect.
+TRAEFIK_EDGE_OBJECTS = REPO_ROOT / "k8s/edge/traefik"
 
 
-@contextlib.contextmanager
-def traefik_edge(cluster: Cluster, prefix: Path) -> Iterator[Edge]:
-    files = tls_files()
-    cluster.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(INGRESS_CLASS))
-    http_port, https_port = free_port(), free_port()
-    conf = prefix / "traefik.yaml"
-    conf.write_text(json.dumps({
-        "entryPoints": {
-            # Plain HTTP only redirects to HTTPS (the Ingress's ssl-redirect).
-            "web": {"address": f"127.0.0.1:{http_port}", "http": {"redirections": {
-                "entryPoint": {"to": "websecure", "scheme": "https", "permanent": True}}}},
-            "websecure": {"address": f"127.0.0.1:{https_port}", "http": {"tls": {}}},
-        },
+def traefik_static(http_port: int, https_port: int, providers: Mapping[str, object]) -> object:
+    """Traefik's static configuration: generic, no routing, TLS or redirect of ours.
+
+    Two entry points named as Traefik's charts name them (the objects in k8s/ pick
+    theirs by these names), on 127.0.0.1; which of them serves TLS and what plain
+    HTTP answers come from the objects the providers read."""
+    return {
+        "entryPoints": {"web": {"address": f"127.0.0.1:{http_port}"},
+                        "websecure": {"address": f"127.0.0.1:{https_port}"}},
         # Endpoint changes reach a real cluster's edge seconds late (controllers
         # batch them; Traefik's default throttle is 2 s). On this one node they
         # arrive within milliseconds, which would let a pod without its preStop
         # sleep stop before anyone noticed: 7 s of batching is what the 10 s sleep
         # must cover, and what makes the control lose requests (test_disruptions).
-        "providers": {"providersThrottleDuration": "7s", "kubernetesIngress": {}},
+        "providers": {"providersThrottleDuration": "7s", **providers},
         "log": {"level": "INFO"},
-    }))  # fmt: skip
-    log = (prefix / "traefik.log").open("ab")
+    }  # fmt: skip
+
+
+def install_traefik_objects(cluster: Cluster) -> None:
+    """The IngressClass, Traefik's CRDs and k8s/edge/traefik, as a cluster admin
+    running Traefik would install them (idempotent: server-side apply)."""
+    cluster.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(INGRESS_CLASS))
+    cluster.kubectl("apply", "--server-side", "-f", str(TRAEFIK_CRDS))
+    # Objects of a CRD are refused until the API server serves the new kind.
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "-f", str(TRAEFIK_CRDS))  # fmt: skip
+    cluster.kubectl("apply", "--server-side", "-k", str(TRAEFIK_EDGE_OBJECTS))
+
+
+@contextlib.contextmanager
+def run_traefik(
+    prefix: Path, static: object, kind: str, ready_paths: tuple[str, ...]
+) -> Iterator[Edge]:
+    """Traefik as a host process (the cluster's kubeconfig: out of the cluster it
+    needs no RBAC of its own), until every path in `ready_paths` answers 200."""
+    entry = static["entryPoints"]  # type: ignore[index]
+    ports = [int(entry[n]["address"].rpartition(":")[2]) for n in ("websecure", "web")]
+    conf = prefix / "traefik.yaml"
+    conf.write_text(json.dumps(static))
+    log_path = prefix / "traefik.log"
+    log = log_path.open("ab")
     proc = subprocess.Popen(
         [str(TRAEFIK.path("traefik")), f"--configFile={conf}"],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         env={**os.environ, "KUBECONFIG": str(KUBECONFIG)},
     )  # fmt: skip
-    edge = Edge(f"Traefik {TRAEFIK.version} (Ingress controller)", https_port, http_port,
-                files["ca.crt"])  # fmt: skip
+    edge = Edge(kind, ports[0], ports[1], tls_files()["ca.crt"])
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert proc.poll() is None, (prefix / "traefik.log").read_text()[-3000:]
+            assert proc.poll() is None, log_path.read_text()[-3000:]
             with contextlib.suppress(OSError):
-                if all(edge.get(f"{p}/readyz")[0] == 200 for p in ("/dev", "/prod")):
+                if all(edge.get(f"{p}/readyz")[0] == 200 for p in ready_paths):
                     break
-            assert time.monotonic() < deadline, (prefix / "traefik.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.5)
         yield edge
     finally:
@@ -141,6 +168,16 @@ def traefik_edge(cluster: Cluster, prefix: Path) -> Iterator[Edge]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+@contextlib.contextmanager
+def traefik_edge(cluster: Cluster, prefix: Path) -> Iterator[Edge]:
+    install_traefik_objects(cluster)
+    static = traefik_static(free_port(), free_port(), {"kubernetesIngress": {},
+                            "kubernetesCRD": {}})  # fmt: skip
+    with run_traefik(prefix, static, f"Traefik {TRAEFIK.version} (Ingress controller)",
+                     ("/dev", "/prod")) as edge:  # fmt: skip
+        yield edge
 
 
 def cluster_edge(cluster: Cluster, prefix: Path) -> contextlib.AbstractContextManager[Edge]:

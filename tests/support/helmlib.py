@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ import yaml
 
 from tests.support.clusterlib import Cluster, Obj, is_ready
 from tests.support.edgeclients import LoadReport
-from tests.support.edges import INGRESS_CLASS, Edge, tls_files
+from tests.support.edges import INGRESS_CLASS, Edge, run_traefik, tls_files, traefik_static
 from tests.support.procinfo import free_port
 from tests.support.repo import REPO_ROOT
 from tests.support.testlog import say
@@ -114,49 +113,15 @@ def namespace_objects(cluster: Cluster) -> set[str]:
 
 @contextlib.contextmanager
 def traefik_for_namespace(cluster: Cluster, prefix: Path, path: str = "/dev") -> Iterator[Edge]:
-    """edges.traefik_edge's Traefik, reading Ingresses of NS only."""
-    files = tls_files()
+    """edges.traefik_edge's Traefik, reading Ingresses of NS only: HTTPS on
+    `websecure` from the chart's Ingress annotations (plain HTTP is not tested here,
+    so no kubernetesCRD provider and no k8s/edge/traefik)."""
     cluster.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(INGRESS_CLASS))
-    http_port, https_port = free_port(), free_port()
-    conf = prefix / "traefik.yaml"
-    conf.write_text(json.dumps({
-        "entryPoints": {
-            "web": {"address": f"127.0.0.1:{http_port}", "http": {"redirections": {
-                "entryPoint": {"to": "websecure", "scheme": "https", "permanent": True}}}},
-            "websecure": {"address": f"127.0.0.1:{https_port}", "http": {"tls": {}}},
-        },
-        # 7 s: as edges.traefik_edge, a real edge's delay in applying endpoint changes.
-        "providers": {"providersThrottleDuration": "7s",
-                      "kubernetesIngress": {"namespaces": [NS]}},
-        "log": {"level": "INFO"},
-    }))  # fmt: skip
-    log_path = prefix / "traefik.log"
-    log = log_path.open("ab")
-    proc = subprocess.Popen(
-        [str(TRAEFIK.path("traefik")), f"--configFile={conf}"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-        env={**os.environ, "KUBECONFIG": str(KUBECONFIG)},
-    )  # fmt: skip
-    edge = Edge(f"Traefik {TRAEFIK.version} (Ingresses of {NS})", https_port, http_port,
-                files["ca.crt"])  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            with contextlib.suppress(OSError):
-                if edge.get(f"{path}/readyz")[0] == 200:
-                    break
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.5)
+    static = traefik_static(free_port(), free_port(),
+                            {"kubernetesIngress": {"namespaces": [NS]}})  # fmt: skip
+    with run_traefik(prefix, static, f"Traefik {TRAEFIK.version} (Ingresses of {NS})",
+                     (path,)) as edge:  # fmt: skip
         yield edge
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def under_load(
