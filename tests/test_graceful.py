@@ -27,10 +27,6 @@ from tests.support.clients import GRACEFUL_TIMEOUT, Counts, one_request, referen
 from tests.support.procinfo import (
     HOST,
     child_pids,
-    listen_queue,
-    pending_signals,
-    process_state,
-    wait_until,
 )
 from tests.support.serverproc import ServerProcess
 
@@ -217,11 +213,7 @@ def test_sigterm_serves_every_connection_already_in_the_listen_queue(tmp_path: P
         {"env": "PROD", "maxseq": 1000}, tmp_path, env={"WEB_CONCURRENCY": "2"}
     ) as srv:
         srv.wait_for("server start", timeout=30)
-        workers = srv.wait_workers(2)
-        wait_until(lambda: len(srv.find("worker booted")) == 2, 30, "both workers booted")
-        for pid in workers:
-            os.kill(pid, signal.SIGSTOP)
-        wait_until(lambda: all(process_state(pid) == "T" for pid in workers), 10, "workers stopped")
+        workers = srv.freeze_workers(2)
         clients = []
         try:
             for i in range(QUEUED_CLIENTS):
@@ -229,20 +221,7 @@ def test_sigterm_serves_every_connection_already_in_the_listen_queue(tmp_path: P
                 clients.append(sock)
                 request = f"GET /prod/fibo?n={i} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
                 sock.sendall(request.encode() + b"\r\n")
-            wait_until(
-                lambda: listen_queue(srv.port) == QUEUED_CLIENTS,
-                10,
-                f"{QUEUED_CLIENTS} connections in the listen queue",
-            )
-            srv.terminate(signal.SIGTERM)
-            srv.wait_for("graceful stopping server", timeout=10)
-            wait_until(
-                lambda: all(signal.SIGTERM in pending_signals(pid) for pid in workers),
-                10,
-                "SIGTERM pending in every worker",
-            )
-            for pid in workers:
-                os.kill(pid, signal.SIGCONT)
+            srv.sigterm_with_queue(workers, QUEUED_CLIENTS)
             ref = reference(list(range(QUEUED_CLIENTS)))
             failures = []
             for i, sock in enumerate(clients):

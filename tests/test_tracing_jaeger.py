@@ -19,7 +19,6 @@ import http.client
 import os
 import re
 import secrets
-import signal
 import socket
 import subprocess
 import time
@@ -31,7 +30,7 @@ import pytest
 
 from tests.support.hosttools import IN_CI
 from tests.support.jaeger import JaegerProcess
-from tests.support.procinfo import HOST, listen_queue, pending_signals, process_state, wait_until
+from tests.support.procinfo import HOST
 from tests.support.serverproc import ServerProcess
 from tools.cluster.binaries import GO, JAEGER
 
@@ -200,11 +199,7 @@ def test_sigterm_with_100_requests_in_flight_loses_no_span(
     traces = [new_ids() for _ in range(QUEUED)]
     with ServerProcess(config, tmp_path, env=env) as srv:
         srv.wait_ready("/prod/readyz")
-        workers = srv.wait_workers(2)
-        wait_until(lambda: len(srv.find("worker booted")) == 2, 30, "both workers booted")
-        for pid in workers:
-            os.kill(pid, signal.SIGSTOP)
-        wait_until(lambda: all(process_state(pid) == "T" for pid in workers), 10, "stopped")
+        workers = srv.freeze_workers(2)
         clients = []
         for i, (trace_id, parent) in enumerate(traces):
             sock = socket.create_connection((HOST, srv.port), timeout=30)
@@ -213,16 +208,7 @@ def test_sigterm_with_100_requests_in_flight_loses_no_span(
                 f"GET /prod/fibo?n={20000 + i} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
                 f"traceparent: 00-{trace_id}-{parent}-01\r\n\r\n".encode()
             )
-        wait_until(lambda: listen_queue(srv.port) == QUEUED, 10, f"{QUEUED} queued")
-        srv.terminate(signal.SIGTERM)
-        srv.wait_for("graceful stopping server", timeout=10)
-        wait_until(
-            lambda: all(signal.SIGTERM in pending_signals(pid) for pid in workers),
-            10,
-            "SIGTERM pending in every worker",
-        )
-        for pid in workers:
-            os.kill(pid, signal.SIGCONT)
+        srv.sigterm_with_queue(workers, QUEUED)
         statuses = []
         for sock in clients:
             with sock:

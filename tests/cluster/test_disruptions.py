@@ -19,7 +19,7 @@ import yaml
 
 from tests.support.clusterlib import NS, Cluster
 from tests.support.edgeclients import LoadReport
-from tests.support.edges import Edge, cluster_edge
+from tests.support.edges import Edge, cluster_edge, load_through
 from tests.support.repo import REPO_ROOT
 from tests.support.testlog import say
 
@@ -36,26 +36,12 @@ def edge(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def under_load(cluster: Cluster, edge: Edge, label: str, action: Callable[[], None]) -> LoadReport:
-    """Load on /dev/fibo from 2 s before `action` until the Deployment is back to
-    3 Ready pods and no pod is terminating any more (a terminating pod still serves
-    through its preStop sleep and drain: its loss window is then over)."""
-    load = edge.load("/dev/fibo").start()
-    try:
-        time.sleep(2)
-        action()
-        cluster.wait_ready(DEPLOYMENT, count=3, timeout=300)
-        time.sleep(1)
-    finally:
-        report = load.stop()
-    lat = sorted(report.latencies) or [0.0]
-    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-    say("cluster", f"{label}: sent {report.sent}, failed {report.failed}, p99 {p99 * 1000:.0f} ms, "
-        f"duration {report.seconds:.1f} s  [{report.line()}]")  # fmt: skip
-    for f in report.failures:
-        say("cluster", f"  failed: {f}")
-    # The load really ran through the whole disruption (generous floor: 2 shared cores).
-    assert report.sent >= 10 * report.seconds, report.line()
-    return report
+    """Load through the edge around `action` until the Deployment is back to 3
+    Ready pods and no pod is terminating any more."""
+    return load_through(
+        edge, "cluster", label, action,
+        lambda: cluster.wait_ready(DEPLOYMENT, count=3, timeout=300),
+    )  # fmt: skip
 
 
 def rollout_restart(cluster: Cluster) -> None:

@@ -28,18 +28,19 @@ import os
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.clients import request_once
 from tests.support.clusterlib import NS, Cluster
 from tests.support.edge import Nginx
-from tests.support.edgeclients import Load, TLSConnection
+from tests.support.edgeclients import Load, LoadReport, TLSConnection
 from tests.support.hosttools import require_tool
 from tests.support.nginxconf import plan_from_ingress, rendered_ingress
 from tests.support.procinfo import free_port
 from tests.support.repo import REPO_ROOT
+from tests.support.testlog import say
 from tools.cluster.binaries import TRAEFIK
 from tools.cluster.layout import KUBECONFIG
 
@@ -185,3 +186,33 @@ def cluster_edge(cluster: Cluster, prefix: Path) -> contextlib.AbstractContextMa
     if os.environ.get("FIBOSERVER_EDGE") == "nginx":
         return nginx_edge(cluster, prefix)
     return traefik_edge(cluster, prefix)
+
+
+def load_through(
+    edge: Edge,
+    tag: str,
+    label: str,
+    action: Callable[[], object],
+    settled: Callable[[], object],
+) -> LoadReport:
+    """HTTPS load on /dev/fibo through `edge` from 2 s before `action` until
+    `settled()` returns, and 1 s more (a terminating pod still serves through its
+    preStop sleep and drain: its loss window is then over). One line says sent,
+    failed, p99 and duration; each failure follows."""
+    load = edge.load("/dev/fibo").start()
+    try:
+        time.sleep(2)
+        action()
+        settled()
+        time.sleep(1)
+    finally:
+        report = load.stop()
+    lat = sorted(report.latencies) or [0.0]
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    say(tag, f"{label}: sent {report.sent}, failed {report.failed}, p99 {p99 * 1000:.0f} ms, "
+        f"duration {report.seconds:.1f} s  [{report.line()}]")  # fmt: skip
+    for f in report.failures:
+        say(tag, f"  failed: {f}")
+    # The load really ran through the whole action (generous floor: 2 shared cores).
+    assert report.sent >= 10 * report.seconds, report.line()
+    return report

@@ -24,10 +24,16 @@ import yaml
 
 from tests.support.clusterlib import Cluster, Obj, is_ready
 from tests.support.edgeclients import LoadReport
-from tests.support.edges import INGRESS_CLASS, Edge, run_traefik, tls_files, traefik_static
+from tests.support.edges import (
+    INGRESS_CLASS,
+    Edge,
+    load_through,
+    run_traefik,
+    tls_files,
+    traefik_static,
+)
 from tests.support.procinfo import free_port
 from tests.support.repo import REPO_ROOT
-from tests.support.testlog import say
 from tools.cluster.binaries import HELM, TRAEFIK
 from tools.cluster.layout import KUBECONFIG
 
@@ -127,22 +133,6 @@ def traefik_for_namespace(cluster: Cluster, prefix: Path, path: str = "/dev") ->
 def under_load(
     cluster: Cluster, edge: Edge, label: str, action: Callable[[], object]
 ) -> LoadReport:
-    """Load on /dev/fibo from 2 s before `action` until 3 Ready pods and none
-    terminating (test_disruptions.under_load, for this namespace); one line each."""
-    load = edge.load("/dev/fibo").start()
-    try:
-        time.sleep(2)
-        action()
-        wait_ready(cluster)
-        time.sleep(1)
-    finally:
-        report = load.stop()
-    lat = sorted(report.latencies) or [0.0]
-    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-    say("helm", f"{label}: sent {report.sent}, failed {report.failed}, p99 {p99 * 1000:.0f} ms, "
-        f"duration {report.seconds:.1f} s  [{report.line()}]")  # fmt: skip
-    for f in report.failures:
-        say("helm", f"  failed: {f}")
-    # The load really ran through the whole action (generous floor: 2 shared cores).
-    assert report.sent >= 10 * report.seconds, report.line()
-    return report
+    """Load through `edge` around `action` until 3 Ready pods and none terminating
+    in this namespace."""
+    return load_through(edge, "helm", label, action, lambda: wait_ready(cluster))

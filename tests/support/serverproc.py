@@ -69,7 +69,15 @@ from typing import IO
 import yaml
 
 from tests.support.clients import request_once
-from tests.support.procinfo import HOST, child_pids, free_port
+from tests.support.procinfo import (
+    HOST,
+    child_pids,
+    free_port,
+    listen_queue,
+    pending_signals,
+    process_state,
+    wait_until,
+)
 from tests.support.repo import REPO_ROOT
 from tests.support.serverlog import Record, ServerLog
 
@@ -185,6 +193,31 @@ class ServerProcess:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def freeze_workers(self, count: int) -> list[int]:
+        """SIGSTOP this server's `count` workers once booted: new connections then
+        wait in the listen queue, accepted by nobody. Their pids."""
+        workers = self.wait_workers(count)
+        wait_until(lambda: len(self.find("worker booted")) == count, 30, "workers booted")
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: all(process_state(p) == "T" for p in workers), 10, "workers stopped")
+        return workers
+
+    def sigterm_with_queue(self, workers: Sequence[int], queued: int) -> None:
+        """Once `queued` connections wait in the listen queue of the frozen
+        `workers`, SIGTERM the server, let the master's SIGTERM reach every worker,
+        and let them go on: they stop with the whole queue still to serve."""
+        wait_until(lambda: listen_queue(self.port) == queued, 10, f"{queued} queued")
+        self.terminate(signal.SIGTERM)
+        self.wait_for("graceful stopping server", timeout=10)
+        wait_until(
+            lambda: all(signal.SIGTERM in pending_signals(pid) for pid in workers),
+            10,
+            "SIGTERM pending in every worker",
+        )
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
 
     def terminate(self, sig: int = signal.SIGTERM) -> None:
         """Send `sig` to the master process only."""
