@@ -29,14 +29,12 @@ from typing import Any
 import pytest
 
 from tests.support.hosttools import IN_CI
-from tests.support.jaeger import JaegerProcess
+from tests.support.jaeger import INTERNAL, SERVER, JaegerProcess
 from tests.support.procinfo import HOST
 from tests.support.serverproc import ServerProcess
 from tools.cluster.binaries import GO, JAEGER
 
 SERVICE = "fiboserver-test"
-# OTLP JSON's span kinds (opentelemetry-proto trace.proto).
-SERVER, INTERNAL = 2, 1
 
 
 @pytest.fixture(scope="module")

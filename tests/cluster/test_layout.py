@@ -82,7 +82,7 @@ def test_containerd_config() -> None:
 def test_cni_config() -> None:
     conf = json.loads(cni_conflist())
     assert [p["type"] for p in conf["plugins"]] == ["bridge", "portmap"]
-    assert conf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": POD_CIDR}]]
+    assert conf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": POD_CIDR, "gateway": "10.244.0.1"}]]
 
 
 def test_image_names_as_containerd_and_podman_resolve_them() -> None:

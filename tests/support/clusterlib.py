@@ -145,9 +145,14 @@ class Cluster:
     def manifests(self) -> Path:
         """What the tests apply: k8s/, or on a small node `fit_node()`'s overlay of it."""
         if self._manifests is None:
-            alloc = self.get("node", NODE_NAME)["status"]["allocatable"]["cpu"]
-            self._manifests = fit_node(parse_quantity(alloc), Path(tempfile.mkdtemp()))
+            self._manifests = self.fitted(K8S)
         return self._manifests
+
+    def fitted(self, k8s_dir: Path) -> Path:
+        """`k8s_dir` (k8s/ or a kustomization of its overlays, like k8s/tracing), or
+        on a small node `fit_node()`'s overlay of it."""
+        alloc = self.get("node", NODE_NAME)["status"]["allocatable"]["cpu"]
+        return fit_node(parse_quantity(alloc), Path(tempfile.mkdtemp()), k8s_dir)
 
     def api(self, method: str, path: str, body: Obj | None = None) -> tuple[int, Obj]:
         """One API request with the admin client certificate (to 127.0.0.1)."""
@@ -170,21 +175,22 @@ class Cluster:
 PROD_CPUS_NEEDED = 4 * 1.0 + 4 * 0.1
 
 
-def fit_node(node_cpus: float, tmp: Path) -> Path:
-    """k8s/ as it is when the node has the CPUs for it; else an overlay of k8s/ that
-    only lowers prod's CPU (requests == limits still: Guaranteed) to what fits,
-    so 3 pods plus a rollout's surge pod can run (CI's node has 2 CPUs)."""
+def fit_node(node_cpus: float, tmp: Path, base: Path = K8S) -> Path:
+    """`base` (k8s/ or a kustomization of its overlays) as it is when the node has
+    the CPUs for it; else an overlay of it that only lowers prod's CPU (requests ==
+    limits still: Guaranteed) to what fits, so 3 pods plus a rollout's surge pod
+    can run (CI's node has 2 CPUs)."""
     if node_cpus >= PROD_CPUS_NEEDED:
-        return K8S
+        return base
     per_pod = int((node_cpus - 4 * 0.1) / 4 * 1000) // 50 * 50
     assert per_pod >= 100, f"a {node_cpus}-CPU node is too small for these tests"
     cpu = f"{per_pod}m"
     (tmp / "kustomization.yaml").write_text(f"""\
-# k8s/ with prod's CPU fitted to a {node_cpus:g}-CPU node
+# {os.path.relpath(base, REPO_ROOT)} with prod's CPU fitted to a {node_cpus:g}-CPU node
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
-  - {os.path.relpath(K8S, tmp)}
+  - {os.path.relpath(base, tmp)}
 patches:
   - target:
       kind: Deployment

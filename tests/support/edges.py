@@ -103,7 +103,9 @@ TRAEFIK_CRDS = REPO_ROOT / "tests/schemas/traefik-v3.6.12/kubernetes-crd-definit
 TRAEFIK_EDGE_OBJECTS = REPO_ROOT / "k8s/edge/traefik"
 
 
-def traefik_static(http_port: int, https_port: int, providers: Mapping[str, object]) -> object:
+def traefik_static(
+    http_port: int, https_port: int, providers: Mapping[str, object]
+) -> dict[str, object]:
     """Traefik's static configuration: generic, no routing, TLS or redirect of ours.
 
     Two entry points named as Traefik's charts name them (the objects in k8s/ pick
@@ -120,6 +122,24 @@ def traefik_static(http_port: int, https_port: int, providers: Mapping[str, obje
         "providers": {"providersThrottleDuration": "7s", **providers},
         "log": {"level": "INFO"},
     }  # fmt: skip
+
+
+# Traefik's name in a trace (its default, said here because the tests look for it).
+TRAEFIK_SERVICE_NAME = "traefik"
+
+
+def traefik_tracing(otlp_traces_url: str) -> dict[str, object]:
+    """The static `tracing` section that makes Traefik export every request's spans
+    over OTLP/HTTP to `otlp_traces_url` (the full URL with /v1/traces, as Traefik's
+    docs write it) and send the W3C traceparent on to the backend
+    (docs/tracing.md, "Through the edge")."""
+    return {"tracing": {
+        "serviceName": TRAEFIK_SERVICE_NAME,
+        # Every request that comes without a sampling decision; a caller's
+        # traceparent decides for its own.
+        "sampleRate": 1.0,
+        "otlp": {"http": {"endpoint": otlp_traces_url}},
+    }}  # fmt: skip
 
 
 def install_traefik_objects(cluster: Cluster) -> None:
@@ -172,10 +192,15 @@ def run_traefik(
 
 
 @contextlib.contextmanager
-def traefik_edge(cluster: Cluster, prefix: Path) -> Iterator[Edge]:
+def traefik_edge(
+    cluster: Cluster, prefix: Path, otlp_traces_url: str | None = None
+) -> Iterator[Edge]:
+    """Traefik as the Ingress controller; `otlp_traces_url`: tracing on, to there."""
     install_traefik_objects(cluster)
     static = traefik_static(free_port(), free_port(), {"kubernetesIngress": {},
                             "kubernetesCRD": {}})  # fmt: skip
+    if otlp_traces_url is not None:
+        static = {**static, **traefik_tracing(otlp_traces_url)}
     with run_traefik(prefix, static, f"Traefik {TRAEFIK.version} (Ingress controller)",
                      ("/dev", "/prod")) as edge:  # fmt: skip
         yield edge

@@ -2,9 +2,10 @@
 for the tracing tests, `make bench` and `make traces`.
 
 Memory storage, OTLP/HTTP in, the query API out, every port on 127.0.0.1 (free
-ones unless given): ``write_config`` writes the collector-style YAML Jaeger v2
-reads, ``JaegerProcess`` runs it and reads traces back through the v3 query API
-(``GET /api/v3/traces/<trace id>``: OTLP JSON, ids in hex).
+ones unless given; the OTLP receiver may listen on another of the host's
+addresses instead, e.g. the cluster's pod bridge): ``write_config`` writes the
+collector-style YAML Jaeger v2 reads, ``JaegerProcess`` runs it and reads traces
+back through the v3 query API (``GET /api/v3/traces/<trace id>``: OTLP JSON, ids in hex).
 
 Run as a module (what `make traces` does), it builds Jaeger if needed, prints
 the variables that make `make run` export to it, and runs it in the foreground::
@@ -35,6 +36,8 @@ from tools.cluster.binaries import GO, JAEGER, build
 
 BINARY = JAEGER.path("jaeger")
 BUILD_LOG = JAEGER.bindir.with_name(JAEGER.bindir.name + ".log")
+# OTLP JSON's span kinds (opentelemetry-proto trace.proto).
+INTERNAL, SERVER, CLIENT = 1, 2, 3
 
 
 def ensure_built() -> Path:
@@ -71,10 +74,10 @@ class Ports:
         return cls(*taken)
 
 
-def config(ports: Ports) -> dict[str, Any]:
-    """Jaeger v2's configuration: OTLP/HTTP receiver, memory store, query API; no
-    other receiver, and no telemetry endpoint of its own (its default is :8888
-    on every address)."""
+def config(ports: Ports, otlp_host: str = HOST) -> dict[str, Any]:
+    """Jaeger v2's configuration: OTLP/HTTP receiver (on `otlp_host`), memory
+    store, query API; no other receiver, and no telemetry endpoint of its own
+    (its default is :8888 on every address)."""
     store = "memstore"
     return {
         "service": {
@@ -100,16 +103,18 @@ def config(ports: Ports) -> dict[str, Any]:
                 "grpc": {"endpoint": f"{HOST}:{ports.query_grpc}"},
             },
         },
-        "receivers": {"otlp": {"protocols": {"http": {"endpoint": f"{HOST}:{ports.otlp_http}"}}}},
+        "receivers": {
+            "otlp": {"protocols": {"http": {"endpoint": f"{otlp_host}:{ports.otlp_http}"}}}
+        },
         # Short batches: a test waits for its spans, not for the default 200 ms.
         "processors": {"batch": {"timeout": "50ms"}},
         "exporters": {"jaeger_storage_exporter": {"trace_storage": store}},
     }
 
 
-def write_config(directory: Path, ports: Ports) -> Path:
+def write_config(directory: Path, ports: Ports, otlp_host: str = HOST) -> Path:
     path = directory / "jaeger.yaml"
-    path.write_text(yaml.safe_dump(config(ports), sort_keys=False))
+    path.write_text(yaml.safe_dump(config(ports, otlp_host), sort_keys=False))
     return path
 
 
@@ -143,20 +148,22 @@ def attributes(kvs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 class JaegerProcess:
-    """Jaeger running on 127.0.0.1 with its config in `workdir`, its output in
-    workdir/jaeger.log. Leaving the `with` block stops it."""
+    """Jaeger running on 127.0.0.1 (its OTLP receiver on `otlp_host`) with its
+    config in `workdir`, its output in workdir/jaeger.log. Leaving the `with`
+    block stops it."""
 
-    def __init__(self, workdir: Path, ports: Ports | None = None) -> None:
+    def __init__(self, workdir: Path, ports: Ports | None = None, otlp_host: str = HOST) -> None:
         self.ports = ports or Ports.free()
         self.workdir = workdir
-        self.config_path = write_config(workdir, self.ports)
+        self.otlp_host = otlp_host
+        self.config_path = write_config(workdir, self.ports, otlp_host)
         self.log_path = workdir / "jaeger.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def otlp_endpoint(self) -> str:
         """OTEL_EXPORTER_OTLP_ENDPOINT for a service that exports here."""
-        return f"http://{HOST}:{self.ports.otlp_http}"
+        return f"http://{self.otlp_host}:{self.ports.otlp_http}"
 
     @property
     def query_url(self) -> str:

@@ -47,6 +47,9 @@ NODE_NAME = "fiboserver-node"
 # address on the host overlaps either.
 CLUSTER_CIDR = "10.244.0.0/16"
 POD_CIDR = "10.244.0.0/24"  # this node's share: the CNI bridge's host-local range
+# The bridge's address on the host (the range's first, host-local's usual choice):
+# the pods' default route, and the address a host process serves pods on.
+POD_GATEWAY = str(ipaddress.IPv4Network(POD_CIDR)[1])
 SERVICE_CIDR = "10.96.0.0/24"
 CNI_NETWORK = "fiboserver-cluster"
 BRIDGE = "cni0"
@@ -175,7 +178,7 @@ def cni_conflist() -> str:
                 "ipam": {
                     "type": "host-local",
                     "dataDir": str(CNI_DATA_DIR),
-                    "ranges": [[{"subnet": POD_CIDR}]],
+                    "ranges": [[{"subnet": POD_CIDR, "gateway": POD_GATEWAY}]],
                     "routes": [{"dst": "0.0.0.0/0"}],
                 },
             },
