@@ -15,18 +15,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import cast
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 
+from fiboserver.tracing import otlp
+from fiboserver.tracing.recorder import RecordedSpan, Recorder
 from fiboserver.tracing.requests import ACTIVE
 from fiboserver.tracing.settings import TracingSettings
 
 # service.name when neither OTEL_SERVICE_NAME nor OTEL_RESOURCE_ATTRIBUTES names one.
 DEFAULT_SERVICE_NAME = "fiboserver"
+# The instrumentation scope of every span.
+SCOPE = "fiboserver"
 
 
 def _resource() -> Resource:
@@ -42,15 +48,40 @@ def _resource() -> Resource:
     return resource.merge(Resource(own))
 
 
+class SpanExporter(OTLPSpanExporter):
+    """The SDK's OTLP/HTTP exporter (endpoint, headers, timeout, compression and
+    retries from the standard variables) sending what fiboserver.tracing.otlp
+    encodes from the recorder's spans instead of what the SDK's encoder makes.
+    The SDK has no hook for the encoding: this uses its HTTP client (`_client`)
+    and shutdown flag, pinned in requirements.lock and exercised against a real
+    Jaeger by tests/test_tracing_jaeger.py."""
+
+    def __init__(self, resource: Resource, scope: str) -> None:
+        super().__init__()
+        self._envelope = otlp.envelope(resource.attributes, scope, resource.schema_url)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown:
+            return super().export(spans)  # refuses, saying so
+        data = self._envelope.request(cast("Sequence[otlp.SpanRecord]", spans))
+        sent = self._client.export(data).success
+        return SpanExportResult.SUCCESS if sent else SpanExportResult.FAILURE
+
+
 def start(settings: TracingSettings) -> None:
     """Provider, exporter and the batch thread, in this (worker) process; the
     request path finds the tracer, the exit hook the shutdown, in ACTIVE."""
     if not settings.exporting or ACTIVE.tracer is not None:
         return
     # The exporter reads the endpoint, headers, timeout and compression from the
-    # environment itself; the provider the sampler and span limits.
+    # environment itself; the provider the sampler; the processor OTEL_BSP_*.
     # No atexit shutdown of its own: the worker_exit hook shuts it down (a second
     # shutdown would only log a warning).
     provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    ACTIVE.exporting(provider.get_tracer("fiboserver"), provider.shutdown)
+    processor = BatchSpanProcessor(SpanExporter(provider.resource, SCOPE))
+    provider.add_span_processor(processor)
+
+    def ended(span: RecordedSpan) -> None:
+        processor.on_end(cast("ReadableSpan", span))
+
+    ACTIVE.exporting(Recorder(provider.sampler, provider.id_generator, ended), provider.shutdown)

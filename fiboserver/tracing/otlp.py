@@ -1,0 +1,208 @@
+"""OTLP/protobuf encoding of the recorded spans: pure functions, no I/O.
+
+Runs in the batch processor's thread. It writes the protobuf wire format of an
+`ExportTraceServiceRequest` (opentelemetry-proto, collector/trace/v1) directly
+instead of building the generated message objects first, which is what the
+SDK's encoder does: one object per span, attribute, value and status, the larger
+part of what exporting a span costs (docs/tracing.md, "Cost"). The resource and
+the scope are encoded once per exporter. Field numbers are the ones in
+opentelemetry/proto/trace/v1/trace.proto and common/v1/common.proto;
+tests/test_tracing_otlp.py decodes the output with the generated classes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from opentelemetry.trace import SpanKind
+
+# Span.kind in OTLP (trace.proto's SpanKind; the API's enum is numbered differently).
+_KIND = {
+    SpanKind.INTERNAL: 1,
+    SpanKind.SERVER: 2,
+    SpanKind.CLIENT: 3,
+    SpanKind.PRODUCER: 4,
+    SpanKind.CONSUMER: 5,
+}
+# Span.flags: bit 8 says whether bit 9 (the parent is remote) is known.
+_HAS_IS_REMOTE = 0x100
+_IS_REMOTE = 0x200
+_LEN, _VARINT, _FIXED64, _FIXED32 = 2, 0, 1, 5
+_FIXED64_PACK = struct.Struct("<Q").pack
+_DOUBLE_PACK = struct.Struct("<d").pack
+_FIXED32_PACK = struct.Struct("<I").pack
+
+
+
+class SpanRecord(Protocol):
+    """What an exported span is made of (fiboserver.tracing.recorder.RecordedSpan)."""
+
+    @property
+    def trace_id(self) -> int: ...
+    @property
+    def span_id(self) -> int: ...
+    @property
+    def trace_state(self) -> str: ...
+    @property
+    def parent_span_id(self) -> int | None: ...
+    @property
+    def parent_is_remote(self) -> bool: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> SpanKind: ...
+    @property
+    def start_time(self) -> int: ...  # ns since the epoch
+    @property
+    def end_time(self) -> int: ...
+    @property
+    def attributes(self) -> Mapping[str, object]: ...
+    @property
+    def status_code(self) -> int: ...  # 0 unset, 1 ok, 2 error: the API's and OTLP's
+    @property
+    def status_message(self) -> str: ...
+
+
+def _varint(n: int) -> bytes:
+    if 0 <= n < 0x80:
+        return _SMALL[n]
+    if n < 0:
+        n += 1 << 64  # int64 as protobuf writes it: ten bytes of two's complement
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL = [bytes((n,)) for n in range(0x80)]
+
+
+def _tag(field: int, wire: int) -> bytes:
+    return _varint(field << 3 | wire)
+
+
+def _len_field(field: int, payload: bytes) -> bytes:
+    return _tag(field, _LEN) + _varint(len(payload)) + payload
+
+
+def _str_field(field: int, text: str) -> bytes:
+    return _len_field(field, text.encode()) if text else b""
+
+
+def any_value(value: object) -> bytes:
+    """common.proto's AnyValue of an attribute's value (a span's: str, bool, int,
+    float or a sequence of them; a resource's may be bytes or a mapping too)."""
+    if isinstance(value, str):
+        return _len_field(1, value.encode())
+    if isinstance(value, bool):  # before int: a bool is an int too
+        return _tag(2, _VARINT) + _varint(int(value))
+    if isinstance(value, int):
+        return _tag(3, _VARINT) + _varint(value)
+    if isinstance(value, float):
+        return _tag(4, _FIXED64) + _DOUBLE_PACK(value)
+    if isinstance(value, bytes):
+        return _len_field(7, value)
+    if isinstance(value, Mapping):  # KeyValueList: repeated KeyValue in its field 1
+        return _len_field(6, key_values(1, value))
+    if isinstance(value, Sequence):  # ArrayValue: repeated AnyValue in its field 1
+        return _len_field(5, b"".join(_len_field(1, any_value(v)) for v in value))
+    return b""  # None: an empty AnyValue
+
+
+def key_value(field: int, key: str, value: object) -> bytes:
+    """One KeyValue in `field`."""
+    return _len_field(field, _len_field(1, key.encode()) + _len_field(2, any_value(value)))
+
+
+def key_values(field: int, attributes: Mapping[str, object]) -> bytes:
+    """`attributes` as repeated KeyValue in `field`."""
+    return b"".join(key_value(field, k, v) for k, v in attributes.items())
+
+
+# Span attributes repeat from span to span (method, route, scheme, status, a
+# frequent query): their encodings are kept, up to a bound, with the value's type
+# (True == 1 and 1 == 1.0 as keys, but each is encoded differently).
+_SPAN_ATTRIBUTE_FIELD = 9
+_ENCODED: dict[tuple[str, object], tuple[type, bytes]] = {}
+_ENCODED_MAX = 4096
+
+
+def _span_attributes(attributes: Mapping[str, object]) -> bytes:
+    parts = []
+    for item in attributes.items():
+        try:
+            kept = _ENCODED.get(item)
+        except TypeError:  # a list value: not hashable, not kept
+            parts.append(key_value(_SPAN_ATTRIBUTE_FIELD, *item))
+            continue
+        if kept is not None and kept[0] is type(item[1]):
+            parts.append(kept[1])
+            continue
+        encoded = key_value(_SPAN_ATTRIBUTE_FIELD, *item)
+        if len(_ENCODED) >= _ENCODED_MAX:
+            _ENCODED.clear()
+        _ENCODED[item] = (type(item[1]), encoded)
+        parts.append(encoded)
+    return b"".join(parts)
+
+
+def encode_span(span: SpanRecord) -> bytes:
+    """One trace.proto Span message (without its own tag and length)."""
+    parts = [
+        _len_field(1, span.trace_id.to_bytes(16, "big")),
+        _len_field(2, span.span_id.to_bytes(8, "big")),
+        _str_field(3, span.trace_state),
+    ]
+    if span.parent_span_id is not None:
+        parts.append(_len_field(4, span.parent_span_id.to_bytes(8, "big")))
+    parts += [
+        _str_field(5, span.name),
+        _tag(6, _VARINT) + _varint(_KIND[span.kind]),
+        _tag(7, _FIXED64) + _FIXED64_PACK(span.start_time),
+        _tag(8, _FIXED64) + _FIXED64_PACK(span.end_time),
+        _span_attributes(span.attributes),
+    ]
+    if span.status_code or span.status_message:
+        status = _str_field(2, span.status_message)
+        if span.status_code:
+            status += _tag(3, _VARINT) + _varint(span.status_code)
+        parts.append(_len_field(15, status))
+    flags = _HAS_IS_REMOTE | (_IS_REMOTE if span.parent_is_remote else 0)
+    parts.append(_tag(16, _FIXED32) + _FIXED32_PACK(flags))
+    return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The parts of a request that are the same for every batch of a process."""
+
+    resource: bytes  # Resource message
+    scope: bytes  # InstrumentationScope message
+    resource_schema_url: str = ""
+
+    def request(self, spans: Iterable[SpanRecord]) -> bytes:
+        """An ExportTraceServiceRequest with `spans`, all of this resource and scope."""
+        scope_spans = _len_field(1, self.scope) + b"".join(
+            _len_field(2, encode_span(s)) for s in spans
+        )
+        resource_spans = (
+            _len_field(1, self.resource)
+            + _len_field(2, scope_spans)
+            + _str_field(3, self.resource_schema_url)
+        )
+        return _len_field(1, resource_spans)
+
+
+def envelope(
+    resource_attributes: Mapping[str, object],
+    scope_name: str,
+    resource_schema_url: str = "",
+) -> Envelope:
+    return Envelope(
+        key_values(1, resource_attributes), _str_field(1, scope_name), resource_schema_url
+    )

@@ -1,0 +1,126 @@
+"""The exporter's own span recorder and OTLP encoder (fiboserver.tracing.recorder,
+fiboserver.tracing.otlp), read back with opentelemetry-proto's generated classes:
+every field a collector reads comes out as the protobuf schema says.
+
+Jaeger reading what a real server sends is tests/test_tracing_jaeger.py's part.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+from opentelemetry.trace import SpanKind, StatusCode, use_span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from fiboserver.tracing import otlp
+from fiboserver.tracing.recorder import RecordedSpan, Recorder
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+
+def remote_parent(flags: str = "01") -> Any:
+    return TraceContextTextMapPropagator().extract(
+        {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-{flags}", "tracestate": "a=1,b=2"}
+    )
+
+
+def value(v: AnyValue) -> Any:
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return [value(x) for x in v.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: value(kv.value) for kv in v.kvlist_value.values}
+    return getattr(v, str(kind))
+
+
+def decoded(data: bytes) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(data)
+    return request
+
+
+def record(sampler: Any = None) -> tuple[Recorder, list[RecordedSpan]]:
+    ended: list[RecordedSpan] = []
+    return Recorder(sampler or ParentBased(ALWAYS_ON), RandomIdGenerator(), ended.append), ended
+
+
+def test_a_server_span_and_its_child_decode_field_by_field() -> None:
+    recorder, ended = record()
+    server = recorder.start_span(
+        "GET /dev/fibo", remote_parent(), SpanKind.SERVER,
+        {"http.request.method": "GET", "url.path": "/dev/fibo", "flag": True, "ratio": 0.5,
+         "big": 2**40, "negative": -3, "tags": ["x", "y"]},
+    )  # fmt: skip
+    with (
+        use_span(server, end_on_exit=False),
+        recorder.start_as_current_span("fibonacci", attributes={"fibo.n": 4321}),
+    ):
+        pass
+    server.set_attribute("http.response.status_code", 500)
+    server.set_status(StatusCode.ERROR, "boom")
+    server.end()
+    server.end()  # a second end is ignored
+    assert [s.name for s in ended] == ["fibonacci", "GET /dev/fibo"]
+
+    envelope = otlp.envelope({"service.name": "svc", "process.pid": 42, "ok": True}, "fibo")
+    (resource_spans,) = decoded(envelope.request(ended)).resource_spans
+    assert {kv.key: value(kv.value) for kv in resource_spans.resource.attributes} == {
+        "service.name": "svc", "process.pid": 42, "ok": True,
+    }  # fmt: skip
+    (scope_spans,) = resource_spans.scope_spans
+    assert scope_spans.scope.name == "fibo"
+    child, span = scope_spans.spans
+
+    assert span.trace_id.hex() == TRACE_ID
+    assert span.parent_span_id.hex() == PARENT_ID
+    assert len(span.span_id) == 8 and span.span_id.hex() != PARENT_ID
+    assert span.trace_state == "a=1,b=2"
+    assert span.name == "GET /dev/fibo"
+    assert span.kind == 2  # SPAN_KIND_SERVER
+    assert 0 < span.start_time_unix_nano <= span.end_time_unix_nano
+    assert {kv.key: value(kv.value) for kv in span.attributes} == {
+        "http.request.method": "GET", "url.path": "/dev/fibo", "flag": True, "ratio": 0.5,
+        "big": 2**40, "negative": -3, "tags": ["x", "y"], "http.response.status_code": 500,
+    }  # fmt: skip
+    assert (span.status.code, span.status.message) == (2, "boom")  # STATUS_CODE_ERROR
+    assert span.flags == 0x300  # the parent is known to be remote
+
+    assert child.trace_id == span.trace_id
+    assert child.parent_span_id == span.span_id
+    assert child.kind == 1  # SPAN_KIND_INTERNAL
+    assert {kv.key: value(kv.value) for kv in child.attributes} == {"fibo.n": 4321}
+    assert child.flags == 0x100  # the parent is known to be local
+    assert not child.HasField("status")
+    assert span.start_time_unix_nano <= child.start_time_unix_nano
+    assert child.end_time_unix_nano <= span.end_time_unix_nano
+
+
+def test_a_root_span_and_values_equal_across_types() -> None:
+    recorder, ended = record()
+    # True == 1 == 1.0 as Python values; each must keep its own protobuf type.
+    for v in (True, 1, 1.0, 1, True):
+        recorder.start_span("root", attributes={"k": v}).end()
+    request = decoded(otlp.envelope({}, "fibo").request(ended))
+    spans = request.resource_spans[0].scope_spans[0].spans
+    assert [s.attributes[0].value.WhichOneof("value") for s in spans] == [
+        "bool_value", "int_value", "double_value", "int_value", "bool_value",
+    ]  # fmt: skip
+    assert all(s.parent_span_id == b"" and s.flags == 0x100 for s in spans)
+    assert len({s.trace_id for s in spans}) == 5
+
+
+def test_the_sampler_decides() -> None:
+    recorder, ended = record()
+    # The caller's "not sampled" is followed: nothing recorded, the ids still exist.
+    span = recorder.start_span("GET", remote_parent("00"), SpanKind.SERVER)
+    assert not span.is_recording()
+    assert format(span.get_span_context().trace_id, "032x") == TRACE_ID
+    span.end()
+    dropping, none = record(ParentBased(ALWAYS_OFF))
+    dropping.start_span("root").end()
+    assert ended == [] and none == []
