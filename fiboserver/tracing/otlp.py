@@ -36,7 +36,6 @@ _DOUBLE_PACK = struct.Struct("<d").pack
 _FIXED32_PACK = struct.Struct("<I").pack
 
 
-
 class SpanRecord(Protocol):
     """What an exported span is made of (fiboserver.tracing.recorder.RecordedSpan)."""
 
