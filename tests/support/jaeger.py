@@ -216,12 +216,13 @@ class JaegerProcess:
 
     @staticmethod
     def _get(url: str) -> Any:
-        """The JSON at `url`; None for a 404 or no answer."""
+        """The JSON at `url`; None for a 404, a 503 or no answer."""
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 return json.load(response)
         except urllib.error.HTTPError as exc:
-            if exc.code == 404:
+            # 503: the health check's answer while Jaeger is still starting.
+            if exc.code in (404, 503):
                 return None
             raise
         except OSError:
