@@ -149,9 +149,9 @@ class RequestTracing:
         """The stable HTTP server span attributes known before the app runs: the
         required and conditionally required ones. The recommended ones (client
         and server address, protocol version, user agent) are left out: every
-        attribute is validated when the span starts and encoded when it is
-        exported, about 2 us each on the cached path (docs/tracing.md, "Cost"),
-        and the request's log records have the client already."""
+        attribute is stored with the span and encoded when it is exported, in
+        the worker's own CPU time (docs/tracing.md, "Cost"), and the request's
+        log records have the client already."""
         attributes: dict[str, str | int] = {
             "http.request.method": method if method in _KNOWN_METHODS else "_OTHER",
             "url.path": path,
