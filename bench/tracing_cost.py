@@ -145,7 +145,22 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
     if not t:
         return []
     exported = "fiboserver-bench" in t["jaeger_services"]
+    rows = []
+    own = t.get("in_process_us_per_req")
+    if own:
+        # The same budgets as shares of a cached request's CPU (the "tracing off"
+        # server's): the figure that other load on the machine hardly moves.
+        off = t[TRACING_OFF.label]["server_cpu_us_per_req"]
+        for label, budget in ((NO_ENDPOINT.label, NO_ENDPOINT_BUDGET),
+                              (EXPORTING_LABEL, EXPORTING_BUDGET)):  # fmt: skip
+            share = own[label] / off
+            rows.append((
+                f"tracing's own CPU, {label}, <= {1 - budget:.0%} of a cached request's",
+                f"{share:.1%} ({own[label]:.1f} of {off:.0f} us)",
+                share <= 1 - budget,
+            ))  # fmt: skip
     return [
+        *rows,
         (
             f"cached throughput, tracing without endpoint >= {NO_ENDPOINT_BUDGET} x off",
             f"{t['no_endpoint_ratio']:.3f} ({t['no_endpoint_us_per_req']:+.1f} us/req)",
