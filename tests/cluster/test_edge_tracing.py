@@ -63,6 +63,13 @@ def tracing_overlay(cluster: Cluster, tmp: Path, endpoint: str) -> Path:
     return tmp
 
 
+def env_of(cluster: Cluster, deployment: str) -> list[dict[str, Any]]:
+    spec = cluster.get("-n", NS, "deployment", deployment)["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env: list[dict[str, Any]] = container.get("env", [])
+    return env
+
+
 def roll_out(cluster: Cluster) -> None:
     for deployment in DEPLOYMENTS:
         cluster.rollout_status(deployment)
@@ -92,6 +99,9 @@ def edge(
     finally:
         cluster.reapply()
         roll_out(cluster)
+        for deployment in DEPLOYMENTS:  # the later tests' pods export nothing
+            names = {e["name"] for e in env_of(cluster, deployment)}
+            assert not any(n.startswith("OTEL_") for n in names), (deployment, names)
 
 
 def end_record(cluster: Cluster, request_id: str) -> dict[str, Any]:
@@ -129,7 +139,9 @@ def test_one_request_through_the_edge_is_one_trace_edge_then_pod(
 
     (pod_span,) = [s for s in spans if service_of(s) == POD_SERVICE_NAME and s["kind"] == SERVER]
     assert pod_span["spanId"] == record["span_id"]
+    # k8s/tracing's resource attributes, from the downward API.
     assert pod_span["resource"]["k8s.pod.name"] == record["pod"]
+    assert pod_span["resource"]["deployment.environment.name"] == "fiboserver-dev"
     assert pod_span["attributes"]["http.route"] == "/dev/fibo"
     assert pod_span["attributes"]["http.response.status_code"] == 200
     # The pod's parent is Traefik's call to it; that call's chain of parents ends
