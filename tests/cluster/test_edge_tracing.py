@@ -100,7 +100,7 @@ def edge(
         cluster.reapply()
         roll_out(cluster)
         for deployment in DEPLOYMENTS:  # the later tests' pods export nothing
-            names = {e["name"] for e in env_of(cluster, deployment)}
+            names = {var["name"] for var in env_of(cluster, deployment)}
             assert not any(n.startswith("OTEL_") for n in names), (deployment, names)
 
 
