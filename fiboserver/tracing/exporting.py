@@ -53,8 +53,9 @@ class SpanExporter(OTLPSpanExporter):
     retries from the standard variables) sending what fiboserver.tracing.otlp
     encodes from the recorder's spans instead of what the SDK's encoder makes.
     The SDK has no hook for the encoding: this uses its HTTP client (`_client`)
-    and shutdown flag, pinned in requirements.lock and exercised against a real
-    Jaeger by tests/test_tracing_jaeger.py."""
+    and shutdown flag, pinned in requirements.lock, checked by name in
+    tests/test_otel_contract.py and exercised against a real Jaeger by
+    tests/test_tracing_jaeger.py."""
 
     def __init__(self, resource: Resource, scope: str) -> None:
         super().__init__()
