@@ -1,0 +1,160 @@
+"""The prod HPA (k8s/overlays/prod/hpa.yaml) on real CPU figures: metrics-server
+(tools/cluster/addons.py) serves metrics.k8s.io, the controller-manager's HPA
+controller reads it.
+
+Load comes from a client pod inside the cluster (to the prod Service's name, so
+CoreDNS is on the path too). Scale-up: from the minimum, while every pod that was
+Ready stays Ready. Scale-down: the manifests keep the default 300 s stabilization
+window; the test asserts the controller's decision to wait (condition AbleToScale,
+reason ScaleDownStabilized) rather than sitting through the window. Named so that
+it runs after the other cluster tests, which expect prod at its minimum.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support.clusterlib import NS, Cluster, Obj, is_ready
+from tests.support.podclient import delete_pod, start_pod
+from tests.support.testlog import say
+
+pytestmark = pytest.mark.cluster
+
+HPA = "fiboserver-prod"
+LOAD_POD = "hpa-load"
+# Uncached Fibonacci numbers of 50k-100k (tens of thousands of digits each) from 8
+# threads: enough to hold prod's pods at their CPU limit.
+LOAD = """
+import random, threading, urllib.request
+def hit():
+    while True:
+        n = random.randint(50000, 100000)
+        try:
+            urllib.request.urlopen(f"http://fiboserver-prod/prod/fibo?n={n}", timeout=30).read()
+        except OSError:
+            pass
+for _ in range(8):
+    threading.Thread(target=hit, daemon=True).start()
+threading.Event().wait()
+"""
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float
+    current: int
+    desired: int
+    utilization: int | None
+    ready: int
+    pods: int
+
+
+def utilization(hpa: Obj) -> int | None:
+    for m in hpa.get("status", {}).get("currentMetrics") or []:
+        if m.get("type") == "Resource":
+            value: int | None = m["resource"]["current"].get("averageUtilization")
+            return value
+    return None
+
+
+def condition(hpa: Obj, kind: str) -> Obj:
+    for c in hpa.get("status", {}).get("conditions", []):
+        if c["type"] == kind:
+            return dict(c)
+    return {}
+
+
+def sample(cluster: Cluster, t0: float, hpa: Obj, pods: list[Obj]) -> Sample:
+    st = hpa.get("status", {})
+    return Sample(
+        round(time.monotonic() - t0),
+        st.get("currentReplicas", 0),
+        st.get("desiredReplicas", 0),
+        utilization(hpa),
+        sum(map(is_ready, pods)),
+        len(pods),
+    )
+
+
+def wait_for_metrics(cluster: Cluster, timeout: float = 240) -> Obj:
+    deadline = time.monotonic() + timeout
+    while True:
+        hpa = cluster.get("-n", NS, "hpa", HPA)
+        if utilization(hpa) is not None:
+            return hpa
+        assert time.monotonic() < deadline, f"the HPA reads no CPU figure: {hpa.get('status')}"
+        time.sleep(5)
+
+
+def unready_pods(pods: list[Obj], were_ready: set[str]) -> list[str]:
+    """Pods that were Ready and are no longer, though nobody deletes them."""
+    return [
+        p["metadata"]["name"]
+        for p in pods
+        if p["metadata"]["name"] in were_ready
+        and not is_ready(p)
+        and "deletionTimestamp" not in p["metadata"]
+    ]
+
+
+def test_prod_scales_up_under_load_then_decides_to_scale_down(cluster: Cluster) -> None:
+    cluster.deploy()
+    hpa = wait_for_metrics(cluster)
+    floor, ceiling = hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]
+    target = hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"]
+    assert hpa["status"]["currentReplicas"] == floor, hpa["status"]
+    t0 = time.monotonic()
+    timeline: list[Sample] = []
+    were_ready: set[str] = set()
+    start_pod(cluster, LOAD_POD, NS, command=LOAD)
+    try:
+        while True:
+            hpa, pods = cluster.get("-n", NS, "hpa", HPA), cluster.pods(HPA)
+            assert not unready_pods(pods, were_ready), (unready_pods(pods, were_ready), timeline)
+            were_ready |= {p["metadata"]["name"] for p in pods if is_ready(p)}
+            s = sample(cluster, t0, hpa, pods)
+            if not timeline or (s.current, s.desired, s.ready) != (
+                timeline[-1].current,
+                timeline[-1].desired,
+                timeline[-1].ready,
+            ):
+                timeline.append(s)
+            assert s.desired <= ceiling, timeline
+            if s.current > floor and s.ready > floor:
+                break
+            assert time.monotonic() - t0 < 420, f"no scale-up under load: {timeline}"
+            time.sleep(3)
+    finally:
+        delete_pod(cluster, LOAD_POD, NS)
+    peak = timeline[-1].current
+    t_stop = time.monotonic()
+    # Load gone: the recommendation falls to the floor, the window holds the count.
+    while True:
+        hpa = cluster.get("-n", NS, "hpa", HPA)
+        able = condition(hpa, "AbleToScale")
+        util = utilization(hpa)
+        if able.get("reason") == "ScaleDownStabilized" and util is not None and util < target:
+            break
+        assert time.monotonic() - t_stop < 240, f"no scale-down decision: {hpa.get('status')}"
+        time.sleep(5)
+    assert hpa["status"]["currentReplicas"] >= peak, hpa["status"]
+    events = cluster.get(
+        "-n",
+        NS,
+        "events",
+        "--field-selector",
+        f"involvedObject.kind=HorizontalPodAutoscaler,involvedObject.name={HPA}",
+    )
+    rescales = [e["message"] for e in events["items"] if e["reason"] == "SuccessfulRescale"]
+    assert any("above target" in m for m in rescales), rescales
+    say(
+        "cluster",
+        "HPA timeline (s since load start: current/desired replicas, CPU % of "
+        f"request, Ready/pods): {[(s.t, s.current, s.desired, s.utilization, s.ready, s.pods) for s in timeline]}; "  # noqa: E501
+        f"load stopped at {round(t_stop - t0)} s; {round(time.monotonic() - t_stop)} s later "
+        f"at {util}% (target {target}%): {able.get('reason')}: {able.get('message')}; "
+        f"events: {rescales}",
+    )
