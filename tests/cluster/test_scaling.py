@@ -12,6 +12,7 @@ it runs after the other cluster tests, which expect prod at its minimum.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -138,14 +139,16 @@ def load_until_scaled(cluster: Cluster, floor: int, ceiling: int) -> list[Sample
 
 
 def scale_down_decision(cluster: Cluster, target: int) -> tuple[Obj, float]:
-    """Once the load is gone: the HPA holding its count in the stabilization window
-    while the CPU is under target; (that HPA, seconds it took)."""
+    """Once the load is gone: the CPU figure alone would now take pods away (the
+    HPA's rule: ceil(current * utilization / target) < current), and the HPA holds
+    its count in the stabilization window instead; (that HPA, seconds it took)."""
     t0 = time.monotonic()
     while True:
         hpa = cluster.get("-n", NS, "hpa", HPA)
-        util = utilization(hpa)
+        util, current = utilization(hpa), hpa["status"]["currentReplicas"]
         reason = condition(hpa, "AbleToScale").get("reason")
-        if reason == "ScaleDownStabilized" and util is not None and util < target:
+        fewer = util is not None and math.ceil(current * util / target) < current
+        if fewer and reason == "ScaleDownStabilized":
             return hpa, time.monotonic() - t0
         assert time.monotonic() - t0 < 240, f"no scale-down decision: {hpa.get('status')}"
         time.sleep(5)
