@@ -93,21 +93,6 @@ def client_pod(cluster: Cluster, name: str, namespace: str) -> Iterator[str]:
         delete_pod(cluster, name, namespace)
 
 
-@contextmanager
-def namespace(cluster: Cluster, name: str) -> Iterator[str]:
-    """A throwaway namespace under the restricted Pod Security profile."""
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
-    }
-    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(doc))
-    try:
-        yield name
-    finally:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
 def run_py(
     cluster: Cluster, pod: str, namespace: str, code: str, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
