@@ -9,8 +9,11 @@ import re
 import tomllib
 from pathlib import Path
 
+import yaml
+
 from tests.support.clusterlib import K8S, fit_node
 from tests.support.kube import render
+from tools.cluster.addons import manifests
 from tools.cluster.binaries import COMPONENTS, KUBERNETES, KUBERNETES_VERSION
 from tools.cluster.down import _octets, _ours
 from tools.cluster.images import normalize, podman_name
@@ -106,3 +109,21 @@ def test_small_node_overlay_changes_only_prods_cpu(tmp_path: Path) -> None:
     # 3 pods + 1 surge of prod, 4 x 100m of dev: 4 x 400m + 400m = 2 CPUs.
     assert res["requests"]["cpu"] == res["limits"]["cpu"] == "400m"
     assert res["requests"]["memory"] == res["limits"]["memory"]  # still Guaranteed
+
+
+def test_cluster_dns_is_the_kube_dns_service_on_the_node_address() -> None:
+    kubelet = yaml.safe_load(kubelet_yaml("192.0.2.7"))
+    objs = {(o["kind"], o["metadata"]["name"]): o for o in manifests("192.0.2.7", b"ca")}
+    service = objs[("Service", "kube-dns")]
+    assert kubelet["clusterDNS"] == [service["spec"]["clusterIP"]]
+    assert ipaddress.ip_address(kubelet["clusterDNS"][0]) in ipaddress.ip_network("10.96.0.0/24")
+    for name in ("kube-dns", "metrics-server"):
+        eps = objs[("EndpointSlice", f"{name}-node")]
+        assert eps["metadata"]["labels"]["kubernetes.io/service-name"] == name
+        assert eps["endpoints"][0]["addresses"] == ["192.0.2.7"]
+        # Every Service port has its endpoint port, by name and protocol.
+        svc = {(p["name"], p["protocol"]) for p in objs[("Service", name)]["spec"]["ports"]}
+        assert svc == {(p["name"], p["protocol"]) for p in eps["ports"]}
+    api = objs[("APIService", "v1beta1.metrics.k8s.io")]["spec"]
+    assert api["service"] == {"name": "metrics-server", "namespace": "kube-system", "port": 443}
+    assert "insecureSkipTLSVerify" not in api and api["caBundle"] == "Y2E="

@@ -25,6 +25,7 @@ Containers, edges, the cluster (tests/e2e, tests/cluster, tools/cluster):
   drill        the rolling-update drill behind the edge
   clusterlib   kubectl and the API against the local cluster; the app's deploy
   edges        the edge in front of the cluster (Traefik or nginx)
+  podclient    client pods: acting from inside the cluster via kubectl exec
 
 Plumbing:
   repo         REPO_ROOT

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tools.cluster.addons import NAMES as ADDONS
 from tools.cluster.binaries import CACHE, CONTAINERD, CRITOOLS, KUBERNETES
 from tools.cluster.layout import (
     BRIDGE,
@@ -176,8 +177,8 @@ def down(quiet: bool = False) -> list[str]:
         stopped.append("kube-proxy")
     if KUBERNETES.cached():
         _run(KUBERNETES.path("kube-proxy"), "--cleanup")
-    for name in ("containerd", "kube-scheduler", "kube-controller-manager", "kube-apiserver",
-                 "etcd"):  # fmt: skip
+    for name in (*ADDONS, "containerd", "kube-scheduler", "kube-controller-manager",
+                 "kube-apiserver", "etcd"):  # fmt: skip
         if stop(name):
             stopped.append(name)
     # Shims and anything else from the cache that outlived its parent.

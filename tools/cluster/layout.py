@@ -51,6 +51,16 @@ POD_CIDR = "10.244.0.0/24"  # this node's share: the CNI bridge's host-local ran
 # the pods' default route, and the address a host process serves pods on.
 POD_GATEWAY = str(ipaddress.IPv4Network(POD_CIDR)[1])
 SERVICE_CIDR = "10.96.0.0/24"
+# The kube-dns Service's ClusterIP, the kubelet's clusterDNS: .10 of the Service
+# range, where kubeadm and most distributions put it.
+CLUSTER_DNS_IP = str(ipaddress.IPv4Network(SERVICE_CIDR)[10])
+CLUSTER_DOMAIN = "cluster.local"
+# CoreDNS and metrics-server run on the host (they reach the API server, which listens
+# on loopback only); their Services' endpoints are the node address at these ports.
+# 53: what every resolver asks; 4443: metrics-server's usual port when not in a pod.
+DNS_PORT = 53
+METRICS_SERVER_PORT = 4443
+COREDNS_READY = "127.0.0.1:8181"  # the ready plugin's default port, on loopback
 CNI_NETWORK = "fiboserver-cluster"
 BRIDGE = "cni0"
 API_PORT = 6443
@@ -211,8 +221,10 @@ authorization:
   mode: Webhook
 tlsCertFile: {PKI}/kubelet-serving.crt
 tlsPrivateKeyFile: {PKI}/kubelet-serving.key
-# No cluster DNS (CoreDNS is not installed: the app resolves no names); pods
-# get the host's resolv.conf.
+# Pods ask CoreDNS (tools/cluster/addons.py), which answers for the cluster domain
+# and forwards other names to the host's resolver (resolvConf).
+clusterDNS: ["{CLUSTER_DNS_IP}"]
+clusterDomain: {CLUSTER_DOMAIN}
 resolvConf: /etc/resolv.conf
 # A shared CI disk must not evict the test pods: only a nearly full disk does.
 evictionHard:
@@ -221,6 +233,26 @@ evictionHard:
   imagefs.available: 2%
 imageGCHighThresholdPercent: 98
 imageGCLowThresholdPercent: 95
+"""
+
+
+def corefile(ip: str, kubeconfig: Path) -> str:
+    """CoreDNS on the node address only: the cluster domain from the API (through
+    `kubeconfig`), other names from the host's resolver; `ready` for `up` to wait on."""
+    return f""".:{DNS_PORT} {{
+    bind {ip}
+    errors
+    ready {COREDNS_READY}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig} fiboserver-local
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    forward . /etc/resolv.conf
+    # 30 s: the upstream default in Kubernetes' own CoreDNS config.
+    cache 30
+    loadbalance
+}}
 """
 
 

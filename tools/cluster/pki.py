@@ -23,7 +23,14 @@ CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     # The API server calling the kubelet (exec, logs): bound to
     # system:kubelet-api-admin by `up`.
     "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", ()),
+    # The add-ons (tools/cluster/addons.py), bound to their roles by `up`.
+    "coredns": ("fiboserver-coredns", ()),
+    "metrics-server": ("fiboserver-metrics-server", ()),
 }
+# The aggregator's client identity towards metrics-server: signed by a CA of its own
+# (requestheader CA), so no other client certificate can pass as the front proxy.
+FRONT_PROXY_CLIENT = "front-proxy-client"
+METRICS_SERVER_DNS = "metrics-server.kube-system.svc"
 DAYS = "30"  # a test cluster lives for minutes; a month is plenty
 
 
@@ -31,15 +38,15 @@ def _openssl(*args: str, stdin: str | None = None) -> None:
     subprocess.run(["openssl", *args], input=stdin, capture_output=True, text=True, check=True)
 
 
-def _sign(pki: Path, name: str, subject: str, extensions: str) -> None:
+def _sign(pki: Path, name: str, subject: str, extensions: str, ca: str = "ca") -> None:
     key, csr, crt = (pki / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
     ext = pki / f"{name}.ext"
     _openssl("genrsa", "-out", str(key), "2048")
     _openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
     ext.write_text(extensions)
     _openssl(
-        "x509", "-req", "-in", str(csr), "-CA", str(pki / "ca.crt"), "-CAkey",
-        str(pki / "ca.key"), "-CAcreateserial", "-days", DAYS, "-sha256",
+        "x509", "-req", "-in", str(csr), "-CA", str(pki / f"{ca}.crt"), "-CAkey",
+        str(pki / f"{ca}.key"), "-CAcreateserial", "-days", DAYS, "-sha256",
         "-extfile", str(ext), "-out", str(crt),
     )  # fmt: skip
     csr.unlink()
@@ -60,15 +67,24 @@ CLIENT_EXT = (
 )
 
 
+def _make_ca(pki: Path, name: str, cn: str) -> None:
+    _openssl("genrsa", "-out", str(pki / f"{name}.key"), "2048")
+    _openssl(
+        "req", "-x509", "-new", "-key", str(pki / f"{name}.key"), "-subj", f"/CN={cn}",
+        "-days", DAYS, "-sha256", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", str(pki / f"{name}.crt"),
+    )  # fmt: skip
+
+
 def make_pki(pki: Path, node_name: str, node_ip: str, service_ip: str) -> None:
     """CA, serving and client certificates and the service-account key in `pki`."""
     pki.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _openssl("genrsa", "-out", str(pki / "ca.key"), "2048")
-    _openssl(
-        "req", "-x509", "-new", "-key", str(pki / "ca.key"), "-subj", "/CN=fiboserver-cluster-ca",
-        "-days", DAYS, "-sha256", "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", str(pki / "ca.crt"),
-    )  # fmt: skip
+    _make_ca(pki, "ca", "fiboserver-cluster-ca")
+    _make_ca(pki, "front-proxy-ca", "fiboserver-front-proxy-ca")
+    _sign(pki, FRONT_PROXY_CLIENT, f"/CN={FRONT_PROXY_CLIENT}", CLIENT_EXT, ca="front-proxy-ca")
+    # The aggregator checks it against the APIService's caBundle (the cluster CA).
+    _sign(pki, "metrics-server-serving", "/CN=metrics-server", _serving_ext([METRICS_SERVER_DNS],
+          [node_ip]))  # fmt: skip
     _sign(
         pki,
         "apiserver",

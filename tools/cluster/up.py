@@ -16,6 +16,8 @@ import time
 import urllib.request
 
 from tests.support.repo import REPO_ROOT
+from tools.cluster.addons import NAMES as ADDONS
+from tools.cluster.addons import start_addons
 from tools.cluster.binaries import CONTAINERD, ETCD, KUBERNETES, build_all, missing_tools
 from tools.cluster.images import load_images
 from tools.cluster.kubectl import kubectl
@@ -48,12 +50,12 @@ from tools.cluster.layout import (
     overlaps,
     scheduler_yaml,
 )
-from tools.cluster.pki import CLIENTS, kubeconfig, make_pki
+from tools.cluster.pki import CLIENTS, FRONT_PROXY_CLIENT, kubeconfig, make_pki
 from tools.cluster.procs import pid_of, start, wait_component
 
 K = KUBERNETES.path
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-              "containerd", "kubelet", "kube-proxy")  # fmt: skip
+              "containerd", "kubelet", "kube-proxy", *ADDONS)  # fmt: skip
 
 
 def say(text: str) -> None:
@@ -131,7 +133,8 @@ def _control_plane(ip: str) -> None:
         # Loopback only: kubectl and every component run on this host.
         "--bind-address", "127.0.0.1", "--secure-port", str(API_PORT),
         # The node address; the `kubernetes` Service keeps no endpoints (no pod here
-        # talks to the API: automountServiceAccountToken is false, no CoreDNS).
+        # talks to the API: automountServiceAccountToken is false; CoreDNS still
+        # resolves its name to the ClusterIP).
         "--advertise-address", ip, "--endpoint-reconciler-type", "none",
         "--service-cluster-ip-range", SERVICE_CIDR,
         "--tls-cert-file", PKI / "apiserver.crt", "--tls-private-key-file", PKI / "apiserver.key",
@@ -148,6 +151,17 @@ def _control_plane(ip: str) -> None:
         # The defaults (PodSecurity among them) plus the Node authorizer's partner.
         "--enable-admission-plugins", "NodeRestriction",
         "--allow-privileged=false",
+        # The aggregation layer (metrics.k8s.io, tools/cluster/addons.py): the
+        # front proxy's identity, checked by metrics-server against its own CA.
+        "--requestheader-client-ca-file", PKI / "front-proxy-ca.crt",
+        "--requestheader-allowed-names", FRONT_PROXY_CLIENT,
+        "--requestheader-username-headers", "X-Remote-User",
+        "--requestheader-group-headers", "X-Remote-Group",
+        "--requestheader-extra-headers-prefix", "X-Remote-Extra-",
+        "--proxy-client-cert-file", PKI / f"{FRONT_PROXY_CLIENT}.crt",
+        "--proxy-client-key-file", PKI / f"{FRONT_PROXY_CLIENT}.key",
+        # Dial metrics-server's endpoint, not its ClusterIP: no kube-proxy needed.
+        "--enable-aggregator-routing",
     ])  # fmt: skip
     wait_component("kube-apiserver", _api_ready, 120, "kube-apiserver")
     # The API server may call the kubelet (logs, exec) with its client certificate.
@@ -257,6 +271,9 @@ def up() -> int:
     _control_plane(ip)
     say(f"control plane up in {time.monotonic() - t0:.0f} s")
     name, _, tag = _node(ip)["app"].rpartition(":")
+    t0 = time.monotonic()
+    start_addons(ip)
+    say(f"CoreDNS and metrics-server up in {time.monotonic() - t0:.0f} s")
     _tls_secret()
     say(f"up in {time.monotonic() - t_all:.0f} s; node {NODE_NAME} ({ip}) Ready. Use it:\n"
         f"  export KUBECONFIG={KUBECONFIG}\n  make deploy ENV=all IMAGE={name} TAG={tag}\n"
