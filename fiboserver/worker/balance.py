@@ -80,8 +80,9 @@ class Board:
 
     An anonymous shared mapping, made when the master imports the worker class
     (before it forks a worker), so every worker the master forks shares it.
-    Each slot has one writer; a reader may see a count a turn old, which the
-    rules above tolerate. 8-byte aligned values are written and read whole.
+    Each slot has one writer and no lock: a reader may see a count a loop turn
+    old (or, were an 8-byte write ever torn, a wrong one once), which misleads
+    one decision at most; the next turn's write corrects it.
     """
 
     def __init__(self, slots: int = SLOTS) -> None:
