@@ -64,7 +64,7 @@ def main() -> int:
         with bench.running(*servers):
             for s in servers:
                 s.wait_workers(int(s.print_config()["workers"]))
-            runs, _ = alternate("compare", servers, cached_load(bench.prefix), ws)
+            runs = alternate("compare", servers, cached_load(bench.prefix), ws)
     print(
         f"cached n=30, wrk -t1 -c{args.connections}, {args.rounds} x {args.duration:g} s, medians"
     )

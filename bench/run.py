@@ -5,6 +5,7 @@ Measures, on loopback only and bounded in time:
     WSGI app on the same gunicorn settings (bench/ceiling.py), cached n=30 and
     uncached random n, alternating A, B, A, B so machine drift cancels;
   * the cost of the Prometheus metrics: metrics on against off, cached n=30;
+  * the proxy pair: 4 long-lived keep-alive connections against the usual 16;
   * the cost of tracing: without an endpoint, and exporting to a local Jaeger,
     against the app without tracing, cached n=30 with a traceparent;
   * compute + serialize F(n) cold against a plain iterative loop;
@@ -12,6 +13,8 @@ Measures, on loopback only and bounded in time:
   * overload (2,000 connections of costly requests) and hostile clients (idle
     and slowloris connections): probe p99 and throughput kept (bench/overload.py);
   * worker RSS after a walk over many large n against cache_max_bytes.
+No run is discarded: each pair reports the median and the worst of its rounds,
+each run's CPU per worker, and the share of rounds in which a worker sat idle.
 Writes bench/results/latest.json and latest.md (README "Performance").
 """
 
@@ -34,6 +37,7 @@ from bench.bign import section_big_n
 from bench.memory import section_memory
 from bench.metrics_cost import section_metrics
 from bench.overload import section_hostile, section_overload
+from bench.proxy import section_proxy
 from bench.report import render, targets, write_results
 from bench.servers import PROD_CONFIG, Bench
 from bench.startstop import section_start_stop
@@ -109,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rss-overhead-mib", type=int, default=8)
     p.add_argument(
         "--only",
-        default="cached,uncached,metrics,tracing,worker,big_n,start_stop,memory,overload,hostile",
+        default=(
+            "cached,uncached,metrics,proxy,tracing,worker,big_n,start_stop,memory,overload,hostile"
+        ),
         help="comma-separated sections to run",
     )
     p.add_argument(
@@ -157,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 res["uncached"] = section_throughput(bench, ws, cached=False, seed=args.seed)
             if "metrics" in sections:
                 res["metrics"] = section_metrics(bench, ws)
+            if "proxy" in sections:
+                res["proxy"] = section_proxy(bench, ws)
             if "tracing" in sections:
                 res["tracing"] = section_tracing(bench, ws, args.seed)
             if "big_n" in sections:

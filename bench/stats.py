@@ -10,6 +10,11 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
+def ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """a[i] / b[i], round by round."""
+    return [x / y for x, y in zip(a, b, strict=True)]
+
+
 def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     """Median of a[i] / b[i]: each pair ran back to back, so machine drift cancels."""
-    return median([x / y for x, y in zip(a, b, strict=True)])
+    return median(ratios(a, b))

@@ -15,7 +15,7 @@ def count_end_records(log_path: Path) -> int:
     count = 0
     with open(log_path, encoding="utf-8", errors="replace") as stream:
         for line in stream:
-            if '"msg": "end"' in line or '"msg":"end"' in line:
+            if '"msg":"end"' in line or '"msg": "end"' in line:
                 count += 1
     return count
 

@@ -91,6 +91,14 @@ class GthreadWorker(_ThreadWorker):  # type: ignore[misc]
         Errors reach `handle_error(req, sock, client, exc)`."""
         return bool(_ThreadWorker.handle(self, conn))
 
+    def handle_request(self, req: Any, conn: GthreadConn) -> bool:
+        """gthread's handling of one parsed request; for a connection marked
+        `last_request`, the request's `force_close` first, so that the answer says
+        `Connection: close` and the request path does not keep the connection."""
+        if conn.last_request:
+            req.force_close()
+        return bool(_ThreadWorker.handle_request(self, req, conn))
+
     def parent_alive(self) -> bool:
         """False once the master is gone (the worker then stops)."""
         return bool(self.is_parent_alive())
@@ -116,6 +124,8 @@ class GthreadConn(_TConn):  # type: ignore[misc]
         self.initialized = False
         self.is_http2 = False
         self.data_ready = True
+        # Answer the next request with `Connection: close` (the worker's balancing).
+        self.last_request = False
 
     def hand_back(self, data: bytes) -> None:
         """Give gunicorn's parser the bytes the loop has read already (the whole

@@ -19,6 +19,7 @@ import pytest
 
 from bench.metrics_cost import METRICS_OFF, METRICS_ON
 from bench.overload import kept, overload_targets
+from bench.pairs import idle_round_share, round_ratio, round_ratios
 from bench.servers import (
     CEILING,
     FLASK_FLOOR,
@@ -29,7 +30,7 @@ from bench.servers import (
     check_same_settings,
 )
 from bench.tracing_cost import NO_ENDPOINT, TRACING_OFF, traced_load
-from bench.wrk import WrkSettings, balanced, cached_load, random_load, run_wrk
+from bench.wrk import WrkSettings, cached_load, idle_worker, random_load, run_wrk
 from tests.support.hosttools import require_tool
 
 
@@ -65,14 +66,19 @@ def test_service_logs_its_requests_as_deployed(servers: dict[str, Server]) -> No
     assert status == 200
     rid = headers["X-Request-ID"]
     assert service.log_path is not None
+
     # PROD logging is on in the benchmarked service: both access records are there.
     # `end` is written once the response is sent, so it may follow the client's read.
-    end = f'"msg": "end", "request_id": "{rid}"'
+    def ours() -> list[str]:
+        assert service.log_path is not None
+        lines = service.log_path.read_text().splitlines()
+        records = [json.loads(line) for line in lines if rid in line]
+        return [r["msg"] for r in records if r.get("request_id") == rid]
+
     deadline = time.monotonic() + 10
-    while end not in (text := service.log_path.read_text()) and time.monotonic() < deadline:
+    while "end" not in ours() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert f'"msg": "start", "request_id": "{rid}"' in text
-    assert end in text
+    assert ours() == ["start", "end"]
 
 
 @pytest.mark.parametrize("cached", [True, False])
@@ -86,11 +92,26 @@ def test_wrk_scripts_report_a_summary(servers: dict[str, Server], cached: bool) 
     assert 0 < result["p50_us"] <= result["p99_us"] <= result["max_us"]
 
 
-def test_balanced() -> None:
-    assert balanced([0.9, 0.8])
-    assert not balanced([1.0, 0.0])
-    assert not balanced([0.0, 1.04])
-    assert balanced([0.95])
+def test_idle_worker() -> None:
+    assert not idle_worker([0.9, 0.8])
+    assert idle_worker([1.0, 0.0])
+    assert idle_worker([0.0, 1.04])
+    assert idle_worker([0.2, 0.9])
+    assert not idle_worker([0.95])  # one worker: nobody to be idle beside it
+
+
+def _round(rps: float, idle: bool) -> dict[str, Any]:
+    return {"rps": rps, "p99_us": 1000.0, "idle_worker": idle}
+
+
+def test_the_pair_keeps_every_round_and_reports_the_worst() -> None:
+    rounds = {
+        "a": [_round(50, False), _round(40, True), _round(60, False)],
+        "b": [_round(100, False), _round(100, False), _round(100, False)],
+    }
+    assert round_ratio(rounds, "a", "b") == pytest.approx(0.5)
+    assert min(round_ratios(rounds, "a", "b")) == pytest.approx(0.4)
+    assert idle_round_share(rounds) == pytest.approx(1 / 3)
 
 
 def test_metrics_pair_differs_in_metrics_only(tmp_path: Path) -> None:

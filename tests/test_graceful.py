@@ -195,7 +195,7 @@ def test_sigterm_to_a_booting_worker_is_not_lost(tmp_path: Path) -> None:
 
 
 # Far more connections than the workers' loops accept in one turn (one each,
-# fiboserver.worker ACCEPT_BATCH), so only a drain of the listen queue serves all.
+# fiboserver.worker.accepting ACCEPT_BATCH), so only a drain of the listen queue serves all.
 QUEUED_CLIENTS = 200
 
 

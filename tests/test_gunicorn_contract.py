@@ -160,6 +160,22 @@ def test_serve_connection_reads_the_handed_back_head_and_keeps_the_rest(worker: 
         assert conn.take_unread() == b""
 
 
+def test_a_last_request_is_answered_with_connection_close(worker: _Worker) -> None:
+    """`last_request` (the worker's balancing) goes through the request's
+    `force_close`: the answer says `Connection: close` although the client asked to
+    keep the connection, the request path does not keep it, and what the client
+    sent after it stays unread."""
+    worker.alive = True
+    conn, client = _conn(worker)
+    with conn.sock, client:
+        conn.last_request = True
+        conn.hand_back(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        assert worker.serve_connection(conn) is False
+        head, _, body = client.recv(4096).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"hello"
+        assert b"\r\nConnection: close" in head
+
+
 def test_serve_connection_reports_parse_errors_to_handle_error(worker: _Worker) -> None:
     worker.alive = True
     conn, client = _conn(worker)

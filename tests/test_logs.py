@@ -64,3 +64,15 @@ def test_gunicorn_metric_value_is_renamed_so_value_stays_a_string() -> None:
     assert "value" not in record and record["metric_value"] == 2
     # Our own `value` (cache fibo) is untouched.
     assert formatted("cache fibo", key=10, value="55")["value"] == "55"
+
+
+def test_what_orjson_refuses_is_still_written() -> None:
+    # orjson encodes integers up to 64 bits and valid UTF-8 only; the json
+    # encoder takes the rest, so the record is kept whole.
+    big = 2**70
+    assert formatted("x", big=big)["big"] == big
+    assert formatted("x", text="a\udc80b")["text"] == "a\udc80b"
+
+
+def test_non_ascii_input_keeps_its_characters() -> None:
+    assert formatted("x", path="/prod/fibo?n=é€😀")["path"] == "/prod/fibo?n=é€😀"

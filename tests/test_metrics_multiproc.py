@@ -221,3 +221,19 @@ def test_usr2_shares_the_directory_and_takes_the_port_over(tmp_path: Path) -> No
         assert never_went_down(before, after) == []
         assert value(after, "fiboserver_workers") == 1
         os.kill(new_pid[0], signal.SIGTERM)
+
+
+def test_the_cached_process_id_follows_a_fork() -> None:
+    """prometheus_client names a process's files by `process_id`: a forked worker
+    must get its own id, not the master's (its values would land in the master's
+    files)."""
+    assert multiproc.process_id() == os.getpid()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write, str(multiproc.process_id()).encode())
+        os._exit(0)
+    os.close(write)
+    assert os.waitpid(child, 0)[1] == 0
+    assert int(os.read(read, 32)) == child
+    os.close(read)

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 from importlib import metadata
 from typing import TYPE_CHECKING
 
+from fiboserver.metrics.multiproc import use_cached_process_id
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
     from werkzeug.routing import Map
@@ -187,6 +189,7 @@ def process_metrics() -> Metrics:
     if metrics is None:
         with _metrics_lock:
             if _metrics is None:
+                use_cached_process_id()
                 _metrics = Metrics()
             metrics = _metrics
     return metrics

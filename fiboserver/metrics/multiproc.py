@@ -107,6 +107,37 @@ def _merge_lock(path: str, exclusive: bool) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+# This process's id, as prometheus_client's multiprocess values name their files.
+# They ask for it on every update, to notice a fork (a getpid() system call, five
+# per request on the cached path: the most frequent call in a worker's profile,
+# docs/performance.md); here the fork itself refreshes it.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def process_id() -> int:
+    """os.getpid(), without the system call."""
+    return _pid
+
+
+def use_cached_process_id() -> None:
+    """Make the multiprocess values created from now on identify this process by
+    `process_id` (prometheus_client's `process_identifier`), not by a getpid()
+    per update. Before the first metric is created: each value keeps the class
+    it was made with."""
+    from prometheus_client import values
+
+    if in_multiprocess_mode():
+        values.ValueClass = values.MultiProcessValue(process_identifier=process_id)  # type: ignore[no-untyped-call]
+
+
 def in_multiprocess_mode() -> bool:
     """Whether prometheus_client keeps values in the directory's files; it decides
     when it is first imported, so that must follow `prepare`."""

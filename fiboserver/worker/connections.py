@@ -111,6 +111,10 @@ class Connections:
     def accepted(self, conn: Conn) -> None:
         self.open += 1
 
+    def kept(self) -> int:
+        """Open connections that may bring another request (not closing)."""
+        return self.open - len(self._timed[State.CLOSING])
+
     def wait(self, conn: Conn, state: State, deadline: float) -> None:
         """Let `conn` wait in timed `state` (registered for reading) until `deadline`."""
         self._leave(conn)

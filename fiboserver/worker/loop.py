@@ -20,7 +20,11 @@ replaces what happens before and after it, in the worker's main thread:
 - Other requests go through admission (fiboserver/worker/admission.py): they start when
   a thread is free, wait when one will be within about a second, and are
   otherwise answered `503 overloaded` at once, at a paced rate.
-- The loop always accepts (a full listen queue would drop a probe's SYN).
+- The loop accepts whenever it holds no more than its share of the server's
+  connections, and otherwise leaves new ones to the other workers for a moment
+  and ends one of its kept-alive connections with `Connection: close`
+  (fiboserver/worker/balance.py). A full listen queue would drop a probe's SYN:
+  no connection waits longer than one short pause.
 - On SIGTERM, what is already in the listen queue is accepted and served (the
   master makes the kernel drop new SYNs), then what is in flight.
 
@@ -34,7 +38,6 @@ app's `Serving` record (fiboserver.serving).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -52,7 +55,9 @@ from fiboserver.gunicorn_internals import GthreadWorker, signals_queued_before_i
 from fiboserver.lifecycle import begin_draining
 from fiboserver.serving import serving_of
 from fiboserver.worker import refusals
+from fiboserver.worker.accepting import DRAIN_BATCH, Acceptor
 from fiboserver.worker.admission import Admission, Pacer, Verdict
+from fiboserver.worker.balance import Balancer
 from fiboserver.worker.connections import Conn, Connections, State, raise_open_files_limit
 from fiboserver.worker.heads import HEAD_TIMEOUT, HeadError, head_length, probe_prefixes
 from fiboserver.worker.refusals import PendingRefusals, Refusal
@@ -67,15 +72,6 @@ STOP_LINGER = 2.0
 # Probe requests waiting for the probe thread beyond which a probe path is
 # admitted like any other request: a flood of probes gets no priority.
 PROBE_LANE_MAX = 16
-# Connections accepted per wake-up while serving: one, as gthread does. Every
-# worker is woken for a new connection and one of them takes it, so a burst of
-# connections (a proxy's, wrk's) spreads over the workers; a worker taking a
-# batch would take the whole burst and leave the others idle. Draining at
-# SIGTERM takes the queue in batches of DRAIN_BATCH until it is empty.
-ACCEPT_BATCH = 1
-DRAIN_BATCH = 64
-# Out of file descriptors with none to free: how long accepting pauses.
-ACCEPT_PAUSE = 0.1
 RECV_BYTES = 8192  # gunicorn's own read size
 # How long a thread holding the GIL keeps it while another wants it (CPython's
 # default is 5 ms). Every system call of the loop lets a computing thread take
@@ -111,8 +107,7 @@ class RequestThreadWorker(GthreadWorker):
         self._serving = threading.local()  # the Conn a pool thread is serving
         self._admission: Admission[Conn] = Admission(self.cfg.threads)
         self._probes_pending = 0
-        self._names: dict[Any, Any] = {}
-        self._accept_paused_until = 0.0
+        self._balancer = Balancer(self.age)
         super().init_process()  # creates the poller, then runs run()
 
     # -- signals ---------------------------------------------------------------
@@ -135,6 +130,9 @@ class RequestThreadWorker(GthreadWorker):
     def run(self) -> None:
         serving = serving_of(self.wsgi)
         self.conns = Connections(self.poller)
+        self._acceptor = Acceptor(
+            self.cfg, self.conns, self._balancer, self.set_accept_enabled, self._arrived
+        )
         self._sink = serving.requests
         self._refusals = PendingRefusals(self.conns, Pacer(time.monotonic()), self._sink)
         self._probe_heads = probe_prefixes(serving.probe_paths)
@@ -159,8 +157,9 @@ class RequestThreadWorker(GthreadWorker):
                 self._expire(now)
             if self._refusals.pending:
                 self._refusals.write(now, keepalive)
-            if not self.accepting() and now >= self._accept_paused_until:
-                self.set_accept_enabled(True)
+            if not self.accepting() and now >= self._acceptor.paused_until:
+                self._acceptor.resume(self.sockets)
+            self._balancer.publish(self._acceptor.held(), now)
         self._drain()
 
     def _dispatch_events(self, timeout: float) -> None:
@@ -182,7 +181,7 @@ class RequestThreadWorker(GthreadWorker):
         if self._refusals.pending:
             timeout = min(timeout, self._refusals.wait(now))
         if not self.accepting() and self.alive:
-            timeout = min(timeout, self._accept_paused_until - now)
+            timeout = min(timeout, self._acceptor.paused_until - now)
         return max(timeout, 0.0)
 
     def _expire(self, now: float) -> None:
@@ -195,39 +194,14 @@ class RequestThreadWorker(GthreadWorker):
                 self.conns.close(conn)
 
     # -- accepting -----------------------------------------------------------------
-    def accept(self, listener: Any, batch: int = ACCEPT_BATCH) -> int:
-        """Accept what is queued, up to `batch` connections; each waits for its
-        head. Returns how many were accepted. (The poller's callback for a
-        listener, by gthread's `set_accept_enabled`.)"""
-        name = self._names.get(listener)
-        if name is None:
-            name = self._names[listener] = listener.getsockname()
-        deadline = time.monotonic() + HEAD_TIMEOUT
-        accepted = 0
-        while accepted < batch:
-            try:
-                sock, addr = listener.accept()
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.ECONNABORTED:
-                    continue
-                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    raise
-                if not self.conns.evict_idle():
-                    # Nothing to free: pause rather than spin on a readable listener.
-                    self.set_accept_enabled(False)
-                    self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
-                    break
-                continue
-            accepted += 1
-            conn = Conn(self.cfg, sock, addr, name)
-            conn.deadline = deadline
-            self.conns.accepted(conn)
-            # Most clients send their request right after connecting: read it
-            # now rather than after a round through the poller.
-            self._on_readable(conn)
-        return accepted
+    def accept(self, listener: Any) -> int:
+        """The poller's callback for a listener (by gthread's `set_accept_enabled`)."""
+        return self._acceptor.on_listener(listener, self.alive)
+
+    def _arrived(self, conn: Conn) -> None:
+        # Most clients send their request right after connecting: read it now
+        # rather than after a round through the poller.
+        self._on_readable(conn)
 
     # -- reading heads ---------------------------------------------------------------
     def _on_readable(self, conn: Conn) -> None:
@@ -291,6 +265,15 @@ class RequestThreadWorker(GthreadWorker):
             self._refusals.add(conn, refusals.overloaded(self._admission.waiting))
 
     def _submit(self, pool: futures.ThreadPoolExecutor, conn: Conn) -> None:
+        # A connection with nothing after its head (no body, no pipelined request)
+        # may leave a worker above its share: its client loses nothing.
+        if (
+            conn.head_only
+            and not conn.probe
+            and self._balancer.should_close(self._acceptor.held(), time.monotonic())
+        ):
+            conn.last_request = True
+            self._balancer.leaving += 1
         self.conns.release(conn, State.SERVING)
         conn.hand_back(conn.head)
         pool.submit(self._serve, conn).add_done_callback(partial(self._done, conn))
@@ -332,6 +315,8 @@ class RequestThreadWorker(GthreadWorker):
 
     def _finished(self, conn: Conn, fut: futures.Future[Any]) -> None:
         now = time.monotonic()
+        if conn.last_request:
+            self._balancer.leaving -= 1
         if conn.probe:
             self._probes_pending -= 1
         else:
@@ -370,7 +355,7 @@ class RequestThreadWorker(GthreadWorker):
         if not self.accepting():
             self.set_accept_enabled(True)
         for listener in self.sockets:
-            while self.accept(listener, DRAIN_BATCH) == DRAIN_BATCH:
+            while self._acceptor.take(listener, DRAIN_BATCH) == DRAIN_BATCH:
                 pass  # until the listen queue is empty
         accept_until = now + DRAIN_LINGER
         graceful_until = now + self.cfg.graceful_timeout
@@ -394,6 +379,7 @@ class RequestThreadWorker(GthreadWorker):
         self.close_wakeups()
         for listener in self.sockets:
             listener.close()
+        self._balancer.leave()
 
     def handle_quit(self, sig: int, frame: FrameType | None) -> None:
         self._probe_pool.shutdown(wait=False)

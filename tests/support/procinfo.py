@@ -2,7 +2,8 @@
 
 Read without side effects: free and listening ports on 127.0.0.1; a process's
 children, state and pending signals (/proc/<pid>); a listener's accept queue and a
-port's established connections (/proc/net/tcp, tcp6). Plus ``wait_until``, the one
+port's established connections (/proc/net/tcp, tcp6), and which process holds the
+server's end of a connection. Plus ``wait_until``, the one
 polling loop. ``serverproc.ServerProcess`` uses them for the server it starts.
 
 Only 127.0.0.1 is ever contacted.
@@ -11,9 +12,10 @@ Only 127.0.0.1 is ever contacted.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -81,6 +83,32 @@ def established(port: int) -> int:
                 if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
                     count += 1
     return count
+
+
+def socket_owner(port: int, peer_port: int, pids: Iterable[int]) -> int | None:
+    """Which of `pids` holds the socket whose local port is `port` and whose peer's
+    is `peer_port` (a server's end of one client connection on 127.0.0.1), or None.
+    The socket's inode from /proc/net/tcp, then each process's descriptors."""
+    inode = None
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote = fields[1], fields[2]
+            if int(local.rsplit(":", 1)[1], 16) == port and (
+                int(remote.rsplit(":", 1)[1], 16) == peer_port
+            ):
+                inode = fields[9]
+                break
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) == target:
+                        return pid
+    return None
 
 
 def process_state(pid: int) -> str:
