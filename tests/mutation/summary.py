@@ -2,7 +2,7 @@
 
 Reads `mutmut results --all true` (run in the repository root after `mutmut run`)
 and prints the counts per status, the score (killed / total) and the surviving
-mutants. Exit status 1 when a survivor is not judged harmless in docs/mutation.md,
+mutants; given name patterns (a shard, `make mutate MUTATE_ONLY=...`), only theirs. Exit status 1 when a survivor is not judged harmless in docs/mutation.md,
 where each one has its reason: a new survivor is either killed by a new test or
 explained there.
 """
@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from fnmatch import fnmatchcase
 
 from tests.support.repo import REPO_ROOT
 
@@ -43,8 +44,10 @@ def judged_harmless() -> set[str]:
     return set(_JUDGED_ROW.findall(JUDGED.read_text())) if JUDGED.exists() else set()
 
 
-def main(mutmut: str) -> int:
+def main(mutmut: str, only: list[str]) -> int:
     status = results(mutmut)
+    if only:
+        status = {m: s for m, s in status.items() if any(fnmatchcase(m, p) for p in only)}
     if not status:
         print("no mutmut results: run `mutmut run` first", file=sys.stderr)
         return 2
@@ -66,4 +69,4 @@ def main(mutmut: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "mutmut"))
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "mutmut", sys.argv[2:]))
