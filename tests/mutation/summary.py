@@ -2,9 +2,10 @@
 
 Reads `mutmut results --all true` (run in the repository root after `mutmut run`)
 and prints the counts per status, the score (killed / total) and the surviving
-mutants; given name patterns (a shard, `make mutate MUTATE_ONLY=...`), only theirs. Exit status 1 when a survivor is not judged harmless in docs/mutation.md,
-where each one has its reason: a new survivor is either killed by a new test or
-explained there.
+mutants; given name patterns (a shard, `make mutate MUTATE_ONLY=...`), only
+theirs. Exit status 1 when a survivor is not judged harmless in
+docs/mutation.md, where each one has its reason: a new survivor is either
+killed by a new test or explained there.
 """
 
 from __future__ import annotations
