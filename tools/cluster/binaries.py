@@ -143,7 +143,18 @@ METRICS_SERVER = Component(
 # The cluster DNS, a host process behind the kube-dns Service (tools/cluster/addons.py).
 # Our own main package (build/coredns/main.go) links only the plugins the Corefile uses.
 COREDNS = Component("coredns", "v1.15.0", {"coredns": "fiboserver.local/cluster/coredns"})
-COMPONENTS = (KUBERNETES, ETCD, CONTAINERD, CRITOOLS, TRAEFIK, HELM, METRICS_SERVER, COREDNS)
+# The NetworkPolicy engine: kube-router's policy controller alone, a host process
+# (tools/cluster/netpol.py). v2.1.0: the only release the Go proxy serves of its v2
+# module (docs/cluster.md, "Enforced here").
+KUBE_ROUTER = Component(
+    "kube-router",
+    "v2.1.0",
+    {"kube-router": "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"},
+    ldflags=("-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=v2.1.0",),
+)
+COMPONENTS = (
+    KUBERNETES, ETCD, CONTAINERD, CRITOOLS, TRAEFIK, HELM, METRICS_SERVER, COREDNS, KUBE_ROUTER,
+)  # fmt: skip
 # The trace backend of the tracing tests and `make traces` (docs/tracing.md): Jaeger v2,
 # whose Go module still carries v1 version numbers (v1.75.0 is the v2 release of
 # the same day). Not in COMPONENTS: the cluster does not need it to start, so
@@ -157,12 +168,14 @@ JAEGER = Component(
 
 # What the cluster uses as it is, and how to get it: Debian packages (.ci/run
 # installs them): runc (the OCI runtime podman uses here too), catatonit (the pause
-# process), iptables and conntrack (kube-proxy), openssl (certificates), podman and
-# debootstrap (the images), iproute2 (addresses and routes); and kubectl.
+# process), iptables and conntrack (kube-proxy), ipset (kube-router), openssl
+# (certificates), podman and debootstrap (the images), iproute2 (addresses and
+# routes); and kubectl.
 TOOLS = {
     "runc": "apt-get install runc",
     "iptables": "apt-get install iptables",
     "conntrack": "apt-get install conntrack",
+    "ipset": "apt-get install ipset",
     "catatonit": "apt-get install catatonit",
     "openssl": "apt-get install openssl",
     "podman": "apt-get install podman",
