@@ -36,7 +36,7 @@ METRICS_API = "v1beta1.metrics.k8s.io"
 MANAGED_BY = "fiboserver-cluster"
 
 
-def _binding(
+def binding(
     kind: str, name: str, role_kind: str, role: str, user: str, namespace: str | None = None
 ) -> Obj:
     meta: Obj = {"name": name, **({"namespace": namespace} if namespace else {})}
@@ -49,7 +49,7 @@ def _binding(
     }
 
 
-def _role(name: str, rules: list[Obj]) -> Obj:
+def role(name: str, rules: list[Obj]) -> Obj:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
@@ -101,7 +101,7 @@ def manifests(ip: str, ca_pem: bytes) -> list[Obj]:
     watch = ["list", "watch"]
     objs: list[Obj] = [
         # What the kubernetes plugin watches (upstream's system:coredns role).
-        _role(
+        role(
             "fiboserver:coredns",
             [
                 {
@@ -116,7 +116,7 @@ def manifests(ip: str, ca_pem: bytes) -> list[Obj]:
                 },
             ],
         ),
-        _binding(
+        binding(
             "ClusterRoleBinding",
             "fiboserver:coredns",
             "ClusterRole",
@@ -130,14 +130,14 @@ def manifests(ip: str, ca_pem: bytes) -> list[Obj]:
             cluster_ip=CLUSTER_DNS_IP,
         ),
         # Scraping the kubelets (nodes/metrics) and listing what it reports on.
-        _role(
+        role(
             "fiboserver:metrics-server",
             [
                 {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
                 {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", *watch]},
             ],
         ),
-        _binding(
+        binding(
             "ClusterRoleBinding",
             "fiboserver:metrics-server",
             "ClusterRole",
@@ -145,14 +145,14 @@ def manifests(ip: str, ca_pem: bytes) -> list[Obj]:
             ms_user,
         ),
         # Delegated authentication and authorization of the aggregator's requests.
-        _binding(
+        binding(
             "ClusterRoleBinding",
             "fiboserver:metrics-server:auth-delegator",
             "ClusterRole",
             "system:auth-delegator",
             ms_user,
         ),
-        _binding(
+        binding(
             "RoleBinding",
             "fiboserver:metrics-server:auth-reader",
             "Role",
@@ -196,16 +196,17 @@ def _ready(url: str) -> bool:
         return bool(r.status == 200)
 
 
-def start_addons(ip: str) -> None:
-    """Apply `manifests`, start CoreDNS and metrics-server, wait until both serve."""
-    doc = {
-        "apiVersion": "v1",
-        "kind": "List",
-        "items": manifests(ip, (PKI / "ca.crt").read_bytes()),
-    }
+def apply_objects(objs: list[Obj], what: str) -> None:
+    """`kubectl apply` of `objs` as one List; a failure ends `up` with kubectl's words."""
+    doc = {"apiVersion": "v1", "kind": "List", "items": objs}
     proc = kubectl("apply", "-f", "-", stdin=json.dumps(doc))
     if proc.returncode != 0:
-        raise SystemExit(f"cluster: applying the add-ons failed: {proc.stderr.strip()}")
+        raise SystemExit(f"cluster: applying {what} failed: {proc.stderr.strip()}")
+
+
+def start_addons(ip: str) -> None:
+    """Apply `manifests`, start CoreDNS and metrics-server, wait until both serve."""
+    apply_objects(manifests(ip, (PKI / "ca.crt").read_bytes()), "the add-ons")
     conf = STATE / "Corefile"
     conf.write_text(corefile(ip, PKI / "coredns.kubeconfig"))
     start("coredns", [COREDNS.path("coredns"), "-conf", conf])

@@ -6,7 +6,7 @@ Order matters: the kubelet stops first (nothing restarts pods), then every pod
 sandbox is removed through the CRI (containerd runs the CNI DEL: veths, IP
 leases, the bridge plugin's NAT rules go), then kube-proxy removes its rules
 (`kube-proxy --cleanup`), then the rest stops and its mounts, bridge, cgroups,
-state and host settings go.
+state and host settings go, and the chains and ipsets kube-router made.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from tools.cluster.layout import (
     SERVICE_CIDR,
     STATE,
 )
+from tools.cluster.netpol import NAME as NETPOL
+from tools.cluster.netpol import ipsets, remove_ipsets
 from tools.cluster.procs import kill, pid_of, processes_running, stop
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -177,7 +179,7 @@ def down(quiet: bool = False) -> list[str]:
         stopped.append("kube-proxy")
     if KUBERNETES.cached():
         _run(KUBERNETES.path("kube-proxy"), "--cleanup")
-    for name in (*ADDONS, "containerd", "kube-scheduler", "kube-controller-manager",
+    for name in (*ADDONS, NETPOL, "containerd", "kube-scheduler", "kube-controller-manager",
                  "kube-apiserver", "etcd"):  # fmt: skip
         if stop(name):
             stopped.append(name)
@@ -189,7 +191,8 @@ def down(quiet: bool = False) -> list[str]:
     with contextlib.suppress(FileNotFoundError):
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             _run("ip", "link", "delete", BRIDGE)
-    _sweep_iptables()
+    _sweep_iptables()  # kube-router's chains too (KUBE-*)
+    remove_ipsets()  # kube-router's, no longer used by any rule
     _restore_host(saved)
     for d in (STATE, RUN):
         shutil.rmtree(d, ignore_errors=True)
@@ -218,6 +221,7 @@ def leftovers(saved: dict[str, object] | None = None) -> list[str]:
         left.append(f"interface {BRIDGE}")
     for table in TABLES:
         left += [f"iptables -t {table}: {ln}" for ln in _iptables_rules(table) if _ours(ln)]
+    left += [f"ipset {name}" for name in ipsets()]
     for link in json.loads(_run("ip", "-j", "link").stdout or "[]"):
         if link.get("master") == BRIDGE:
             left.append(f"interface {link['ifname']} (on {BRIDGE})")

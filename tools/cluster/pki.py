@@ -26,6 +26,8 @@ CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     # The add-ons (tools/cluster/addons.py), bound to their roles by `up`.
     "coredns": ("fiboserver-coredns", ()),
     "metrics-server": ("fiboserver-metrics-server", ()),
+    # The NetworkPolicy engine (tools/cluster/netpol.py), bound to its role by `up`.
+    "kube-router": ("fiboserver-kube-router", ()),
 }
 # The aggregator's client identity towards metrics-server: signed by a CA of its own
 # (requestheader CA), so no other client certificate can pass as the front proxy.

@@ -1,7 +1,8 @@
 """`make cluster-up`: a single-node Kubernetes from plain processes, in the order
 upstream's hack/local-up-cluster.sh starts them: etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler, containerd, kubelet, kube-proxy.
-Then the images, the namespace and the TLS Secret (`make certgen`, `make tls-secret`).
+Then the add-ons (CoreDNS, metrics-server), the NetworkPolicy engine (kube-router),
+the namespace and the TLS Secret (`make certgen`, `make tls-secret`).
 """
 
 from __future__ import annotations
@@ -50,12 +51,14 @@ from tools.cluster.layout import (
     overlaps,
     scheduler_yaml,
 )
+from tools.cluster.netpol import NAME as NETPOL
+from tools.cluster.netpol import start_netpol
 from tools.cluster.pki import CLIENTS, FRONT_PROXY_CLIENT, kubeconfig, make_pki
 from tools.cluster.procs import pid_of, start, wait_component
 
 K = KUBERNETES.path
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-              "containerd", "kubelet", "kube-proxy", *ADDONS)  # fmt: skip
+              "containerd", "kubelet", "kube-proxy", *ADDONS, NETPOL)  # fmt: skip
 
 
 def say(text: str) -> None:
@@ -274,6 +277,9 @@ def up() -> int:
     t0 = time.monotonic()
     start_addons(ip)
     say(f"CoreDNS and metrics-server up in {time.monotonic() - t0:.0f} s")
+    t0 = time.monotonic()
+    start_netpol()
+    say(f"kube-router (NetworkPolicy) up in {time.monotonic() - t0:.0f} s")
     _tls_secret()
     say(f"up in {time.monotonic() - t_all:.0f} s; node {NODE_NAME} ({ip}) Ready. Use it:\n"
         f"  export KUBECONFIG={KUBECONFIG}\n  make deploy ENV=all IMAGE={name} TAG={tag}\n"
