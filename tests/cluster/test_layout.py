@@ -13,6 +13,7 @@ import yaml
 
 from tests.support.clusterlib import K8S, fit_node
 from tests.support.kube import render
+from tools.cluster import netpol
 from tools.cluster.addons import manifests
 from tools.cluster.binaries import COMPONENTS, KUBERNETES, KUBERNETES_VERSION
 from tools.cluster.down import _octets, _ours
@@ -28,6 +29,7 @@ from tools.cluster.layout import (
     kubelet_yaml,
     overlaps,
 )
+from tools.cluster.pki import CLIENTS
 
 
 def test_every_component_is_pinned_in_its_go_mod() -> None:
@@ -127,3 +129,28 @@ def test_cluster_dns_is_the_kube_dns_service_on_the_node_address() -> None:
     api = objs[("APIService", "v1beta1.metrics.k8s.io")]["spec"]
     assert api["service"] == {"name": "metrics-server", "namespace": "kube-system", "port": 443}
     assert "insecureSkipTLSVerify" not in api and api["caBundle"] == "Y2E="
+
+
+def test_kube_router_runs_its_policy_controller_alone_and_only_reads() -> None:
+    args = netpol.argv(Path("/kubeconfig"))
+    for flag in ("--run-firewall=true", "--run-router=false", "--run-service-proxy=false",
+                 "--run-loadbalancer=false", "--health-port=0"):  # fmt: skip
+        assert flag in args, args
+    assert args[args.index("--service-cluster-ip-range") + 1] == SERVICE_CIDR
+    role, bound = netpol.manifests()
+    assert {v for rule in role["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}
+    assert bound["roleRef"]["name"] == role["metadata"]["name"]
+    assert bound["subjects"][0]["name"] == CLIENTS[netpol.NAME][0]
+
+
+def test_kube_router_is_found_hooked_in_by_its_chains() -> None:
+    table = [
+        ":INPUT ACCEPT [0:0]", ":KUBE-ROUTER-INPUT - [0:0]", ":KUBE-NWPLCY-DEFAULT - [0:0]",
+        ":KUBE-POD-FW-ABC - [0:0]", ":KUBE-SERVICES - [0:0]", ":CNI-FORWARD - [0:0]",
+        *(f'-A {h} -m comment --comment "kube-router netpol - X" -j KUBE-ROUTER-{h}'
+          for h in ("INPUT", "FORWARD")),
+    ]  # fmt: skip
+    assert netpol.its_chains(table) == ["KUBE-NWPLCY-DEFAULT", "KUBE-POD-FW-ABC",
+                                        "KUBE-ROUTER-INPUT"]  # fmt: skip
+    assert not netpol.hooked_in(table)  # OUTPUT does not jump yet
+    assert netpol.hooked_in([*table, "-A OUTPUT -j KUBE-ROUTER-OUTPUT"])

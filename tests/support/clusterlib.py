@@ -37,6 +37,9 @@ from tools.cluster.layout import (
 )
 
 NS = "cloudnative"
+# The Ingress controller's namespace, the one k8s/base's NetworkPolicy admits to
+# port `http`: where a client pod stands for the proxies in front of the pods.
+PROXIES_NS = "ingress-nginx"
 K8S = REPO_ROOT / "k8s"
 HOW_TO = "make cluster-up && make cluster-e2e"
 Obj = dict[str, Any]

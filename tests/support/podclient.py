@@ -55,6 +55,13 @@ def client_pod_manifest(name: str, namespace: str, image: str, command: str = SL
     }
 
 
+def ensure_namespace(cluster: Cluster, name: str) -> None:
+    """The namespace, created if missing (the API server labels it with its name,
+    kubernetes.io/metadata.name, which NetworkPolicies select namespaces by)."""
+    doc = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(doc))
+
+
 def start_pod(
     cluster: Cluster, name: str, namespace: str, command: str = SLEEP, timeout: float = 120
 ) -> None:
@@ -121,4 +128,32 @@ def resolve(cluster: Cluster, pod: str, ns: str, *names: str) -> dict[str, list[
         "exec", "-n", ns, pod, "--", "python3", "-c", RESOLVE, *names, timeout=60
     )
     out: dict[str, list[str] | str] = json.loads(proc.stdout)
+    return out
+
+
+# Prints one JSON line: {target: HTTP status or "error: ..."} for each target
+# "address:port/path" in argv, one new connection each (3 s to connect and answer).
+GET = """
+import http.client, json, sys
+out = {}
+for target in sys.argv[1:]:
+    hostport, _, path = target.partition("/")
+    host, _, port = hostport.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=3)
+    try:
+        conn.request("GET", "/" + path)
+        out[target] = conn.getresponse().status
+    except OSError as e:
+        out[target] = f"error: {e!r}"
+    finally:
+        conn.close()
+print(json.dumps(out))
+"""
+
+
+def http_get(cluster: Cluster, pod: str, ns: str, *targets: str) -> dict[str, int | str]:
+    """From inside the pod: GET each "address:port/path"; status or error text."""
+    proc = cluster.kubectl("exec", "-n", ns, pod, "--", "python3", "-c", GET, *targets,
+                           timeout=30 + 4 * len(targets))  # fmt: skip
+    out: dict[str, int | str] = json.loads(proc.stdout)
     return out
