@@ -3,14 +3,15 @@
 SERVER span a child of Traefik's.
 
 - The pods run k8s/tracing as a user applies it (`kubectl apply -k k8s/tracing`,
-  fitted to the node like every deployment here), with one change: this cluster
-  has no DNS (tools/cluster/layout.py), so OTEL_EXPORTER_OTLP_ENDPOINT names the
-  Jaeger by address instead of jaeger.tracing.svc.
+  fitted to the node like every deployment here), with two changes for a Jaeger
+  outside the cluster: OTEL_EXPORTER_OTLP_ENDPOINT names it by address instead of
+  jaeger.tracing.svc, and the NetworkPolicy (enforced: tools/cluster/netpol.py)
+  gets an egress rule for that address and port. k8s/tracing's own rules admit the
+  pods of namespace `tracing` and DNS from `kube-system`'s pods; here neither
+  Jaeger nor CoreDNS is a pod.
 - Jaeger (tests/support/jaeger.py) runs on the host like Traefik, its OTLP
   receiver on the pod bridge's host address, which both the pods and Traefik
-  reach; the test reads its query API on 127.0.0.1. (The bridge CNI enforces no
-  NetworkPolicy, so k8s/tracing's egress rule, written for a Jaeger Service in
-  namespace `tracing`, does not stand in the way here.)
+  reach; the test reads its query API on 127.0.0.1.
 - Traefik exports its spans with the static `tracing` section of
   edges.traefik_tracing (docs/tracing.md, "Through the edge").
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,12 @@ POD_SERVICE_NAME = "fiboserver"
 
 
 def tracing_overlay(cluster: Cluster, tmp: Path, endpoint: str) -> Path:
-    """k8s/tracing, fitted to the node, exporting to `endpoint` (no DNS here)."""
+    """k8s/tracing, fitted to the node, exporting to `endpoint` (an address), which
+    the NetworkPolicy admits."""
+    url = urllib.parse.urlsplit(endpoint)
+    egress = [{"op": "add", "path": "/spec/egress/-", "value": {
+        "to": [{"ipBlock": {"cidr": f"{url.hostname}/32"}}],
+        "ports": [{"protocol": "TCP", "port": url.port}]}}]  # fmt: skip
     patch = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -58,6 +65,9 @@ def tracing_overlay(cluster: Cluster, tmp: Path, endpoint: str) -> Path:
         "resources": [os.path.relpath(cluster.fitted(K8S / "tracing"), tmp)],
         "patches": [{"patch": yaml.safe_dump(patch),
                      "target": {"kind": "Deployment",
+                                "labelSelector": "app.kubernetes.io/name=fiboserver"}},
+                    {"patch": yaml.safe_dump(egress),
+                     "target": {"kind": "NetworkPolicy",
                                 "labelSelector": "app.kubernetes.io/name=fiboserver"}}],
     }))  # fmt: skip
     return tmp

@@ -2,8 +2,9 @@
 (tools/cluster/addons.py) serves metrics.k8s.io, the controller-manager's HPA
 controller reads it.
 
-Load comes from a client pod inside the cluster (to the prod Service's name, so
-CoreDNS is on the path too). Scale-up: from the minimum, while every pod that was
+Load comes from a client pod inside the cluster, in the Ingress controller's
+namespace (the one prod's NetworkPolicy admits to `http`), to the prod Service's
+name, so CoreDNS is on the path too. Scale-up: from the minimum, while every pod that was
 Ready stays Ready. Scale-down: the manifests keep the default 300 s stabilization
 window; the test asserts the controller's decision to wait (condition AbleToScale,
 reason ScaleDownStabilized) rather than sitting through the window. Named so that
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support.clusterlib import NS, Cluster, Obj, is_ready
-from tests.support.podclient import delete_pod, start_pod
+from tests.support.clusterlib import NS, PROXIES_NS, Cluster, Obj, is_ready
+from tests.support.podclient import delete_pod, ensure_namespace, start_pod
 from tests.support.testlog import say
 
 pytestmark = pytest.mark.cluster
@@ -38,7 +39,7 @@ CPU = "200m"
 LOAD = """
 import os, random, socket, threading, urllib.request
 # Resolved once (through CoreDNS): the CPU goes to the requests, not to lookups.
-ip = socket.gethostbyname("fiboserver-prod")
+ip = socket.gethostbyname(SERVICE)
 def hit():
     while True:
         n = random.randint(50000, 100000)
@@ -127,7 +128,8 @@ def load_until_scaled(cluster: Cluster, floor: int, ceiling: int) -> list[Sample
     t0 = time.monotonic()
     timeline: list[Sample] = []
     were_ready: set[str] = set()
-    start_pod(cluster, LOAD_POD, NS, command=LOAD)
+    ensure_namespace(cluster, PROXIES_NS)
+    start_pod(cluster, LOAD_POD, PROXIES_NS, command=f"SERVICE = '{HPA}.{NS}'\n{LOAD}")
     try:
         while True:
             hpa, pods = cluster.get("-n", NS, "hpa", HPA), cluster.pods(HPA)
@@ -142,7 +144,7 @@ def load_until_scaled(cluster: Cluster, floor: int, ceiling: int) -> list[Sample
             assert time.monotonic() - t0 < 420, f"no scale-up under load: {timeline}"
             time.sleep(3)
     finally:
-        delete_pod(cluster, LOAD_POD, NS)
+        delete_pod(cluster, LOAD_POD, PROXIES_NS)
 
 
 def scale_down_decision(cluster: Cluster, target: int) -> tuple[Obj, float]:
