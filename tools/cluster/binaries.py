@@ -145,7 +145,7 @@ METRICS_SERVER = Component(
 COREDNS = Component("coredns", "v1.15.0", {"coredns": "fiboserver.local/cluster/coredns"})
 # The NetworkPolicy engine: kube-router's policy controller alone, a host process
 # (tools/cluster/netpol.py). v2.1.0: the only release the Go proxy serves of its v2
-# module (docs/cluster.md, "Enforced here").
+# module (docs/network-policy.md).
 KUBE_ROUTER = Component(
     "kube-router",
     "v2.1.0",

@@ -1,9 +1,10 @@
-"""The NetworkPolicy engine: kube-router v2.1.0's policy controller alone (its
-router, service proxy and load-balancer allocator off), a host process like the
-add-ons (tools/cluster/addons.py). It watches pods, namespaces and NetworkPolicies
-through the API on loopback with a client certificate of its own, and enforces
-them for this node's pods with iptables rules (filter table) and ipsets.
-kube-proxy still serves the Services and the bridge CNI still wires the pods.
+"""The NetworkPolicy engine (docs/network-policy.md): kube-router v2.1.0's policy
+controller alone (its router, service proxy and load-balancer allocator off), a
+host process like the add-ons (tools/cluster/addons.py). It watches pods,
+namespaces and NetworkPolicies through the API on loopback with a client
+certificate of its own, and enforces them for this node's pods with iptables
+rules (filter table) and ipsets. kube-proxy still serves the Services and the
+bridge CNI still wires the pods.
 
 What it installs, by name (kube-router's pkg/controllers/netpol): the chains
 KUBE-ROUTER-INPUT, -FORWARD and -OUTPUT, each jumped to from the first rule of the
