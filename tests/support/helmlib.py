@@ -110,9 +110,14 @@ def wait_ready(cluster: Cluster, count: int = 3, timeout: float = 300) -> list[O
 
 def namespace_objects(cluster: Cluster) -> set[str]:
     """kind/name of every object in NS, of every namespaced kind that can be listed
-    (events aside: they record what happened, they are not what was installed)."""
+    (events aside: they record what happened, they are not what was installed; and
+    metrics.k8s.io's pod readings, which metrics-server serves for a pod from its
+    first scrape on, whatever was installed meanwhile)."""
     kinds = cluster.kubectl("api-resources", "--verbs=list", "--namespaced", "-o", "name").stdout
-    wanted = [k for k in kinds.split() if k.split(".")[0] != "events"]
+    wanted = [
+        k for k in kinds.split()
+        if k.split(".")[0] != "events" and not k.endswith(".metrics.k8s.io")
+    ]  # fmt: skip
     out = cluster.kubectl("get", ",".join(wanted), "-n", NS, "-o", "name", "--ignore-not-found")
     return set(out.stdout.split())
 
