@@ -15,7 +15,9 @@ targets are judged by.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
+import dataclasses
 import io
 import logging.config
 import os
@@ -23,15 +25,46 @@ import pstats
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from bench.servers import PROD_CONFIG
 
+if TYPE_CHECKING:
+    from fiboserver.config import Config
+
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+@contextlib.contextmanager
+def prod_app_environment() -> Iterator[tuple[Config, Path]]:
+    """This process set up as a PROD worker is, for apps built inside the block:
+    the PROD config (named by $FIBOSERVER_CONFIG), metrics in
+    PROMETHEUS_MULTIPROC_DIR files, logging as gunicorn configures it
+    (fiboserver.logs.logconfig_dict) with stdout a file. Yields the config and
+    that file's path (gone after the block)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "prod.yaml"
+        config_path.write_text(yaml.safe_dump(yaml.safe_load(PROD_CONFIG.read_text())))
+        os.environ["FIBOSERVER_CONFIG"] = str(config_path)
+        # Before prometheus_client is imported: values in memory-mapped files.
+        (Path(tmp) / "metrics").mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(Path(tmp) / "metrics")
+        from fiboserver.config import load_config
+        from fiboserver.logs import logconfig_dict
+
+        config = load_config(str(config_path))
+        log_path = Path(tmp) / "records.log"
+        with open(log_path, "w") as records:
+            saved, sys.stdout = sys.stdout, records
+            try:
+                logging.config.dictConfig(logconfig_dict(config.loglevel))
+                yield config, log_path
+            finally:
+                sys.stdout = saved
 
 
 def environ_for(path: str, query: str) -> dict[str, Any]:
@@ -94,45 +127,25 @@ def main() -> int:
     p.add_argument("--n", type=int, default=30)
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        config_path = Path(tmp) / "prod.yaml"
-        config_path.write_text(yaml.safe_dump(yaml.safe_load(PROD_CONFIG.read_text())))
-        os.environ["FIBOSERVER_CONFIG"] = str(config_path)
-        # Before prometheus_client is imported: values in memory-mapped files.
-        (Path(tmp) / "metrics").mkdir()
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(Path(tmp) / "metrics")
-        import dataclasses
-
-        from bench import ceiling
+    with prod_app_environment() as (config, log_path):
+        from bench import ceiling  # reads $FIBOSERVER_CONFIG as it is imported
         from fiboserver.app import create_app
-        from fiboserver.config import load_config
-        from fiboserver.logs import logconfig_dict
 
-        config = load_config(str(config_path))
-        log_path = Path(tmp) / "records.log"
-        with open(log_path, "w") as records:
-            # As under gunicorn: the JSON handler on stdout, stdout a file (here).
-            saved, sys.stdout = sys.stdout, records
-            try:
-                logging.config.dictConfig(logconfig_dict(config.loglevel))
-                app = create_app(config)
-                off_app = create_app(dataclasses.replace(config, metrics_port=0))
-                path, query = f"{config.prefix}/fibo", f"n={args.n}"
-                service_us, off_us = best_per_call_us(
-                    [app, off_app], path, query, args.calls, args.passes
-                )
-                ceiling_us = per_call_us(ceiling.app, path, query, args.calls)
-                profile_text = ""
-                if args.profile:
-                    prof = cProfile.Profile()
-                    prof.enable()
-                    per_call_us(app, path, query, args.calls // 4)
-                    prof.disable()
-                    out = io.StringIO()
-                    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
-                    profile_text = out.getvalue()
-            finally:
-                sys.stdout = saved
+        app = create_app(config)
+        off_app = create_app(dataclasses.replace(config, metrics_port=0))
+        path, query = f"{config.prefix}/fibo", f"n={args.n}"
+        service_us, off_us = best_per_call_us([app, off_app], path, query, args.calls, args.passes)
+        ceiling_us = per_call_us(ceiling.app, path, query, args.calls)
+        profile_text = ""
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            per_call_us(app, path, query, args.calls // 4)
+            prof.disable()
+            out = io.StringIO()
+            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
+            profile_text = out.getvalue()
+        sys.stdout.flush()
         lines = len(log_path.read_bytes().splitlines())
     # Both service apps made `passes` passes; the profile another three of a quarter each.
     requests = 2 * args.passes * args.calls + (3 * (args.calls // 4) if args.profile else 0)

@@ -12,29 +12,27 @@ writes its ids into each record. Budgets (README "Tracing"): at most 3 % less
 cached throughput without an endpoint, at most 10 % exporting. Jaeger runs on the
 same two cores: its share of the machine is part of what "exporting" costs here,
 so the server's own CPU per request is reported beside the ratio, and so is
-tracing's own CPU per request measured in this process without HTTP (the
-request tracing of fiboserver.tracing alone, the batch thread's encoding and
-sending to the same Jaeger included), a figure that other load on the machine
-moves far less than the throughput ratio.
+tracing's own CPU per request measured in one process without HTTP (the whole
+WSGI call with and without tracing, the batch thread's encoding and sending to
+the same Jaeger included: bench/tracing_in_process.py), a figure that other
+load on the machine moves far less than the throughput ratio.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
+import json
+import subprocess
+import sys
 import tempfile
-import time
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bench.pairs import measure_pair, round_ratio
 from bench.servers import SERVICE, Bench
-from bench.stats import median
 from bench.wrk import Load, WrkSettings
-from fiboserver.tracing import RequestTracing, start_worker, stop_worker
 from tests.support.jaeger import JaegerProcess
+from tests.support.repo import REPO_ROOT
 
 TRACEPARENT_LUA = "bench/wrk/traceparent.lua"
 TRACING_OFF = replace(SERVICE, label="tracing off", app="fiboserver.app:create_app(tracing=False)")
@@ -50,54 +48,15 @@ def traced_load(prefix: str, seed: int, n: int = 30) -> Load:
     return Load(f"{prefix}/fibo?n={n}", TRACEPARENT_LUA, (str(seed),))
 
 
-# Requests per in-process measurement, and alternating rounds of the two variants.
-IN_PROCESS_REQUESTS = 20000
-IN_PROCESS_ROUNDS = 3
-
-
-def in_process_us_per_request(env: Mapping[str, str], requests: int) -> float:
-    """This process's CPU time (every thread's) per request for `requests` cached
-    requests' tracing, each with a new sampled traceparent, from the first one
-    to the flush at the worker's stop: what fiboserver.tracing adds to a request."""
-    environs = [
-        {"HTTP_TRACEPARENT": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01",
-         "wsgi.url_scheme": "http", "QUERY_STRING": "n=30"}
-        for _ in range(requests)
-    ]  # fmt: skip
-    tracing = RequestTracing(["/prod/fibo"])
-    # The SDK's exporter reads its variables from the process's environment.
-    saved = os.environ.copy()
-    os.environ.update(env)
-    try:
-        t0 = time.process_time()
-        start_worker(os.environ)
-        for environ in environs:
-            trace = tracing.begin(environ, "GET", "/prod/fibo")
-            if trace is not None:
-                trace.end(200)
-        stop_worker()
-        return (time.process_time() - t0) / requests * 1e6
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def in_process_costs(endpoint: str, requests: int = IN_PROCESS_REQUESTS) -> dict[str, float]:
-    """{variant: median us per request} of alternating rounds."""
-    variants = {
-        NO_ENDPOINT.label: {},
-        EXPORTING_LABEL: {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-                          "OTEL_SERVICE_NAME": "fiboserver-bench-in-process",
-                          # The loop ends spans far faster than any server does:
-                          # a queue for all of them, so that none is dropped
-                          # (and so not encoded and sent).
-                          "OTEL_BSP_MAX_QUEUE_SIZE": str(requests)},
-    }  # fmt: skip
-    rounds: dict[str, list[float]] = {label: [] for label in variants}
-    for _ in range(IN_PROCESS_ROUNDS):
-        for label, env in variants.items():
-            rounds[label].append(in_process_us_per_request(env, requests))
-    return {label: median(values) for label, values in rounds.items()}
+def in_process_costs(endpoint: str) -> dict[str, float]:
+    """{variant: tracing's CPU us per request}, measured in a process of its own
+    (bench/tracing_in_process.py: it sets logging up as a worker's)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.tracing_in_process", endpoint],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    costs: dict[str, float] = json.loads(out.stdout)
+    return costs
 
 
 def section_tracing(bench: Bench, ws: WrkSettings, seed: int) -> dict[str, Any]:
@@ -205,7 +164,8 @@ def markdown(res: dict[str, Any]) -> list[str]:
     if own:
         off = t[TRACING_OFF.label]["server_cpu_us_per_req"]
         lines += [
-            "Tracing's own CPU per request, in-process (no HTTP; batch thread included): "
+            "Tracing's own CPU per request, in-process (the whole WSGI call with and "
+            "without tracing, no HTTP; batch thread included): "
             + "; ".join(f"{label} {us:.1f} us ({us / off:.1%} of tracing off's "
                         f"{off:.0f} us a request)" for label, us in own.items())
             + ".",

@@ -4,8 +4,9 @@ Runs in the request threads, called by the access middleware
 (fiboserver.app.access) as a request arrives and when its response is closed.
 Without an exporter (no endpoint, OTEL_SDK_DISABLED, or a process where no
 worker started one) there is no span machinery at all: an incoming
-`traceparent` is parsed with the API's W3C propagator and its ids go into the
-log records, which is the whole cost, and only for requests that carry one.
+`traceparent` is parsed (fiboserver.tracing.traceparent, the W3C propagator's
+rules without its objects) and its ids go into the log records, which is the
+whole cost, and only for requests that carry one.
 With an exporter, each request gets one SERVER span named and attributed by the
 stable HTTP semantic conventions (the required attributes), the current span
 while the app runs (so the computation's span is its child), and its ids go
@@ -18,18 +19,22 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
+from opentelemetry.context import Context
 from opentelemetry.trace import (
+    NonRecordingSpan,
     Span,
+    SpanContext,
     SpanKind,
     Status,
     StatusCode,
+    TraceFlags,
     Tracer,
-    get_current_span,
     set_span_in_context,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from fiboserver.logs import trace_ids_var
+from fiboserver.tracing import traceparent as w3c
 
 if TYPE_CHECKING:
     from contextvars import Token
@@ -128,14 +133,15 @@ class RequestTracing:
         if tracer is None or (traceparent is None and path in self._probe_paths):
             if traceparent is None:
                 return None  # the cached path's usual case: one dict lookup
-            parent = get_current_span(_extract(environ, traceparent))
-            ids = log_ids(parent)
-            return None if ids is None else RequestTrace(None, None, trace_ids_var.set(ids))
-        parent_context = _extract(environ, traceparent) if traceparent is not None else None
+            parent = w3c.parse(traceparent)
+            if parent is None:
+                return None
+            return RequestTrace(None, None, trace_ids_var.set((parent.trace_id, parent.span_id)))
+        context = parent_context(environ, traceparent) if traceparent is not None else None
         route = path if path in self._routes else None
         span = tracer.start_span(
             f"{method} {route}" if route is not None else method,
-            context=parent_context,
+            context=context,
             kind=SpanKind.SERVER,
             attributes=self._attributes(environ, method, path, route),
         )
@@ -167,10 +173,20 @@ class RequestTracing:
         return attributes
 
 
-def _extract(environ: WSGIEnvironment, traceparent: str) -> otel_context.Context:
-    """The W3C trace context of the request's headers (empty when malformed)."""
-    carrier = {"traceparent": traceparent}
+def parent_context(environ: WSGIEnvironment, traceparent: str) -> Context:
+    """The W3C trace context of the request's headers (empty when malformed), as
+    the W3C propagator would extract it."""
     tracestate = environ.get("HTTP_TRACESTATE")
     if tracestate is not None:
-        carrier["tracestate"] = tracestate
-    return _PROPAGATOR.extract(carrier)
+        # Rare: the propagator's own rules for the tracestate entries and limits.
+        return _PROPAGATOR.extract({"traceparent": traceparent, "tracestate": tracestate})
+    parent = w3c.parse(traceparent)
+    if parent is None:
+        return Context()
+    span_context = SpanContext(
+        int(parent.trace_id, 16),
+        int(parent.span_id, 16),
+        is_remote=True,
+        trace_flags=TraceFlags(int(parent.flags, 16)),
+    )
+    return set_span_in_context(NonRecordingSpan(span_context), Context())
