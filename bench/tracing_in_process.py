@@ -35,6 +35,8 @@ from bench.stats import median
 
 NO_ENDPOINT = "no endpoint"
 EXPORTING = "exporting"
+# OTEL_BSP_MAX_QUEUE_SIZE's default in the OpenTelemetry specification.
+SDK_QUEUE_SIZE = 2048
 
 
 def _cpu_us_per_request(app: WsgiApp, environs: list[dict[str, Any]]) -> float:
@@ -65,11 +67,12 @@ def measure(endpoint: str, requests: int, rounds: int) -> dict[str, float]:
 
     variants: dict[str, Mapping[str, str]] = {
         NO_ENDPOINT: {},
-        # A queue for every span: the loop ends spans far faster than a server
-        # does, and a dropped span would be one not encoded and sent.
+        # A queue for every span (at least the SDK's default, which its batch
+        # size must fit in): the loop ends spans faster than a server does, and
+        # a dropped span would be one not encoded and sent.
         EXPORTING: {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
                     "OTEL_SERVICE_NAME": "fiboserver-bench-in-process",
-                    "OTEL_BSP_MAX_QUEUE_SIZE": str(requests)},
+                    "OTEL_BSP_MAX_QUEUE_SIZE": str(max(requests, SDK_QUEUE_SIZE))},
     }  # fmt: skip
     with prod_app_environment() as (config, _records):
         off, on = create_app(config, tracing=False), create_app(config)

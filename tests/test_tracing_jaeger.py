@@ -16,11 +16,14 @@ minutes; cached after that).
 from __future__ import annotations
 
 import http.client
+import json
+import math
 import os
 import re
 import secrets
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -237,3 +240,19 @@ def test_jaeger_is_the_pinned_release(jaeger: JaegerProcess) -> None:
         [str(JAEGER.path("jaeger")), "version"], capture_output=True, text=True, timeout=30
     )
     assert '"gitVersion":"v1.75.0"' in out.stdout, out
+
+
+def test_the_benchs_in_process_measure_exports_what_it_times(jaeger: JaegerProcess) -> None:
+    """bench/tracing_in_process.py: its "exporting" variant really exports (its
+    spans reach this Jaeger under the measure's own service name), and it
+    reports a figure for both variants."""
+    assert "fiboserver-bench-in-process" not in jaeger.services()
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.tracing_in_process", jaeger.otlp_endpoint,
+         "--requests", "20", "--rounds", "1"],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    figures = json.loads(out.stdout)
+    assert sorted(figures) == ["exporting", "no endpoint"]
+    assert all(math.isfinite(us) for us in figures.values())
+    assert "fiboserver-bench-in-process" in jaeger.services()
