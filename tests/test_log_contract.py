@@ -288,7 +288,11 @@ def test_records_the_queries_look_for(merged: list[dict[str, Any]]) -> None:
 def indexed(
     opensearch: OpenSearch, cri_files: dict[str, list[str]]
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Every record shipped to OpenSearch as the es output does; (index, document)."""
+    """Every record shipped to OpenSearch as the es output does; (index, document).
+    Into empty indices: a second setup of this module's fixtures (tests selected
+    one by one, as `make mutate` gives them, or a rerun) ships a new corpus, and
+    the searches must find this one only."""
+    opensearch.ok("DELETE", "/fiboserver-*")
     opensearch.ok("PUT", "/_index_template/fiboserver", template_for_opensearch())
     docs: list[tuple[str, dict[str, Any]]] = []
     for run, file_lines in cri_files.items():
