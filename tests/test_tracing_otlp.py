@@ -9,11 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from opentelemetry.context import Context
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
-from opentelemetry.trace import SpanKind, StatusCode, use_span
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    set_span_in_context,
+    use_span,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from fiboserver.tracing import otlp
@@ -68,7 +79,7 @@ def test_a_server_span_and_its_child_decode_field_by_field() -> None:
     assert [s.name for s in ended] == ["fibonacci", "GET /dev/fibo"]
 
     envelope = otlp.envelope({"service.name": "svc", "process.pid": 42, "ok": True}, "fibo")
-    (resource_spans,) = decoded(envelope.request(ended)).resource_spans
+    (resource_spans,) = decoded(envelope.request(map(otlp.encode_span, ended))).resource_spans
     assert {kv.key: value(kv.value) for kv in resource_spans.resource.attributes} == {
         "service.name": "svc", "process.pid": 42, "ok": True,
     }  # fmt: skip
@@ -105,7 +116,7 @@ def test_a_root_span_and_values_equal_across_types() -> None:
     # True == 1 == 1.0 as Python values; each must keep its own protobuf type.
     for v in (True, 1, 1.0, 1, True):
         recorder.start_span("root", attributes={"k": v}).end()
-    request = decoded(otlp.envelope({}, "fibo").request(ended))
+    request = decoded(otlp.envelope({}, "fibo").request(map(otlp.encode_span, ended)))
     spans = request.resource_spans[0].scope_spans[0].spans
     assert [s.attributes[0].value.WhichOneof("value") for s in spans] == [
         "bool_value", "int_value", "double_value", "int_value", "bool_value",
@@ -124,3 +135,31 @@ def test_the_sampler_decides() -> None:
     dropping, none = record(ParentBased(ALWAYS_OFF))
     dropping.start_span("root").end()
     assert ended == [] and none == []
+
+
+def local_parent(flags: int) -> Context:
+    local = SpanContext(int(TRACE_ID, 16), int(PARENT_ID, 16), False, TraceFlags(flags))
+    return set_span_in_context(NonRecordingSpan(local))
+
+
+PARENTS = {
+    "none": lambda: None,
+    "remote sampled, with tracestate": lambda: remote_parent("01"),
+    "remote not sampled": lambda: remote_parent("00"),
+    "local sampled": lambda: local_parent(1),
+    "local not sampled": lambda: local_parent(0),
+}
+
+
+@pytest.mark.parametrize("parent", PARENTS.values(), ids=PARENTS.keys())
+def test_the_default_sampler_decides_as_the_sdks_own_spans_do(parent: Any) -> None:
+    # The recorder decides for the default sampler without calling it.
+    sdk = TracerProvider().get_tracer("reference")
+    recorder = Recorder(TracerProvider().sampler, RandomIdGenerator(), lambda _: None)
+    theirs, ours = sdk.start_span("x", parent()), recorder.start_span("x", parent())
+    expected, got = theirs.get_span_context(), ours.get_span_context()
+    assert ours.is_recording() == theirs.is_recording()
+    assert (got.trace_flags, got.trace_state, got.is_remote) == (
+        expected.trace_flags, expected.trace_state, expected.is_remote,
+    )  # fmt: skip
+    assert (got.trace_id == int(TRACE_ID, 16)) == (expected.trace_id == int(TRACE_ID, 16))

@@ -1,11 +1,13 @@
 """OTLP/protobuf encoding of the recorded spans: pure functions, no I/O.
 
-Runs in the batch processor's thread. It writes the protobuf wire format of an
-`ExportTraceServiceRequest` (opentelemetry-proto, collector/trace/v1) directly
-instead of building the generated message objects first, which is what the
-SDK's encoder does: one object per span, attribute, value and status, the larger
-part of what exporting a span costs (docs/tracing.md, "Cost"). The resource and
-the scope are encoded once per exporter. Field numbers are the ones in
+`encode_span` runs in the request thread as a span ends, `Envelope.request` in
+the batch processor's thread around the spans of a batch. They write the
+protobuf wire format of an `ExportTraceServiceRequest` (opentelemetry-proto,
+collector/trace/v1) directly instead of building the generated message objects
+first, which is what the SDK's encoder does: one object per span, attribute,
+value and status, the larger part of what exporting a span costs
+(docs/tracing.md, "Cost"). The resource and the scope are encoded once per
+exporter. Field numbers are the ones in
 opentelemetry/proto/trace/v1/trace.proto and common/v1/common.proto;
 tests/test_tracing_otlp.py decodes the output with the generated classes.
 """
@@ -125,8 +127,10 @@ def key_values(field: int, attributes: Mapping[str, object]) -> bytes:
 
 # Span attributes repeat from span to span (method, route, scheme, status, a
 # frequent query): their encodings are kept, up to a bound, with the value's type
-# (True == 1 and 1 == 1.0 as keys, but each is encoded differently). Only the
-# one batch thread of a worker encodes, so the dict needs no lock.
+# (True == 1 and 1 == 1.0 as keys, but each is encoded differently). The request
+# threads share the dict without a lock: each get, set and clear is one atomic
+# dict operation, and two threads racing cost at most an entry encoded twice or
+# a few past the bound until the next clear.
 _SPAN_ATTRIBUTE_FIELD = 9
 _ENCODED: dict[tuple[str, object], tuple[type, bytes]] = {}
 _ENCODED_MAX = 4096
@@ -151,29 +155,41 @@ def _span_attributes(attributes: Mapping[str, object]) -> bytes:
     return b"".join(parts)
 
 
+# The fixed-size fields' tags and lengths, as protobuf writes them (field << 3 | wire type).
+_TRACE_ID = bytes((1 << 3 | _LEN, 16))
+_SPAN_ID = bytes((2 << 3 | _LEN, 8))
+_PARENT_SPAN_ID = bytes((4 << 3 | _LEN, 8))
+_KIND_TAG = bytes((6 << 3 | _VARINT,))
+_START_TAG = bytes((7 << 3 | _FIXED64,))
+_END_TAG = bytes((8 << 3 | _FIXED64,))
+_FLAGS_TAG = _varint(16 << 3 | _FIXED32)
+_FLAGS = {
+    remote: _FLAGS_TAG + _FIXED32_PACK(_HAS_IS_REMOTE | (_IS_REMOTE if remote else 0))
+    for remote in (False, True)
+}
+_KIND_FIELD = {kind: _KIND_TAG + _varint(number) for kind, number in _KIND.items()}
+
+
 def encode_span(span: SpanRecord) -> bytes:
     """One trace.proto Span message (without its own tag and length)."""
+    parent = span.parent_span_id
     parts = [
-        _len_field(1, span.trace_id.to_bytes(16, "big")),
-        _len_field(2, span.span_id.to_bytes(8, "big")),
+        _TRACE_ID, span.trace_id.to_bytes(16, "big"),
+        _SPAN_ID, span.span_id.to_bytes(8, "big"),
         _str_field(3, span.trace_state),
-    ]
-    if span.parent_span_id is not None:
-        parts.append(_len_field(4, span.parent_span_id.to_bytes(8, "big")))
-    parts += [
+        b"" if parent is None else _PARENT_SPAN_ID + parent.to_bytes(8, "big"),
         _str_field(5, span.name),
-        _tag(6, _VARINT) + _varint(_KIND[span.kind]),
-        _tag(7, _FIXED64) + _FIXED64_PACK(span.start_time),
-        _tag(8, _FIXED64) + _FIXED64_PACK(span.end_time),
+        _KIND_FIELD[span.kind],
+        _START_TAG, _FIXED64_PACK(span.start_time),
+        _END_TAG, _FIXED64_PACK(span.end_time),
         _span_attributes(span.attributes),
-    ]
+    ]  # fmt: skip
     if span.status_code or span.status_message:
         status = _str_field(2, span.status_message)
         if span.status_code:
             status += _tag(3, _VARINT) + _varint(span.status_code)
         parts.append(_len_field(15, status))
-    flags = _HAS_IS_REMOTE | (_IS_REMOTE if span.parent_is_remote else 0)
-    parts.append(_tag(16, _FIXED32) + _FIXED32_PACK(flags))
+    parts.append(_FLAGS[span.parent_is_remote])
     return b"".join(parts)
 
 
@@ -185,11 +201,10 @@ class Envelope:
     scope: bytes  # InstrumentationScope message
     resource_schema_url: str = ""
 
-    def request(self, spans: Iterable[SpanRecord]) -> bytes:
-        """An ExportTraceServiceRequest with `spans`, all of this resource and scope."""
-        scope_spans = _len_field(1, self.scope) + b"".join(
-            _len_field(2, encode_span(s)) for s in spans
-        )
+    def request(self, spans: Iterable[bytes]) -> bytes:
+        """An ExportTraceServiceRequest with `spans` (each made by `encode_span`),
+        all of this resource and scope."""
+        scope_spans = _len_field(1, self.scope) + b"".join(_len_field(2, s) for s in spans)
         resource_spans = (
             _len_field(1, self.resource)
             + _len_field(2, scope_spans)

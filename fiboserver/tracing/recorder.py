@@ -5,10 +5,14 @@ The SDK's spans validate every attribute against the span limits under a lock,
 copy themselves into a ReadableSpan when they end and carry events, links and
 their own lock: most of what a span cost on the cached path (docs/tracing.md,
 "Cost"). This recorder keeps a plain dict of attributes and hands the ended
-span itself to the SDK's BatchSpanProcessor. Everything the SDK reads from the
-standard variables still comes from the SDK's TracerProvider: the sampler
-(OTEL_TRACES_SAMPLER and _ARG), the resource (OTEL_SERVICE_NAME,
-OTEL_RESOURCE_ATTRIBUTES), the id generator, and the processor's OTEL_BSP_*.
+span to `ended` (fiboserver.tracing.exporting encodes it there and queues the
+bytes). Everything the SDK reads from the standard variables still comes from
+the SDK's TracerProvider: the sampler (OTEL_TRACES_SAMPLER and _ARG), the
+resource (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES), the id generator, and
+the processor's OTEL_BSP_*. The SDK's default sampler, parent-based always-on,
+is decided here from the parent's flag (as the SDK's spans decide it,
+tests/test_tracing_otlp.py), without building the Context it would be given;
+any other is called.
 
 What it does not keep, since nothing in fiboserver makes any: events (an
 exception is the span's ERROR status and description) and links.
@@ -22,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.sdk.trace.sampling import Decision, Sampler
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -34,12 +38,21 @@ from opentelemetry.trace import (
     TraceFlags,
     Tracer,
     get_current_span,
+    set_span_in_context,
     use_span,
 )
 from opentelemetry.util.types import Attributes, AttributeValue
 
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_PARENT_BASED_ALWAYS_ON = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-untyped-call]
+# A new span's flags by (sampled, random trace id): W3C Trace Context level 2's
+# random flag is the parent's, or for a root the id generator's, as the SDK's.
+_FLAGS = {
+    (sampled, random): TraceFlags(
+        (TraceFlags.SAMPLED if sampled else 0) | (TraceFlags.RANDOM_TRACE_ID if random else 0)
+    )
+    for sampled in (False, True)
+    for random in (False, True)
+}
 
 
 class RecordedSpan(Span):
@@ -69,7 +82,7 @@ class RecordedSpan(Span):
         self.status_message = ""
         self._ended = ended
 
-    # --- what the exporter and the batch processor read --------------------------
+    # --- what the encoder reads ------------------------------------------------------
     @property
     def context(self) -> SpanContext:
         return self._context
@@ -84,7 +97,8 @@ class RecordedSpan(Span):
 
     @property
     def trace_state(self) -> str:
-        return self._context.trace_state.to_header()
+        state = self._context.trace_state
+        return state.to_header() if state else ""  # most spans have none
 
     @property
     def parent_span_id(self) -> int | None:
@@ -152,6 +166,10 @@ class Recorder(Tracer):
         self._sampler = sampler
         self._ids = ids
         self._ended = ended
+        # The SDK's default sampler decides by the parent's sampled flag alone (and
+        # samples a root): decided here without the Context it would be handed.
+        self._follows_parent = sampler.get_description() == _PARENT_BASED_ALWAYS_ON
+        self._random_roots = ids.is_trace_id_random()
 
     def start_span(
         self,
@@ -164,29 +182,52 @@ class Recorder(Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> Span:
-        parent: SpanContext | None = get_current_span(context).get_span_context()
-        if parent is not None and parent.is_valid:
-            trace_id = parent.trace_id
+        parent = get_current_span(context).get_span_context()
+        span = self.start_child(name, parent if parent.is_valid else None, kind, attributes,
+                                context, links)  # fmt: skip
+        if start_time is not None and isinstance(span, RecordedSpan):
+            span.start_time = start_time
+        return span
+
+    def start_child(
+        self,
+        name: str,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: Attributes = None,
+        context: Context | None = None,
+        links: Sequence[Link] | None = (),
+    ) -> Span:
+        """A span whose parent is `parent` (None: a root), valid when given;
+        `context` only for a sampler that reads more of it than the parent."""
+        if parent is None:
+            trace_id, random = self._ids.generate_trace_id(), self._random_roots
         else:
-            parent, trace_id = None, self._ids.generate_trace_id()
-        decision = self._sampler.should_sample(context, trace_id, name, kind, attributes, links)
-        sampled = decision.decision is Decision.RECORD_AND_SAMPLE
+            trace_id, random = parent.trace_id, parent.trace_flags.random_trace_id
+        decided: Attributes = None
+        if self._follows_parent:
+            recording = sampled = parent is None or parent.trace_flags.sampled
+            trace_state = None if parent is None else parent.trace_state
+        else:
+            if context is None and parent is not None:
+                context = set_span_in_context(NonRecordingSpan(parent))
+            decision = self._sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            recording = decision.decision is not Decision.DROP
+            sampled = decision.decision is Decision.RECORD_AND_SAMPLE
+            trace_state, decided = decision.trace_state, decision.attributes
         span_context = SpanContext(
             trace_id,
             self._ids.generate_span_id(),
             is_remote=False,
-            trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
-            trace_state=decision.trace_state,
+            trace_flags=_FLAGS[sampled, random],
+            trace_state=trace_state,
         )
-        if decision.decision is Decision.DROP:
+        if not recording:
             return NonRecordingSpan(span_context)
         recorded: dict[str, AttributeValue] = dict(attributes) if attributes else {}
-        if decision.attributes:
-            recorded.update(decision.attributes)
-        span = RecordedSpan(name, span_context, parent, kind, recorded, self._ended)
-        if start_time is not None:
-            span.start_time = start_time
-        return span
+        if decided:
+            recorded.update(decided)
+        return RecordedSpan(name, span_context, parent, kind, recorded, self._ended)
 
     @contextlib.contextmanager
     def start_as_current_span(  # type: ignore[override]

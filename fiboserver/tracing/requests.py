@@ -19,16 +19,14 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
-from opentelemetry.context import Context
 from opentelemetry.trace import (
-    NonRecordingSpan,
     Span,
     SpanContext,
     SpanKind,
     Status,
     StatusCode,
     TraceFlags,
-    Tracer,
+    get_current_span,
     set_span_in_context,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -40,6 +38,8 @@ if TYPE_CHECKING:
     from contextvars import Token
 
     from _typeshed.wsgi import WSGIEnvironment
+
+    from fiboserver.tracing.recorder import Recorder
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 # http.request.method takes these as they are; any other becomes _OTHER, with the
@@ -57,10 +57,10 @@ class ActiveTracer:
     __slots__ = ("_shutdown", "tracer")
 
     def __init__(self) -> None:
-        self.tracer: Tracer | None = None
+        self.tracer: Recorder | None = None
         self._shutdown: Callable[[], None] | None = None
 
-    def exporting(self, tracer: Tracer, shutdown: Callable[[], None]) -> None:
+    def exporting(self, tracer: Recorder, shutdown: Callable[[], None]) -> None:
         self.tracer, self._shutdown = tracer, shutdown
 
     def shut_down(self) -> None:
@@ -137,13 +137,13 @@ class RequestTracing:
             if parent is None:
                 return None
             return RequestTrace(None, None, trace_ids_var.set((parent.trace_id, parent.span_id)))
-        context = parent_context(environ, traceparent) if traceparent is not None else None
+        remote = remote_parent(environ, traceparent) if traceparent is not None else None
         route = path if path in self._routes else None
-        span = tracer.start_span(
+        span = tracer.start_child(
             f"{method} {route}" if route is not None else method,
-            context=context,
-            kind=SpanKind.SERVER,
-            attributes=self._attributes(environ, method, path, route),
+            remote,
+            SpanKind.SERVER,
+            self._attributes(environ, method, path, route),
         )
         context_token = otel_context.attach(set_span_in_context(span))
         return RequestTrace(span, context_token, trace_ids_var.set(log_ids(span)))
@@ -173,20 +173,21 @@ class RequestTracing:
         return attributes
 
 
-def parent_context(environ: WSGIEnvironment, traceparent: str) -> Context:
-    """The W3C trace context of the request's headers (empty when malformed), as
+def remote_parent(environ: WSGIEnvironment, traceparent: str) -> SpanContext | None:
+    """The W3C trace context of the request's headers (None when malformed), as
     the W3C propagator would extract it."""
     tracestate = environ.get("HTTP_TRACESTATE")
     if tracestate is not None:
         # Rare: the propagator's own rules for the tracestate entries and limits.
-        return _PROPAGATOR.extract({"traceparent": traceparent, "tracestate": tracestate})
+        context = _PROPAGATOR.extract({"traceparent": traceparent, "tracestate": tracestate})
+        extracted = get_current_span(context).get_span_context()
+        return extracted if extracted.is_valid else None
     parent = w3c.parse(traceparent)
     if parent is None:
-        return Context()
-    span_context = SpanContext(
+        return None
+    return SpanContext(
         int(parent.trace_id, 16),
         int(parent.span_id, 16),
         is_remote=True,
         trace_flags=TraceFlags(int(parent.flags, 16)),
     )
-    return set_span_in_context(NonRecordingSpan(span_context), Context())
