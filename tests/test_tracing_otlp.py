@@ -22,13 +22,15 @@ from opentelemetry.trace import (
     SpanKind,
     StatusCode,
     TraceFlags,
+    get_current_span,
     set_span_in_context,
     use_span,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from fiboserver.tracing import otlp
-from fiboserver.tracing.recorder import RecordedSpan, Recorder
+from fiboserver.tracing import RequestTracing, computation, otlp
+from fiboserver.tracing.recorder import Recorder, SpanFields
+from fiboserver.tracing.requests import ACTIVE
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -55,9 +57,63 @@ def decoded(data: bytes) -> ExportTraceServiceRequest:
     return request
 
 
-def record(sampler: Any = None) -> tuple[Recorder, list[RecordedSpan]]:
-    ended: list[RecordedSpan] = []
+def record(sampler: Any = None) -> tuple[Recorder, list[SpanFields]]:
+    ended: list[SpanFields] = []
     return Recorder(sampler or ParentBased(ALWAYS_ON), RandomIdGenerator(), ended.append), ended
+
+
+def spans_of(ended: list[SpanFields]) -> list[Any]:
+    envelope = otlp.envelope({}, "fibo")
+    return list(decoded(envelope.request(map(otlp.encode_span, ended))).resource_spans[0]
+                .scope_spans[0].spans)  # fmt: skip
+
+
+def test_a_requests_span_and_its_computations_decode_field_by_field() -> None:
+    # The request path: the access middleware's begin and end, the route's computation.
+    recorder, ended = record()
+    ACTIVE.exporting(recorder, lambda: None)
+    try:
+        tracing = RequestTracing(["/dev/fibo"])
+        trace = tracing.begin(
+            {"HTTP_TRACEPARENT": f"00-{TRACE_ID}-{PARENT_ID}-01", "HTTP_TRACESTATE": "a=1,b=2",
+             "wsgi.url_scheme": "https", "QUERY_STRING": "n=4321"},
+            "GET", "/dev/fibo",
+        )  # fmt: skip
+        assert trace is not None
+        with computation(4321):
+            pass
+        trace.end(500)
+        other = tracing.begin({}, "PURGE", "/dev/other")  # no parent, no query, no scheme
+        assert other is not None
+        other.end(None, KeyError("x"))
+    finally:
+        ACTIVE.shut_down()
+    child, span, root = spans_of(ended)
+
+    assert (span.trace_id.hex(), span.parent_span_id.hex()) == (TRACE_ID, PARENT_ID)
+    assert len(span.span_id) == 8 and span.span_id.hex() != PARENT_ID
+    assert (span.name, span.kind, span.trace_state) == ("GET /dev/fibo", 2, "a=1,b=2")
+    assert {kv.key: value(kv.value) for kv in span.attributes} == {
+        "http.request.method": "GET", "url.path": "/dev/fibo", "url.scheme": "https",
+        "http.route": "/dev/fibo", "url.query": "n=4321", "http.response.status_code": 500,
+        "error.type": "500",
+    }  # fmt: skip
+    assert (span.status.code, span.status.message) == (2, "")  # STATUS_CODE_ERROR
+    assert span.flags == 0x300  # the parent is known to be remote
+    assert 0 < span.start_time_unix_nano <= child.start_time_unix_nano
+    assert child.end_time_unix_nano <= span.end_time_unix_nano
+
+    assert (child.trace_id, child.parent_span_id) == (span.trace_id, span.span_id)
+    assert (child.name, child.kind, child.trace_state) == ("fibonacci", 1, "a=1,b=2")
+    assert {kv.key: value(kv.value) for kv in child.attributes} == {"fibo.n": 4321}
+    assert child.flags == 0x100  # the parent is known to be local
+
+    assert (root.name, root.parent_span_id, root.flags) == ("PURGE", b"", 0x100)
+    assert {kv.key: value(kv.value) for kv in root.attributes} == {
+        "http.request.method": "_OTHER", "http.request.method_original": "PURGE",
+        "url.path": "/dev/other", "url.scheme": "http", "error.type": "KeyError",
+    }  # fmt: skip
+    assert root.status.code == 2
 
 
 def test_a_server_span_and_its_child_decode_field_by_field() -> None:
@@ -153,7 +209,8 @@ PARENTS = {
 
 @pytest.mark.parametrize("parent", PARENTS.values(), ids=PARENTS.keys())
 def test_the_default_sampler_decides_as_the_sdks_own_spans_do(parent: Any) -> None:
-    # The recorder decides for the default sampler without calling it.
+    # The recorder decides for the default sampler without calling it, for a
+    # span of the API (start_span) and for a request's (start_server).
     sdk = TracerProvider().get_tracer("reference")
     recorder = Recorder(TracerProvider().sampler, RandomIdGenerator(), lambda _: None)
     theirs, ours = sdk.start_span("x", parent()), recorder.start_span("x", parent())
@@ -163,3 +220,11 @@ def test_the_default_sampler_decides_as_the_sdks_own_spans_do(parent: Any) -> No
         expected.trace_flags, expected.trace_state, expected.is_remote,
     )  # fmt: skip
     assert (got.trace_id == int(TRACE_ID, 16)) == (expected.trace_id == int(TRACE_ID, 16))
+    given = get_current_span(parent()).get_span_context()
+    server = recorder.start_server("x", given if given.is_valid else None, {})
+    assert (server.sampled, server.trace_flags) == (
+        expected.trace_flags.sampled,
+        expected.trace_flags,
+    )
+    assert server.span_context().trace_state == expected.trace_state
+    assert server.trace_id == expected.trace_id or not given.is_valid

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from fiboserver.tracing import otlp
-from fiboserver.tracing.recorder import RecordedSpan, Recorder
+from fiboserver.tracing.recorder import Recorder, SpanFields
 from fiboserver.tracing.requests import ACTIVE
 from fiboserver.tracing.settings import TracingSettings
 
@@ -95,9 +95,9 @@ def start(settings: TracingSettings) -> None:
     processor = BatchSpanProcessor(SpanExporter(provider.resource, SCOPE))
     provider.add_span_processor(processor)
 
-    def ended(span: RecordedSpan) -> None:
+    def ended(span: SpanFields) -> None:
         # A sampler's RECORD_ONLY span is recorded and never exported.
-        if span.context.trace_flags.sampled:
+        if span.sampled:
             processor.on_end(cast("ReadableSpan", EncodedSpan(otlp.encode_span(span))))
 
     ACTIVE.exporting(Recorder(provider.sampler, provider.id_generator, ended), provider.shutdown)

@@ -126,31 +126,35 @@ def key_values(field: int, attributes: Mapping[str, object]) -> bytes:
 
 
 # Span attributes repeat from span to span (method, route, scheme, status, a
-# frequent query): their encodings are kept, up to a bound, with the value's type
-# (True == 1 and 1 == 1.0 as keys, but each is encoded differently). The request
-# threads share the dict without a lock: each get, set and clear is one atomic
-# dict operation, and two threads racing cost at most an entry encoded twice or
-# a few past the bound until the next clear.
+# frequent query): their encodings are kept, up to a bound, by key and then by
+# value with the value's type (True == 1 and 1 == 1.0 as keys, but each is
+# encoded differently). The keys are fiboserver's own few. The request threads
+# share the dicts without a lock: each get, set and clear is one atomic dict
+# operation, and two threads racing cost at most an entry encoded twice or a
+# few past the bound until the next clear.
 _SPAN_ATTRIBUTE_FIELD = 9
-_ENCODED: dict[tuple[str, object], tuple[type, bytes]] = {}
-_ENCODED_MAX = 4096
+_ENCODED: dict[str, dict[object, tuple[type, bytes]]] = {}
+_ENCODED_MAX = 4096  # values kept for one key
 
 
 def _span_attributes(attributes: Mapping[str, object]) -> bytes:
     parts = []
-    for item in attributes.items():
+    for key, value in attributes.items():
+        by_value = _ENCODED.get(key)
+        if by_value is None:
+            by_value = _ENCODED[key] = {}
         try:
-            kept = _ENCODED.get(item)
+            kept = by_value.get(value)
         except TypeError:  # a list value: not hashable, not kept
-            parts.append(key_value(_SPAN_ATTRIBUTE_FIELD, *item))
+            parts.append(key_value(_SPAN_ATTRIBUTE_FIELD, key, value))
             continue
-        if kept is not None and kept[0] is type(item[1]):
+        if kept is not None and kept[0] is type(value):
             parts.append(kept[1])
             continue
-        encoded = key_value(_SPAN_ATTRIBUTE_FIELD, *item)
-        if len(_ENCODED) >= _ENCODED_MAX:
-            _ENCODED.clear()
-        _ENCODED[item] = (type(item[1]), encoded)
+        encoded = key_value(_SPAN_ATTRIBUTE_FIELD, key, value)
+        if len(by_value) >= _ENCODED_MAX:
+            by_value.clear()
+        by_value[value] = (type(value), encoded)
         parts.append(encoded)
     return b"".join(parts)
 

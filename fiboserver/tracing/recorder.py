@@ -1,16 +1,18 @@
-"""A span recorder for the request threads: the OpenTelemetry API's Tracer and
-Span, recording only what the exporter sends (fiboserver.tracing.otlp).
+"""A span recorder for the request threads, recording only what the exporter
+sends (fiboserver.tracing.otlp): a request's SERVER span as a plain record
+(`ServerSpan`, made by `Recorder.start_server`), and the OpenTelemetry API's
+Tracer and Span for any other span (the computation's).
 
 The SDK's spans validate every attribute against the span limits under a lock,
 copy themselves into a ReadableSpan when they end and carry events, links and
 their own lock: most of what a span cost on the cached path (docs/tracing.md,
-"Cost"). This recorder keeps a plain dict of attributes and hands the ended
-span to `ended` (fiboserver.tracing.exporting encodes it there and queues the
-bytes). Everything the SDK reads from the standard variables still comes from
-the SDK's TracerProvider: the sampler (OTEL_TRACES_SAMPLER and _ARG), the
-resource (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES), the id generator, and
-the processor's OTEL_BSP_*. The SDK's default sampler, parent-based always-on,
-is decided here from the parent's flag (as the SDK's spans decide it,
+"Cost"). These keep a plain dict of attributes and hand the ended span to
+`ended` (fiboserver.tracing.exporting encodes it there and queues the bytes).
+Everything the SDK reads from the standard variables still comes from the
+SDK's TracerProvider: the sampler (OTEL_TRACES_SAMPLER and _ARG), the resource
+(OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES), the id generator, and the
+processor's OTEL_BSP_*. The SDK's default sampler, parent-based always-on, is
+decided here from the parent's flag (as the SDK's spans decide it,
 tests/test_tracing_otlp.py), without building the Context it would be given;
 any other is called.
 
@@ -37,6 +39,7 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
     Tracer,
+    TraceState,
     get_current_span,
     set_span_in_context,
     use_span,
@@ -55,26 +58,29 @@ _FLAGS = {
 }
 
 
-class RecordedSpan(Span):
-    """A sampled span: what the exporter encodes (otlp.SpanRecord), and the API's
-    Span for the code that holds it."""
+class SpanFields:
+    """What the encoder reads of a span (otlp.SpanRecord), as plain attributes: a
+    span's ids, parent, name, kind, times, attributes and status."""
 
-    __slots__ = ("_context", "_ended", "_parent", "attributes", "end_time", "kind", "name",
-                 "start_time", "status_code", "status_message")  # fmt: skip
+    __slots__ = ("_ended", "_trace_state", "attributes", "end_time", "kind", "name",
+                 "parent_is_remote", "parent_span_id", "sampled", "span_id", "start_time",
+                 "status_code", "status_message", "trace_flags", "trace_id")  # fmt: skip
 
     def __init__(
         self,
         name: str,
-        context: SpanContext,
-        parent: SpanContext | None,
         kind: SpanKind,
+        ids: tuple[int, int, TraceFlags, TraceState | None],
+        parent: SpanContext | None,
         attributes: dict[str, AttributeValue],
-        ended: Callable[[RecordedSpan], None],
+        ended: Callable[[SpanFields], None],
     ) -> None:
         self.name = name
-        self._context = context
-        self._parent = parent
         self.kind = kind
+        self.trace_id, self.span_id, self.trace_flags, self._trace_state = ids
+        self.sampled = self.trace_flags.sampled
+        self.parent_span_id = None if parent is None else parent.span_id
+        self.parent_is_remote = parent is not None and parent.is_remote
         self.attributes = attributes
         self.start_time = time.time_ns()
         self.end_time = 0
@@ -82,31 +88,58 @@ class RecordedSpan(Span):
         self.status_message = ""
         self._ended = ended
 
-    # --- what the encoder reads ------------------------------------------------------
-    @property
-    def context(self) -> SpanContext:
-        return self._context
-
-    @property
-    def trace_id(self) -> int:
-        return self._context.trace_id
-
-    @property
-    def span_id(self) -> int:
-        return self._context.span_id
-
     @property
     def trace_state(self) -> str:
-        state = self._context.trace_state
+        state = self._trace_state
         return state.to_header() if state else ""  # most spans have none
 
-    @property
-    def parent_span_id(self) -> int | None:
-        return None if self._parent is None else self._parent.span_id
+    def end(self, end_time: int | None = None) -> None:
+        if self.end_time:
+            return
+        self.end_time = end_time or time.time_ns()
+        self._ended(self)
 
-    @property
-    def parent_is_remote(self) -> bool:
-        return self._parent is not None and self._parent.is_remote
+
+class ServerSpan(SpanFields):
+    """A request's SERVER span: the fields alone, without the API's Span and
+    SpanContext, which a request that computes nothing never needs
+    (fiboserver.tracing.requests). `span_context` gives a child its parent."""
+
+    __slots__ = ()
+
+    def span_context(self) -> SpanContext:
+        """The parent of a child span."""
+        return SpanContext(
+            self.trace_id,
+            self.span_id,
+            is_remote=False,
+            trace_flags=self.trace_flags,
+            trace_state=self._trace_state,
+        )
+
+    def fail(self) -> None:
+        """The span's status is ERROR (without a description)."""
+        self.status_code = StatusCode.ERROR.value
+
+
+class RecordedSpan(SpanFields, Span):
+    """A span made through the API's Tracer (the computation's child span): its
+    fields, and the API's Span for the code that holds it."""
+
+    __slots__ = ("_context",)
+
+    def __init__(
+        self,
+        name: str,
+        kind: SpanKind,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: dict[str, AttributeValue],
+        ended: Callable[[SpanFields], None],
+    ) -> None:
+        ids = (context.trace_id, context.span_id, context.trace_flags, context.trace_state)
+        super().__init__(name, kind, ids, parent, attributes, ended)
+        self._context = context
 
     # --- the API's Span -------------------------------------------------------------
     def get_span_context(self) -> SpanContext:
@@ -149,19 +182,13 @@ class RecordedSpan(Span):
     ) -> None:
         """Not kept as an event (module docstring); use_span sets the status."""
 
-    def end(self, end_time: int | None = None) -> None:
-        if self.end_time:
-            return
-        self.end_time = end_time or time.time_ns()
-        self._ended(self)
-
 
 class Recorder(Tracer):
     """The API's Tracer over RecordedSpan: `sampler` and `ids` from the SDK's
     TracerProvider, `ended` the batch processor's on_end."""
 
     def __init__(
-        self, sampler: Sampler, ids: IdGenerator, ended: Callable[[RecordedSpan], None]
+        self, sampler: Sampler, ids: IdGenerator, ended: Callable[[SpanFields], None]
     ) -> None:
         self._sampler = sampler
         self._ids = ids
@@ -200,11 +227,37 @@ class Recorder(Tracer):
     ) -> Span:
         """A span whose parent is `parent` (None: a root), valid when given;
         `context` only for a sampler that reads more of it than the parent."""
+        recorded: dict[str, AttributeValue] = dict(attributes) if attributes else {}
+        recording, ids = self._decide(name, parent, kind, recorded, context, links)
+        span_context = SpanContext(ids[0], ids[1], False, ids[2], ids[3])
+        if not recording:
+            return NonRecordingSpan(span_context)
+        return RecordedSpan(name, kind, span_context, parent, recorded, self._ended)
+
+    def start_server(
+        self, name: str, parent: SpanContext | None, attributes: dict[str, AttributeValue]
+    ) -> ServerSpan:
+        """A request's SERVER span, `parent` as in `start_child`; `attributes`
+        become the span's own. One the sampler drops has its ids for the log
+        records and is not exported (`sampled` is false)."""
+        _, ids = self._decide(name, parent, SpanKind.SERVER, attributes)
+        return ServerSpan(name, SpanKind.SERVER, ids, parent, attributes, self._ended)
+
+    def _decide(
+        self,
+        name: str,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: dict[str, AttributeValue],
+        context: Context | None = None,
+        links: Sequence[Link] | None = (),
+    ) -> tuple[bool, tuple[int, int, TraceFlags, TraceState | None]]:
+        """Whether a new span is recorded, and its ids, flags and trace state; a
+        sampler's own attributes are added to `attributes`."""
         if parent is None:
             trace_id, random = self._ids.generate_trace_id(), self._random_roots
         else:
             trace_id, random = parent.trace_id, parent.trace_flags.random_trace_id
-        decided: Attributes = None
         if self._follows_parent:
             recording = sampled = parent is None or parent.trace_flags.sampled
             trace_state = None if parent is None else parent.trace_state
@@ -214,20 +267,11 @@ class Recorder(Tracer):
             decision = self._sampler.should_sample(context, trace_id, name, kind, attributes, links)
             recording = decision.decision is not Decision.DROP
             sampled = decision.decision is Decision.RECORD_AND_SAMPLE
-            trace_state, decided = decision.trace_state, decision.attributes
-        span_context = SpanContext(
-            trace_id,
-            self._ids.generate_span_id(),
-            is_remote=False,
-            trace_flags=_FLAGS[sampled, random],
-            trace_state=trace_state,
-        )
-        if not recording:
-            return NonRecordingSpan(span_context)
-        recorded: dict[str, AttributeValue] = dict(attributes) if attributes else {}
-        if decided:
-            recorded.update(decided)
-        return RecordedSpan(name, span_context, parent, kind, recorded, self._ended)
+            trace_state = decision.trace_state
+            if decision.attributes:
+                attributes.update(decision.attributes)
+        ids = (trace_id, self._ids.generate_span_id(), _FLAGS[sampled, random], trace_state)
+        return recording, ids
 
     @contextlib.contextmanager
     def start_as_current_span(  # type: ignore[override]

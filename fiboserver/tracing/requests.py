@@ -8,28 +8,24 @@ worker started one) there is no span machinery at all: an incoming
 rules without its objects) and its ids go into the log records, which is the
 whole cost, and only for requests that carry one.
 With an exporter, each request gets one SERVER span named and attributed by the
-stable HTTP semantic conventions (the required attributes), the current span
-while the app runs (so the computation's span is its child), and its ids go
-into the log records.
+stable HTTP semantic conventions (the required attributes), and its ids go
+into the log records. That span is the recorder's plain record
+(fiboserver.tracing.recorder.ServerSpan), not an API Span made current in
+OpenTelemetry's context: on the cached path the Span, its SpanContext and the
+context switch were a third of what exporting cost (docs/tracing.md, "Cost").
+The computation's span finds its parent in SERVER_SPAN instead; nothing else
+in the process makes spans.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
-from opentelemetry import context as otel_context
-from opentelemetry.trace import (
-    Span,
-    SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
-    TraceFlags,
-    get_current_span,
-    set_span_in_context,
-)
+from opentelemetry.trace import SpanContext, TraceFlags, get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
 
 from fiboserver.logs import trace_ids_var
 from fiboserver.tracing import traceparent as w3c
@@ -39,7 +35,7 @@ if TYPE_CHECKING:
 
     from _typeshed.wsgi import WSGIEnvironment
 
-    from fiboserver.tracing.recorder import Recorder
+    from fiboserver.tracing.recorder import Recorder, ServerSpan
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 # http.request.method takes these as they are; any other becomes _OTHER, with the
@@ -71,30 +67,25 @@ class ActiveTracer:
 
 
 ACTIVE = ActiveTracer()
-
-
-def log_ids(span: Span) -> tuple[str, str] | None:
-    """(trace_id, span_id) as 32 and 16 lower-case hex digits; None without a context."""
-    sc = span.get_span_context()
-    if not sc.is_valid:
-        return None
-    return format(sc.trace_id, "032x"), format(sc.span_id, "016x")
+# The SERVER span of the request this thread serves, when exporting: the parent
+# of the spans made inside it (fiboserver.tracing.spans).
+SERVER_SPAN: ContextVar[ServerSpan | None] = ContextVar("fiboserver_server_span", default=None)
 
 
 class RequestTrace:
-    """A traced request, from its arrival to `end`: the span (when exporting) and
-    the tokens that undo what `RequestTracing.begin` set."""
+    """A traced request, from its arrival to `end`: its SERVER span (when
+    exporting) and the tokens that undo what `RequestTracing.begin` set."""
 
-    __slots__ = ("_context_token", "_ids_token", "_span")
+    __slots__ = ("_ids_token", "_span", "_span_token")
 
     def __init__(
         self,
-        span: Span | None,
-        context_token: Token[Any] | None,
+        span: ServerSpan | None,
+        span_token: Token[ServerSpan | None] | None,
         ids_token: Token[tuple[str, str] | None],
     ) -> None:
         self._span = span
-        self._context_token = context_token
+        self._span_token = span_token
         self._ids_token = ids_token
 
     def end(self, status: int | None, error: BaseException | None = None) -> None:
@@ -103,16 +94,16 @@ class RequestTrace:
             span = self._span
             if span is not None:
                 if status is not None:
-                    span.set_attribute("http.response.status_code", status)
+                    span.attributes["http.response.status_code"] = status
                 # Server spans: a 5xx or no answer is an error, a 4xx is the client's.
                 if status is None or status >= 500:
                     kind = type(error).__qualname__ if error is not None else str(status)
-                    span.set_attribute("error.type", kind)
-                    span.set_status(Status(StatusCode.ERROR))
+                    span.attributes["error.type"] = kind
+                    span.fail()
                 span.end()
         finally:
-            if self._context_token is not None:
-                otel_context.detach(self._context_token)
+            if self._span_token is not None:
+                SERVER_SPAN.reset(self._span_token)
             trace_ids_var.reset(self._ids_token)
 
 
@@ -139,26 +130,25 @@ class RequestTracing:
             return RequestTrace(None, None, trace_ids_var.set((parent.trace_id, parent.span_id)))
         remote = remote_parent(environ, traceparent) if traceparent is not None else None
         route = path if path in self._routes else None
-        span = tracer.start_child(
+        span = tracer.start_server(
             f"{method} {route}" if route is not None else method,
             remote,
-            SpanKind.SERVER,
             self._attributes(environ, method, path, route),
         )
-        context_token = otel_context.attach(set_span_in_context(span))
-        return RequestTrace(span, context_token, trace_ids_var.set(log_ids(span)))
+        ids = format(span.trace_id, "032x"), format(span.span_id, "016x")
+        return RequestTrace(span, SERVER_SPAN.set(span), trace_ids_var.set(ids))
 
     @staticmethod
     def _attributes(
         environ: WSGIEnvironment, method: str, path: str, route: str | None
-    ) -> dict[str, str | int]:
+    ) -> dict[str, AttributeValue]:
         """The stable HTTP server span attributes known before the app runs: the
         required and conditionally required ones. The recommended ones (client
         and server address, protocol version, user agent) are left out: every
         attribute is stored with the span and encoded when it is exported, in
         the worker's own CPU time (docs/tracing.md, "Cost"), and the request's
         log records have the client already."""
-        attributes: dict[str, str | int] = {
+        attributes: dict[str, AttributeValue] = {
             "http.request.method": method if method in _KNOWN_METHODS else "_OTHER",
             "url.path": path,
             "url.scheme": environ.get("wsgi.url_scheme", "http"),

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from fiboserver.tracing.requests import ACTIVE
+from opentelemetry.trace import NonRecordingSpan, set_span_in_context
+
+from fiboserver.tracing.requests import ACTIVE, SERVER_SPAN
 
 
 @contextlib.contextmanager
@@ -19,7 +21,10 @@ def computation(n: int) -> Iterator[None]:
     if tracer is None:
         yield
         return
-    # The request's SERVER span is the current span (RequestTracing.begin
-    # attached it), so this one is its child.
-    with tracer.start_as_current_span("fibonacci", attributes={"fibo.n": n}):
+    # A child of the request's SERVER span (RequestTracing.begin set it).
+    server = SERVER_SPAN.get()
+    parent = (
+        None if server is None else set_span_in_context(NonRecordingSpan(server.span_context()))
+    )
+    with tracer.start_as_current_span("fibonacci", context=parent, attributes={"fibo.n": n}):
         yield
