@@ -219,25 +219,31 @@ bench: $(INSTALLED) ## benchmark against the bare-WSGI ceiling (needs wrk: apt-g
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # --- mutation testing (issue 13; docs/mutation.md) --------------------------------
-# Not part of `make test`: it runs the unit and process tests once per mutant
-# (hours on 2 cores for the whole tree: run it in shards, MUTATE_ONLY). Each run
-# starts from a fresh mutants/ copy, so the score is that of the tree as it is.
+# Not part of `make test`: it runs the unit and process tests once per mutant, hours
+# on 2 cores for the whole tree. A run stopped part way (Ctrl-C) goes on where it
+# stopped the next time: mutmut keeps each verdict in mutants/ with its function's
+# source hash and tests again only the mutants of functions that changed since.
+# `make mutate-fresh` starts from nothing.
 # MUTATE_JOBS: mutants tested in parallel.
 MUTATE_JOBS ?= 2
-# MUTATE_ONLY: a shard, as mutmut names with *, e.g. 'fiboserver.worker.*' (docs/mutation.md).
+# MUTATE_ONLY: a shard, as mutmut names with *, e.g. 'fiboserver.worker.*' (docs/mutation.md);
+# named mutants are always tested again.
 MUTATE_ONLY ?=
 MUTATE_INSTALLED := $(VENV)/.installed-mutate
 
-.PHONY: mutate
+.PHONY: mutate mutate-fresh
 
 $(MUTATE_INSTALLED): $(INSTALLED)
 	$(BIN)/pip install --quiet -e '.[dev,mutate]'
 	touch $@
 
-mutate: $(MUTATE_INSTALLED) ## mutation testing of fiboserver/ (mutmut); prints the score and every survivor
-	rm -rf mutants
+mutate: $(MUTATE_INSTALLED) ## mutation testing of fiboserver/ (mutmut), going on from a stopped run; prints the score and every survivor
 	set -f; $(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTATE_ONLY)
 	set -f; $(BIN)/python -m tests.mutation.summary $(BIN)/mutmut $(MUTATE_ONLY)
+
+mutate-fresh: $(MUTATE_INSTALLED) ## `make mutate` from nothing: every verdict of earlier runs dropped
+	rm -rf mutants
+	$(MAKE) mutate
 
 # --- logs to Kibana (issue 5; README "Logs in Kibana") ------------------------------
 # KIBANA_URL: e.g. after `kubectl -n logging port-forward svc/kibana 5601:5601`.
