@@ -20,16 +20,14 @@ from opentelemetry.trace import (
     NonRecordingSpan,
     SpanContext,
     SpanKind,
-    StatusCode,
     TraceFlags,
     get_current_span,
     set_span_in_context,
-    use_span,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from fiboserver.tracing import RequestTracing, computation, otlp
-from fiboserver.tracing.recorder import Recorder, SpanFields
+from fiboserver.tracing.recorder import RecordedSpan, Recorder
 from fiboserver.tracing.requests import ACTIVE
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -57,12 +55,16 @@ def decoded(data: bytes) -> ExportTraceServiceRequest:
     return request
 
 
-def record(sampler: Any = None) -> tuple[Recorder, list[SpanFields]]:
-    ended: list[SpanFields] = []
+def remote(flags: str = "01") -> SpanContext:
+    return get_current_span(remote_parent(flags)).get_span_context()
+
+
+def record(sampler: Any = None) -> tuple[Recorder, list[RecordedSpan]]:
+    ended: list[RecordedSpan] = []
     return Recorder(sampler or ParentBased(ALWAYS_ON), RandomIdGenerator(), ended.append), ended
 
 
-def spans_of(ended: list[SpanFields]) -> list[Any]:
+def spans_of(ended: list[RecordedSpan]) -> list[Any]:
     envelope = otlp.envelope({}, "fibo")
     return list(decoded(envelope.request(map(otlp.encode_span, ended))).resource_spans[0]
                 .scope_spans[0].spans)  # fmt: skip
@@ -116,20 +118,16 @@ def test_a_requests_span_and_its_computations_decode_field_by_field() -> None:
     assert root.status.code == 2
 
 
-def test_a_server_span_and_its_child_decode_field_by_field() -> None:
+def test_a_span_and_its_child_decode_field_by_field() -> None:
     recorder, ended = record()
-    server = recorder.start_span(
-        "GET /dev/fibo", remote_parent(), SpanKind.SERVER,
+    server = recorder.start(
+        "GET /dev/fibo", SpanKind.SERVER, remote(),
         {"http.request.method": "GET", "url.path": "/dev/fibo", "flag": True, "ratio": 0.5,
          "big": 2**40, "negative": -3, "tags": ["x", "y"]},
     )  # fmt: skip
-    with (
-        use_span(server, end_on_exit=False),
-        recorder.start_as_current_span("fibonacci", attributes={"fibo.n": 4321}),
-    ):
-        pass
-    server.set_attribute("http.response.status_code", 500)
-    server.set_status(StatusCode.ERROR, "boom")
+    recorder.start("fibonacci", SpanKind.INTERNAL, server.span_context(), {"fibo.n": 4321}).end()
+    server.attributes["http.response.status_code"] = 500
+    server.fail("500")
     server.end()
     server.end()  # a second end is ignored
     assert [s.name for s in ended] == ["fibonacci", "GET /dev/fibo"]
@@ -153,13 +151,15 @@ def test_a_server_span_and_its_child_decode_field_by_field() -> None:
     assert {kv.key: value(kv.value) for kv in span.attributes} == {
         "http.request.method": "GET", "url.path": "/dev/fibo", "flag": True, "ratio": 0.5,
         "big": 2**40, "negative": -3, "tags": ["x", "y"], "http.response.status_code": 500,
+        "error.type": "500",
     }  # fmt: skip
-    assert (span.status.code, span.status.message) == (2, "boom")  # STATUS_CODE_ERROR
+    assert (span.status.code, span.status.message) == (2, "")  # STATUS_CODE_ERROR
     assert span.flags == 0x300  # the parent is known to be remote
 
     assert child.trace_id == span.trace_id
     assert child.parent_span_id == span.span_id
     assert child.kind == 1  # SPAN_KIND_INTERNAL
+    assert child.trace_state == "a=1,b=2"
     assert {kv.key: value(kv.value) for kv in child.attributes} == {"fibo.n": 4321}
     assert child.flags == 0x100  # the parent is known to be local
     assert not child.HasField("status")
@@ -171,7 +171,7 @@ def test_a_root_span_and_values_equal_across_types() -> None:
     recorder, ended = record()
     # True == 1 == 1.0 as Python values; each must keep its own protobuf type.
     for v in (True, 1, 1.0, 1, True):
-        recorder.start_span("root", attributes={"k": v}).end()
+        recorder.start("root", SpanKind.INTERNAL, None, {"k": v}).end()
     request = decoded(otlp.envelope({}, "fibo").request(map(otlp.encode_span, ended)))
     spans = request.resource_spans[0].scope_spans[0].spans
     assert [s.attributes[0].value.WhichOneof("value") for s in spans] == [
@@ -181,16 +181,15 @@ def test_a_root_span_and_values_equal_across_types() -> None:
     assert len({s.trace_id for s in spans}) == 5
 
 
-def test_the_sampler_decides() -> None:
+def test_a_span_not_sampled_has_its_ids_and_is_not_exported() -> None:
+    # The caller's "not sampled" is followed; the ids are there for the log records.
     recorder, ended = record()
-    # The caller's "not sampled" is followed: nothing recorded, the ids still exist.
-    span = recorder.start_span("GET", remote_parent("00"), SpanKind.SERVER)
-    assert not span.is_recording()
-    assert format(span.get_span_context().trace_id, "032x") == TRACE_ID
+    span = recorder.start("GET", SpanKind.SERVER, remote("00"), {})
+    assert format(span.trace_id, "032x") == TRACE_ID and span.span_id
     span.end()
-    dropping, none = record(ParentBased(ALWAYS_OFF))
-    dropping.start_span("root").end()
-    assert ended == [] and none == []
+    dropping, dropped = record(ParentBased(ALWAYS_OFF))
+    dropping.start("root", SpanKind.INTERNAL, None, {}).end()
+    assert [s.sampled for s in ended + dropped] == [False, False]
 
 
 def local_parent(flags: int) -> Context:
@@ -207,24 +206,25 @@ PARENTS = {
 }
 
 
+SAMPLERS = {
+    "default": None,
+    "always on": ALWAYS_ON,
+    "always off": ALWAYS_OFF,
+    "parent-based always off": ParentBased(ALWAYS_OFF),
+}
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS.values(), ids=SAMPLERS.keys())
 @pytest.mark.parametrize("parent", PARENTS.values(), ids=PARENTS.keys())
-def test_the_default_sampler_decides_as_the_sdks_own_spans_do(parent: Any) -> None:
-    # The recorder decides for the default sampler without calling it, for a
-    # span of the API (start_span) and for a request's (start_server).
-    sdk = TracerProvider().get_tracer("reference")
-    recorder = Recorder(TracerProvider().sampler, RandomIdGenerator(), lambda _: None)
-    theirs, ours = sdk.start_span("x", parent()), recorder.start_span("x", parent())
-    expected, got = theirs.get_span_context(), ours.get_span_context()
-    assert ours.is_recording() == theirs.is_recording()
-    assert (got.trace_flags, got.trace_state, got.is_remote) == (
-        expected.trace_flags, expected.trace_state, expected.is_remote,
-    )  # fmt: skip
-    assert (got.trace_id == int(TRACE_ID, 16)) == (expected.trace_id == int(TRACE_ID, 16))
+def test_the_sampler_decides_as_for_the_sdks_own_spans(parent: Any, sampler: Any) -> None:
+    # The default sampler is decided without calling it, any other is called.
+    provider = TracerProvider() if sampler is None else TracerProvider(sampler=sampler)
+    theirs = provider.get_tracer("reference").start_span("x", parent())
+    expected = theirs.get_span_context()
+    recorder = Recorder(provider.sampler, RandomIdGenerator(), lambda _: None)
     given = get_current_span(parent()).get_span_context()
-    server = recorder.start_server("x", given if given.is_valid else None, {})
-    assert (server.sampled, server.trace_flags) == (
-        expected.trace_flags.sampled,
-        expected.trace_flags,
-    )
-    assert server.span_context().trace_state == expected.trace_state
-    assert server.trace_id == expected.trace_id or not given.is_valid
+    ours = recorder.start("x", SpanKind.INTERNAL, given if given.is_valid else None, {})
+    assert ours.sampled == theirs.is_recording()
+    assert ours.trace_flags == expected.trace_flags
+    assert ours.span_context().trace_state == expected.trace_state
+    assert (ours.trace_id == int(TRACE_ID, 16)) == (expected.trace_id == int(TRACE_ID, 16))

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from fiboserver.tracing import otlp
-from fiboserver.tracing.recorder import Recorder, SpanFields
+from fiboserver.tracing.recorder import RecordedSpan, Recorder
 from fiboserver.tracing.requests import ACTIVE
 from fiboserver.tracing.settings import TracingSettings
 
@@ -84,8 +84,8 @@ class SpanExporter(OTLPSpanExporter):
 
 def start(settings: TracingSettings) -> None:
     """Provider, exporter and the batch thread, in this (worker) process; the
-    request path finds the tracer, the exit hook the shutdown, in ACTIVE."""
-    if not settings.exporting or ACTIVE.tracer is not None:
+    request path finds the recorder, the exit hook the shutdown, in ACTIVE."""
+    if not settings.exporting or ACTIVE.recorder is not None:
         return
     # The exporter reads the endpoint, headers, timeout and compression from the
     # environment itself; the provider the sampler; the processor OTEL_BSP_*.
@@ -95,8 +95,8 @@ def start(settings: TracingSettings) -> None:
     processor = BatchSpanProcessor(SpanExporter(provider.resource, SCOPE))
     provider.add_span_processor(processor)
 
-    def ended(span: SpanFields) -> None:
-        # A sampler's RECORD_ONLY span is recorded and never exported.
+    def ended(span: RecordedSpan) -> None:
+        # A span the sampler did not sample ends too, and is not exported.
         if span.sampled:
             processor.on_end(cast("ReadableSpan", EncodedSpan(otlp.encode_span(span))))
 

@@ -63,8 +63,6 @@ class SpanRecord(Protocol):
     def attributes(self) -> Mapping[str, object]: ...
     @property
     def status_code(self) -> int: ...  # 0 unset, 1 ok, 2 error: the API's and OTLP's
-    @property
-    def status_message(self) -> str: ...
 
 
 def _varint(n: int) -> bytes:
@@ -188,11 +186,8 @@ def encode_span(span: SpanRecord) -> bytes:
         _END_TAG, _FIXED64_PACK(span.end_time),
         _span_attributes(span.attributes),
     ]  # fmt: skip
-    if span.status_code or span.status_message:
-        status = _str_field(2, span.status_message)
-        if span.status_code:
-            status += _tag(3, _VARINT) + _varint(span.status_code)
-        parts.append(_len_field(15, status))
+    if span.status_code:  # Status (15): its code (3) alone
+        parts.append(_len_field(15, _tag(3, _VARINT) + _varint(span.status_code)))
     parts.append(_FLAGS[span.parent_is_remote])
     return b"".join(parts)
 

@@ -10,9 +10,9 @@ whole cost, and only for requests that carry one.
 With an exporter, each request gets one SERVER span named and attributed by the
 stable HTTP semantic conventions (the required attributes), and its ids go
 into the log records. That span is the recorder's plain record
-(fiboserver.tracing.recorder.ServerSpan), not an API Span made current in
+(fiboserver.tracing.recorder.RecordedSpan), not an API Span made current in
 OpenTelemetry's context: on the cached path the Span, its SpanContext and the
-context switch were a third of what exporting cost (docs/tracing.md, "Cost").
+context switch were a fifth of what exporting cost (docs/tracing.md, "Cost").
 The computation's span finds its parent in SERVER_SPAN instead; nothing else
 in the process makes spans.
 """
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
-from opentelemetry.trace import SpanContext, TraceFlags, get_current_span
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from _typeshed.wsgi import WSGIEnvironment
 
-    from fiboserver.tracing.recorder import Recorder, ServerSpan
+    from fiboserver.tracing.recorder import RecordedSpan, Recorder
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 # http.request.method takes these as they are; any other becomes _OTHER, with the
@@ -46,22 +46,22 @@ _KNOWN_METHODS = frozenset(
 
 
 class ActiveTracer:
-    """This process's exporter: its tracer and how to shut it down. Set by
+    """This process's exporter: its span recorder and how to shut it down. Set by
     fiboserver.tracing.exporting in a worker that exports; None everywhere else
     (the master, tests, no endpoint), and again once shut down."""
 
-    __slots__ = ("_shutdown", "tracer")
+    __slots__ = ("_shutdown", "recorder")
 
     def __init__(self) -> None:
-        self.tracer: Recorder | None = None
+        self.recorder: Recorder | None = None
         self._shutdown: Callable[[], None] | None = None
 
-    def exporting(self, tracer: Recorder, shutdown: Callable[[], None]) -> None:
-        self.tracer, self._shutdown = tracer, shutdown
+    def exporting(self, recorder: Recorder, shutdown: Callable[[], None]) -> None:
+        self.recorder, self._shutdown = recorder, shutdown
 
     def shut_down(self) -> None:
         """Export what is queued and stop exporting; nothing if not exporting."""
-        shutdown, self._shutdown, self.tracer = self._shutdown, None, None
+        shutdown, self._shutdown, self.recorder = self._shutdown, None, None
         if shutdown is not None:
             shutdown()
 
@@ -69,7 +69,7 @@ class ActiveTracer:
 ACTIVE = ActiveTracer()
 # The SERVER span of the request this thread serves, when exporting: the parent
 # of the spans made inside it (fiboserver.tracing.spans).
-SERVER_SPAN: ContextVar[ServerSpan | None] = ContextVar("fiboserver_server_span", default=None)
+SERVER_SPAN: ContextVar[RecordedSpan | None] = ContextVar("fiboserver_server_span", default=None)
 
 
 class RequestTrace:
@@ -80,8 +80,8 @@ class RequestTrace:
 
     def __init__(
         self,
-        span: ServerSpan | None,
-        span_token: Token[ServerSpan | None] | None,
+        span: RecordedSpan | None,
+        span_token: Token[RecordedSpan | None] | None,
         ids_token: Token[tuple[str, str] | None],
     ) -> None:
         self._span = span
@@ -97,9 +97,7 @@ class RequestTrace:
                     span.attributes["http.response.status_code"] = status
                 # Server spans: a 5xx or no answer is an error, a 4xx is the client's.
                 if status is None or status >= 500:
-                    kind = type(error).__qualname__ if error is not None else str(status)
-                    span.attributes["error.type"] = kind
-                    span.fail()
+                    span.fail(type(error).__qualname__ if error is not None else str(status))
                 span.end()
         finally:
             if self._span_token is not None:
@@ -120,8 +118,8 @@ class RequestTracing:
 
     def begin(self, environ: WSGIEnvironment, method: str, path: str) -> RequestTrace | None:
         traceparent: str | None = environ.get("HTTP_TRACEPARENT")
-        tracer = ACTIVE.tracer
-        if tracer is None or (traceparent is None and path in self._probe_paths):
+        recorder = ACTIVE.recorder
+        if recorder is None or (traceparent is None and path in self._probe_paths):
             if traceparent is None:
                 return None  # the cached path's usual case: one dict lookup
             parent = w3c.parse(traceparent)
@@ -130,8 +128,9 @@ class RequestTracing:
             return RequestTrace(None, None, trace_ids_var.set((parent.trace_id, parent.span_id)))
         remote = remote_parent(environ, traceparent) if traceparent is not None else None
         route = path if path in self._routes else None
-        span = tracer.start_server(
+        span = recorder.start(
             f"{method} {route}" if route is not None else method,
+            SpanKind.SERVER,
             remote,
             self._attributes(environ, method, path, route),
         )
