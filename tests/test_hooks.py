@@ -8,15 +8,19 @@ already queued is still accepted and served.
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from fiboserver.server import hooks
 from fiboserver.server.listener import refuse_new_connections
 from tests.support.hosttools import IN_CI
-from tests.support.procinfo import HOST
+from tests.support.logcapture import JsonCapture
+from tests.support.procinfo import HOST, child_pids, wait_until
 from tests.support.serverproc import ServerProcess
 
 
@@ -76,3 +80,31 @@ def test_graceful_stop_logs_the_effective_timeout(tmp_path: Path) -> None:
     stopping = srv.find("graceful stopping server")
     assert [r["graceful_timeout"] for r in stopping] == [7]
     assert srv.find("server stopped"), srv.output()
+
+
+def test_a_worker_stopped_before_its_first_heartbeat_is_aborted_on_timeout(
+    tmp_path: Path,
+) -> None:
+    """gunicorn's master compares a worker's heartbeat with its monotonic clock,
+    and the heartbeat file starts with a wall-clock time: until the worker's
+    first heartbeat it is never too old. The pre_fork hook starts it, so a worker
+    that hangs as it starts is aborted on timeout like any other."""
+    with ServerProcess(
+        {"env": "DEV", "maxseq": 100},
+        tmp_path,
+        env={"WEB_CONCURRENCY": "1", "GUNICORN_CMD_ARGS": "--timeout 2"},
+    ) as srv:
+        # As soon as the worker exists: most often before its loop's first heartbeat.
+        wait_until(lambda: child_pids(srv.pid), 30, "a worker", interval=0.001)
+        (worker,) = child_pids(srv.pid)
+        os.kill(worker, signal.SIGSTOP)
+        exited = srv.wait_for("worker exited", timeout=20, where=lambda r: r["pid"] == worker)
+        assert exited["reason"] == "timeout"
+
+
+def test_the_abort_hook_names_the_worker(fibo_logs: JsonCapture) -> None:
+    # The master's SIGKILL follows its SIGABRT as soon as the master wakes, which a
+    # stopped worker let go on wakes it for: a process test cannot see this record.
+    hooks.worker_abort(SimpleNamespace(pid=4242))
+    (record,) = fibo_logs.find("worker aborted on timeout")
+    assert (record["level"], record["pid"]) == ("ERROR", 4242)

@@ -67,6 +67,11 @@ def stop_gracefully_on_sigterm(server: Any) -> None:
 
 # Master, just before it forks a worker.
 def pre_fork(server: Any, worker: Any) -> None:
+    # The worker's heartbeat file starts with its creation time on the wall clock,
+    # and the master compares it with its monotonic clock: a worker that hangs
+    # before its first heartbeat (the post_fork and post_worker_init hooks, the
+    # loop's start) would never be aborted on timeout. Its heartbeat starts now.
+    worker.notify()
     master.worker_forking(worker)
 
 
