@@ -20,7 +20,6 @@ import selectors
 import socket
 from collections.abc import Callable
 from concurrent import futures
-from importlib import metadata
 from typing import Any
 
 from gunicorn import http as _http
@@ -44,13 +43,7 @@ __all__ = [
     "shares_listeners",
     "signals_queued_before_init",
     "started_by_upgrade",
-    "version",
 ]
-
-
-def version() -> str:
-    """The installed gunicorn's version (for fiboserver_build_info)."""
-    return metadata.version("gunicorn")
 
 
 # --- the worker: gthread's ThreadWorker and TConn -------------------------------------

@@ -37,7 +37,7 @@ class HeadError(Exception):
     """A head the loop answers itself, without waiting for the rest of it."""
 
     def __init__(self, status: HTTPStatus, error: str) -> None:
-        super().__init__(status, error)
+        # The arguments are the exception's args already (BaseException.__new__).
         self.status = status
         self.error = error
 
