@@ -1,17 +1,22 @@
 """The /metrics listener (fiboserver.metrics.exposition.MetricsServer) on a private
 registry: Prometheus text, OpenMetrics and gzip when asked, HEAD, 404 elsewhere,
-and an error for a port already taken."""
+an error for a port already taken, a scrape that fails logged as one record,
+and the port closed once stopped."""
 
 from __future__ import annotations
 
 import gzip
 import http.client
 import json
+import socket
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
 
 from fiboserver.metrics.exposition import MetricsServer
+from tests.support.logcapture import JsonCapture
 from tests.support.metrictools import Recorded
 from tests.support.procinfo import HOST, free_port
 
@@ -63,6 +68,11 @@ def test_gzip_when_asked(listener: MetricsServer) -> None:
 def test_head_and_other_paths(listener: MetricsServer) -> None:
     status, headers, body = fetch(listener, "/metrics", method="HEAD")
     assert (status, body) == (200, b"") and int(headers["Content-Length"]) > 0
+    # On the wire: the head and nothing after it (a client reads no body for HEAD).
+    with socket.create_connection((HOST, listener.port), timeout=10) as sock:
+        sock.sendall(b"HEAD /metrics HTTP/1.0\r\n\r\n")
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"\r\n\r\n")
     for path in ("/", "/metrics/", "/dev/metrics", "/favicon.ico"):
         status, headers, body = fetch(listener, path)
         assert status == 404, path
@@ -73,3 +83,36 @@ def test_head_and_other_paths(listener: MetricsServer) -> None:
 def test_a_taken_port_is_an_error(listener: MetricsServer, recorded: Recorded) -> None:
     with pytest.raises(OSError):
         MetricsServer(listener.port, recorded.registry).start()
+
+
+class _Failing(Collector):
+    def collect(self) -> Iterator[object]:  # type: ignore[override]
+        raise RuntimeError("collector broke")
+
+
+def test_a_failed_scrape_is_one_record_and_the_listener_serves_on(
+    fibo_logs: JsonCapture,
+) -> None:
+    registry = CollectorRegistry()
+    registry.register(_Failing())
+    server = MetricsServer(free_port(), registry)
+    server.start()
+    try:
+        with pytest.raises(http.client.RemoteDisconnected):
+            fetch(server, "/metrics")
+        assert fetch(server, "/nothing-here")[0] == 404
+    finally:
+        server.stop()
+    (record,) = fibo_logs.find("metrics request failed")
+    assert record["level"] == "WARNING" and record["client"].startswith(f"{HOST}:")
+    assert "RuntimeError: collector broke" in record["exc_info"]
+
+
+def test_stop_closes_the_port_and_an_unstarted_listener_stops_too(recorded: Recorded) -> None:
+    MetricsServer(free_port(), recorded.registry).stop()
+    server = MetricsServer(free_port(), recorded.registry)
+    server.start()
+    assert fetch(server, "/metrics")[0] == 200
+    server.stop()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((HOST, server.port), timeout=5).close()
