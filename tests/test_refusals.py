@@ -68,6 +68,14 @@ def test_response_to_head_has_no_body() -> None:
 def test_parse_errors_map_to_their_status(exc: Exception, status: HTTPStatus) -> None:
     answer = refusals.parse_error(exc)
     assert answer is not None and answer.status is status
+    # The record quotes what gunicorn's parser said, after the client's message.
+    assert answer.errmsg.startswith(f"{answer.error}: ") and str(exc)[:30] in answer.errmsg
+
+
+def test_a_parse_errors_record_quotes_the_parser() -> None:
+    answer = refusals.parse_error(http_errors.LimitRequestLine(9000, 4094))
+    assert answer is not None
+    assert answer.errmsg == "request line too long: 'Request Line is too large (9000 > 4094)'"
 
 
 def test_other_exceptions_are_server_faults() -> None:
@@ -138,14 +146,25 @@ def test_parse_n_quotes_at_most_40_characters(raw: str) -> None:
 def test_refuse_error_answers_what_the_thread_raised(
     fibo_logs: JsonCapture, exc: Exception, status: int
 ) -> None:
+    observed: list[tuple[str, str, int, float]] = []
+
+    class Sink:
+        def observe(self, method: str, path: str, status: int, seconds: float) -> None:
+            observed.append((method, path, status, seconds))
+
     server, client = socket.socketpair()
     with server, client:
-        refusals.refuse_error(server, exc, None, "127.0.0.1:9", None)
+        # No connection known (nothing read of the request): the peer alone.
+        refusals.refuse_error(server, exc, None, "127.0.0.1:9", Sink())
         got, headers, body = _split(client.recv(4096))
     assert got.split()[1] == str(status) and json.loads(body)["error"]
     (record,) = fibo_logs.find("request refused")
     assert record["status"] == status and record["request_id"] == headers["X-Request-ID"]
-    assert len(record["errmsg"]) < 100  # the exception's text is quoted, bounded
+    assert (record["client"], record["method"], record["path"]) == ("127.0.0.1:9", "", "")
+    # The exception's text, quoted and bounded, after the answer's message.
+    assert record["errmsg"].startswith(f"{json.loads(body)['error']}: ")
+    assert str(exc)[:20] in record["errmsg"] and len(record["errmsg"]) < 100
+    assert [(m, p, s) for m, p, s, _ in observed] == [("", "", status)]
 
 
 def test_an_overloads_refusals_are_answered_each_and_logged_together(
