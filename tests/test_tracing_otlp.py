@@ -15,7 +15,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
 from opentelemetry.trace import (
     NonRecordingSpan,
     SpanContext,
@@ -50,8 +57,11 @@ def value(v: AnyValue) -> Any:
 
 
 def decoded(data: bytes) -> ExportTraceServiceRequest:
+    """The request in `data`, which must be exactly what protobuf itself writes
+    for it: no unknown or misplaced bytes a lenient reader would skip."""
     request = ExportTraceServiceRequest()
     request.ParseFromString(data)
+    assert request.SerializeToString(deterministic=True) == data
     return request
 
 
@@ -132,11 +142,13 @@ def test_a_span_and_its_child_decode_field_by_field() -> None:
     server.end()  # a second end is ignored
     assert [s.name for s in ended] == ["fibonacci", "GET /dev/fibo"]
 
-    envelope = otlp.envelope({"service.name": "svc", "process.pid": 42, "ok": True}, "fibo")
+    schema = "https://opentelemetry.io/schemas/1.26.0"
+    envelope = otlp.envelope({"service.name": "svc", "process.pid": 42, "ok": True}, "fibo", schema)
     (resource_spans,) = decoded(envelope.request(map(otlp.encode_span, ended))).resource_spans
     assert {kv.key: value(kv.value) for kv in resource_spans.resource.attributes} == {
         "service.name": "svc", "process.pid": 42, "ok": True,
     }  # fmt: skip
+    assert resource_spans.schema_url == schema
     (scope_spans,) = resource_spans.scope_spans
     assert scope_spans.scope.name == "fibo"
     child, span = scope_spans.spans
@@ -228,3 +240,35 @@ def test_the_sampler_decides_as_for_the_sdks_own_spans(parent: Any, sampler: Any
     assert ours.trace_flags == expected.trace_flags
     assert ours.span_context().trace_state == expected.trace_state
     assert (ours.trace_id == int(TRACE_ID, 16)) == (expected.trace_id == int(TRACE_ID, 16))
+
+
+class _Asked(Sampler):
+    """A sampler of someone's own (OTEL_TRACES_SAMPLER can name one): what it
+    was asked, and a decision that adds an attribute."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[Any, int, str, Any, dict[str, Any]]] = []
+
+    def should_sample(  # type: ignore[override]
+        self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
+        attributes: Any = None, links: Any = None,
+    ) -> SamplingResult:  # fmt: skip
+        self.asked.append((parent_context, trace_id, name, kind, dict(attributes or {})))
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, {"sampled.by": "own"})
+
+    def get_description(self) -> str:
+        return "own"
+
+
+def test_any_other_sampler_is_asked_what_the_sdk_asks_it() -> None:
+    sampler = _Asked()
+    recorder, _ = record(sampler)
+    parent = remote()
+    span = recorder.start("GET /dev/fibo", SpanKind.SERVER, parent, {"url.path": "/dev/fibo"})
+    root = recorder.start("root", SpanKind.INTERNAL, None, {})
+    (context, trace_id, name, kind, attributes), asked_root = sampler.asked
+    assert get_current_span(context).get_span_context() == parent
+    assert (trace_id, name, kind) == (parent.trace_id, "GET /dev/fibo", SpanKind.SERVER)
+    assert attributes == {"url.path": "/dev/fibo"}
+    assert span.attributes == {"url.path": "/dev/fibo", "sampled.by": "own"} and span.sampled
+    assert asked_root[0] is None and asked_root[1] == root.trace_id
