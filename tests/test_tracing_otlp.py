@@ -7,6 +7,8 @@ Jaeger reading what a real server sends is tests/test_tracing_jaeger.py's part.
 
 from __future__ import annotations
 
+import os
+from importlib import metadata
 from typing import Any
 
 import pytest
@@ -33,7 +35,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from fiboserver.tracing import RequestTracing, computation, otlp
+from fiboserver.tracing import RequestTracing, computation, exporting, otlp
 from fiboserver.tracing.recorder import RecordedSpan, Recorder
 from fiboserver.tracing.requests import ACTIVE
 
@@ -272,3 +274,25 @@ def test_any_other_sampler_is_asked_what_the_sdk_asks_it() -> None:
     assert attributes == {"url.path": "/dev/fibo"}
     assert span.attributes == {"url.path": "/dev/fibo", "sampled.by": "own"} and span.sampled
     assert asked_root[0] is None and asked_root[1] == root.trace_id
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({}, "fiboserver"),
+        ({"OTEL_SERVICE_NAME": "fibo-edge"}, "fibo-edge"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attrs,team=sre"}, "from-attrs"),
+    ],
+)
+def test_the_resource_names_the_service_its_version_and_process(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], name: str
+) -> None:
+    for var in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"):
+        monkeypatch.delenv(var, raising=False)
+    for var, setting in env.items():
+        monkeypatch.setenv(var, setting)
+    attributes = exporting._resource().attributes
+    assert attributes["service.name"] == name
+    assert attributes["service.version"] == metadata.version("fiboserver")
+    assert attributes["process.pid"] == os.getpid()
+    assert ("team" in attributes) == ("team=sre" in env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
