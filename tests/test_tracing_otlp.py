@@ -37,7 +37,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from fiboserver.tracing import RequestTracing, computation, exporting, otlp
 from fiboserver.tracing.recorder import RecordedSpan, Recorder
-from fiboserver.tracing.requests import ACTIVE
+from fiboserver.tracing.requests import ACTIVE, SERVER_SPAN
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -97,6 +97,7 @@ def test_a_requests_span_and_its_computations_decode_field_by_field() -> None:
         with computation(4321):
             pass
         trace.end(500)
+        assert SERVER_SPAN.get() is None  # the next request in this thread starts clean
         other = tracing.begin({}, "PURGE", "/dev/other")  # no parent, no query, no scheme
         assert other is not None
         other.end(None, KeyError("x"))
