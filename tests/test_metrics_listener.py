@@ -1,7 +1,8 @@
 """The /metrics listener (fiboserver.metrics.exposition.MetricsServer) on a private
 registry: Prometheus text, OpenMetrics and gzip when asked, HEAD, 404 elsewhere,
-an error for a port already taken, a scrape that fails logged as one record,
-and the port closed once stopped."""
+an error for a port already taken, or (as a master started by USR2 needs)
+listening once it is free, a scrape that fails logged as one record, and the
+port closed once stopped."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import gzip
 import http.client
 import json
 import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -116,3 +119,24 @@ def test_stop_closes_the_port_and_an_unstarted_listener_stops_too(recorded: Reco
     server.stop()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((HOST, server.port), timeout=5).close()
+
+
+def test_a_taken_port_is_waited_for_said_once_and_taken_when_free(
+    recorded: Recorded, fibo_logs: JsonCapture
+) -> None:
+    holder = socket.create_server(("0.0.0.0", 0))  # the old master's listener
+    server = MetricsServer(holder.getsockname()[1], recorded.registry)
+    try:
+        server.start_when_free()
+        (waiting,) = [t for t in threading.enumerate() if t.name == "metrics-bind"]
+        assert waiting.daemon  # never holds the process's exit
+        time.sleep(2.5)  # three tries, one second apart
+        (record,) = fibo_logs.find("metrics port in use, waiting for it")
+        assert record["addr"] == f"http://0.0.0.0:{server.port}"
+        assert "in use" in record["errmsg"]
+        holder.close()
+        waiting.join(10)
+        assert fetch(server, "/metrics")[0] == 200
+    finally:
+        holder.close()
+        server.stop()
