@@ -94,8 +94,9 @@ def _str_field(field: int, text: str) -> bytes:
 
 
 def any_value(value: object) -> bytes:
-    """common.proto's AnyValue of an attribute's value (a span's: str, bool, int,
-    float or a sequence of them; a resource's may be bytes or a mapping too)."""
+    """common.proto's AnyValue of an attribute's value: str, bool, int, float or
+    a sequence of them, the types the SDK allows a span's or a resource's
+    attributes; anything else is an empty AnyValue."""
     if isinstance(value, str):
         return _len_field(1, value.encode())
     if isinstance(value, bool):  # before int: a bool is an int too
@@ -104,13 +105,9 @@ def any_value(value: object) -> bytes:
         return _tag(3, _VARINT) + _varint(value)
     if isinstance(value, float):
         return _tag(4, _FIXED64) + _DOUBLE_PACK(value)
-    if isinstance(value, bytes):
-        return _len_field(7, value)
-    if isinstance(value, Mapping):  # KeyValueList: repeated KeyValue in its field 1
-        return _len_field(6, key_values(1, value))
     if isinstance(value, Sequence):  # ArrayValue: repeated AnyValue in its field 1
         return _len_field(5, b"".join(_len_field(1, any_value(v)) for v in value))
-    return b""  # None: an empty AnyValue
+    return b""
 
 
 def key_value(field: int, key: str, value: object) -> bytes:
