@@ -24,12 +24,11 @@ links, and a status description (an error is the ERROR status and the
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler
 from opentelemetry.trace import (
-    Link,
     NonRecordingSpan,
     SpanContext,
     SpanKind,
@@ -131,7 +130,6 @@ class Recorder:
         kind: SpanKind,
         parent: SpanContext | None,
         attributes: dict[str, AttributeValue],
-        links: Sequence[Link] = (),
     ) -> RecordedSpan:
         """A span whose parent is `parent` (None: a root; valid when given);
         `attributes` become the span's own, with any the sampler adds. One the
@@ -145,7 +143,7 @@ class Recorder:
             trace_state = None if parent is None else parent.trace_state
         else:
             context = None if parent is None else set_span_in_context(NonRecordingSpan(parent))
-            decision = self._sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            decision = self._sampler.should_sample(context, trace_id, name, kind, attributes, ())
             sampled = decision.decision is Decision.RECORD_AND_SAMPLE
             trace_state = decision.trace_state
             if decision.attributes:
