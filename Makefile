@@ -224,6 +224,7 @@ bench: $(INSTALLED) ## benchmark against the bare-WSGI ceiling (needs wrk: apt-g
 # stopped the next time: mutmut keeps each verdict in mutants/ with its function's
 # source hash and tests again only the mutants of functions that changed since.
 # `make mutate-fresh` starts from nothing.
+# mutmut runs `mypy` (pyproject.toml's type_check_command) from the venv, found on PATH.
 # MUTATE_JOBS: mutants tested in parallel.
 MUTATE_JOBS ?= 2
 # MUTATE_ONLY: a shard, as mutmut names with *, e.g. 'fiboserver.worker.*' (docs/mutation.md);
@@ -238,7 +239,7 @@ $(MUTATE_INSTALLED): $(INSTALLED)
 	touch $@
 
 mutate: $(MUTATE_INSTALLED) ## mutation testing of fiboserver/ (mutmut), going on from a stopped run; prints the score and every survivor
-	set -f; $(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTATE_ONLY)
+	set -f; PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTATE_ONLY)
 	set -f; $(BIN)/python -m tests.mutation.summary $(BIN)/mutmut $(MUTATE_ONLY)
 
 mutate-fresh: $(MUTATE_INSTALLED) ## `make mutate` from nothing: every verdict of earlier runs dropped

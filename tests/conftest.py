@@ -79,7 +79,8 @@ def opensearch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenSearch]
 # - work done once in a module- or session-scoped fixture (e.g. test_config's bad
 #   files, all started at once): mutmut files it under the first test only; here
 #   every test that uses the fixture gets it.
-# Outside that phase none of this is active.
+# Outside that phase none of this is active. When a mutant's tests run, they run
+# module by module, cheapest first (tests/mutation/order.py).
 MUTATION_SITE = Path(__file__).resolve().parent / "mutation"
 
 
@@ -127,6 +128,16 @@ def pytest_configure(config: pytest.Config) -> None:
     testlog.bind(config)
     if os.environ.get("MUTANT_UNDER_TEST") == "stats":
         _reach = _MutmutReach()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", ""):
+        from mutmut.state import state
+
+        from tests.mutation.order import cheapest_modules_first
+
+        seconds = state().duration_by_test
+        items[:] = cheapest_modules_first(items, lambda item: item.nodeid, seconds)
 
 
 @pytest.hookimpl(wrapper=True)

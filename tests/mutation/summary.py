@@ -1,7 +1,7 @@
 """Summary of a `make mutate` run: score, and every mutant that no test killed.
 
 Reads `mutmut results --all true` (run in the repository root after `mutmut run`)
-and prints the counts per status, the score (killed / tested) and the surviving
+and prints the counts per status, the score (caught / tested) and the surviving
 mutants; given name patterns (a shard, `make mutate MUTATE_ONLY=...`), only
 theirs. Exit status 1 when a survivor is not judged harmless in
 docs/mutation.md, where each one has its reason: a new survivor is either
@@ -24,6 +24,8 @@ JUDGED = REPO_ROOT / "docs" / "mutation.md"
 # `mutmut results` prints "    <mutant name>: <status>".
 _RESULT_LINE = re.compile(r"\s+(\S+__mutmut_\d+): (.+)")
 UNTESTED = "not checked"
+# A test failed, a test ran out of time, or mypy rejected the mutant (as `make lint` would).
+CAUGHT = ("killed", "timeout", "caught by type check")
 # In docs/mutation.md a judged survivor is a table row starting with its name in backticks.
 _JUDGED_ROW = re.compile(r"^\| `(\S+__mutmut_\d+)` \|", re.MULTILINE)
 
@@ -58,13 +60,13 @@ def main(mutmut: str, only: list[str]) -> int:
     counts = Counter(status.values())
     untested = counts[UNTESTED]
     tested = len(status) - untested
-    killed = counts["killed"]
+    caught = sum(counts[s] for s in CAUGHT)
     print("mutation testing of fiboserver/ (mutmut):")
     for name, count in sorted(counts.items(), key=lambda kv: -kv[1]):
         print(f"  {name:>22}: {count}")
     if tested:
-        print(f"  score: {killed} killed / {tested} mutants tested = {killed / tested:.1%}")
-    not_killed = sorted(m for m, s in status.items() if s not in ("killed", "timeout", UNTESTED))
+        print(f"  score: {caught} caught / {tested} mutants tested = {caught / tested:.1%}")
+    not_killed = sorted(m for m, s in status.items() if s not in (*CAUGHT, UNTESTED))
     harmless = judged_harmless()
     unexplained = [m for m in not_killed if m not in harmless]
     print(f"\nnot killed: {len(not_killed)}, judged harmless in docs/mutation.md: "
