@@ -24,6 +24,14 @@ from tests.support.logpipeline import FIELD_TYPES, json_type
 ECHO_LIMIT = 40
 
 
+@pytest.fixture(autouse=True)
+def fresh_templates() -> None:
+    """Each test builds its answers afresh: `make mutate` forks each mutant's run
+    from a process whose earlier tests filled the template cache, and a mutant of
+    the builder would otherwise never run."""
+    refusals._template.cache_clear()
+
+
 def _split(data: bytes) -> tuple[str, dict[str, str], bytes]:
     head, _, body = data.partition(b"\r\n\r\n")
     status, *fields = head.decode("latin-1").split("\r\n")

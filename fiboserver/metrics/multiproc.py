@@ -97,14 +97,17 @@ def prepare(environ: MutableMapping[str, str], upgrading: bool) -> Directory:
     return Directory(path, private, fd)
 
 
-@contextlib.contextmanager
-def _merge_lock(path: str, exclusive: bool) -> Iterator[None]:
+def _locked(path: str, exclusive: bool) -> Iterator[None]:
     fd = os.open(os.path.join(path, _MERGE_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+# Wrapped here, not decorated: mutmut does not mutate decorated functions (docs/mutation.md).
+_merge_lock = contextlib.contextmanager(_locked)
 
 
 # This process's id, as prometheus_client's multiprocess values name their files.
