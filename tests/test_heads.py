@@ -13,6 +13,7 @@ from fiboserver.worker.heads import (
     incoming_request_id,
     probe_prefixes,
     request_line,
+    reusable,
 )
 
 LINE_LIMIT = 4094  # gunicorn's limit_request_line default
@@ -91,6 +92,35 @@ def test_incoming_request_id_in_any_case() -> None:
     assert incoming_request_id(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") is None
     # Only a header field, never the request line.
     assert incoming_request_id(b"GET /x-request-id: HTTP/1.1\r\n\r\n") is None
+
+
+@pytest.mark.parametrize(
+    ("head", "reuse"),
+    [
+        (b"GET /prod/fibo?n=1 HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        (b"HEAD /prod/readyz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n", True),
+        (b"GET / HTTP/1.1\r\n\r\n", True),
+        # HTTP/1.0 closes unless asked; a body would have to be read past first.
+        (b"GET / HTTP/1.0\r\nHost: x\r\n\r\n", False),
+        (b"POST /prod/fibo HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nTRANSFER-ENCODING: chunked\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nconnection:Keep-Alive, CLOSE\r\n\r\n", False),
+        # Every Connection field counts, not only the first.
+        (b"GET / HTTP/1.1\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n", False),
+        # "close" in another field, or in the request line, is not the client's word.
+        (b"GET / HTTP/1.1\r\nConnection: keep-alive\r\nX-Note: close\r\n\r\n", True),
+        (b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        # Not a field: a header value that mentions one.
+        (b"GET / HTTP/1.1\r\nX-Note: content-length: 3\r\n\r\n", True),
+        # No whole request line yet.
+        (b"GET / HTTP/1.1", False),
+        (b"", False),
+    ],
+)
+def test_reusable_after_an_answer_of_the_loops(head: bytes, reuse: bool) -> None:
+    assert reusable(head) is reuse
 
 
 def test_the_app_tells_the_servers_its_probe_paths_and_metrics() -> None:

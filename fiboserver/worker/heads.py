@@ -28,9 +28,9 @@ _LINE_END = b"\r\n"
 _GET_OR_HEAD = (b"GET ", b"HEAD ")
 _PATH_ENDS = (b" ", b"?")
 _REQUEST_ID = b"\r\nx-request-id:"
-_CONTENT_LENGTH = b"\r\ncontent-length:"
-_TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
-_CONNECTION = b"\r\nconnection:"
+# Fields (lower case) that mean a body follows the head.
+_BODY_FIELDS = (b"content-length:", b"transfer-encoding:")
+_CONNECTION = b"connection:"
 
 
 class HeadError(Exception):
@@ -91,21 +91,15 @@ def request_line(head: bytes) -> tuple[str, str]:
 
 def reusable(head: bytes) -> bool:
     """Whether the connection can take its next request after an answer the loop
-    wrote itself: an HTTP/1.1 GET or HEAD with no body to skip and no
-    `Connection: close`."""
-    line_end = head.find(_LINE_END)
-    if line_end < 0 or not head.startswith(_GET_OR_HEAD):
+    wrote itself: an HTTP/1.1 GET or HEAD with no body to skip and no `close` in
+    any of its Connection fields (a client may send several, RFC 9110 5.3)."""
+    line, line_end, rest = head.partition(_LINE_END)
+    if not line_end or not line.startswith(_GET_OR_HEAD) or not line.endswith(b" HTTP/1.1"):
         return False
-    if not head[:line_end].endswith(b" HTTP/1.1"):
+    fields = rest.lower().split(_LINE_END)
+    if any(field.startswith(_BODY_FIELDS) for field in fields):
         return False
-    fields = head[line_end:].lower()
-    if _CONTENT_LENGTH in fields or _TRANSFER_ENCODING in fields:
-        return False
-    start = fields.find(_CONNECTION)
-    if start < 0:
-        return True
-    end = fields.find(_LINE_END, start + len(_CONNECTION))
-    return b"close" not in fields[start + len(_CONNECTION) : end]
+    return not any(field.startswith(_CONNECTION) and b"close" in field for field in fields)
 
 
 def incoming_request_id(head: bytes) -> str | None:
