@@ -1,12 +1,14 @@
 """The real server's /metrics (README "Metrics", docs/metrics.md): `gunicorn -c gunicorn.conf.py`
 with two workers counts a known mix exactly, per worker and in sum, agreeing with
-its records bucket by bucket; `promtool check metrics` is clean; OpenMetrics on
+its records bucket by bucket, and counts a 400 the worker wrote itself;
+`promtool check metrics` is clean; OpenMetrics on
 the metrics port only; metrics_port 0 turns it all off."""
 
 from __future__ import annotations
 
 import collections
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from tests.support.metrictools import (
     wait_records,
     worker_values,
 )
+from tests.support.procinfo import HOST
 
 ROUTES = ("/dev/fibo", "/dev/healthz", "/dev/readyz")
 
@@ -73,6 +76,23 @@ def test_a_known_mix_is_counted_exactly_over_two_workers(tmp_path: Path) -> None
     assert value(scraped, "fiboserver_workers") == 2
     assert value(scraped, "fiboserver_draining") == 0
     assert srv.bad_lines == []
+
+
+def test_a_head_the_parser_refuses_is_counted_like_any_answer(tmp_path: Path) -> None:
+    """A head gunicorn's parser refuses never reaches the app: the worker answers
+    400 itself (its handle_error). The answer is counted all the same, under the
+    method and route of its request line."""
+    with server(tmp_path, 1) as srv:
+        wait_booted(srv, 1)
+        with socket.create_connection((HOST, srv.port), timeout=10) as sock:
+            sock.sendall(b"GET /dev/fibo?n=3 HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):  # the worker closes after a refusal
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+        wait_records(srv, "request refused", 1)
+        scraped = samples(srv.scrape())
+    assert request_counts(scraped) == {("GET", "/dev/fibo", "400"): 1}
 
 
 def test_promtool_check_metrics_is_clean(tmp_path: Path) -> None:
