@@ -81,6 +81,19 @@ def test_pacer_allows_its_share_of_cpu_and_makes_the_rest_wait() -> None:
     assert pacer.ready(0.11)
 
 
+def test_a_budget_spent_to_the_last_waits_and_the_wait_is_enough() -> None:
+    pacer = Pacer(0.0, share=0.05, burst=0.01)
+    pacer.spend(0.01)
+    assert not pacer.ready(0.0)  # nothing left is not "some left"
+    assert pacer.wait(0.0) > 0.0
+    pacer.spend(0.005)
+    # Woken after exactly the wait it was given, the loop finds the budget ready:
+    # no second, near-zero wait for a rounding error.
+    waited = pacer.wait(0.0)
+    assert pacer.ready(waited)
+    assert pacer.wait(waited) == 0.0
+
+
 def test_pacer_saves_up_no_more_than_its_burst() -> None:
     pacer = Pacer(0.0, share=0.05, burst=0.01)
     assert pacer.ready(100.0)  # a long quiet time refills to the burst only

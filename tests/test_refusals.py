@@ -217,3 +217,21 @@ def test_an_overloads_refusals_are_answered_each_and_logged_together(
             assert json_type(value) == FIELD_TYPES[key], key
     (single,) = fibo_logs.find("request refused")
     assert single["status"] == 408 and single["request_id"] == answers[5][1]["X-Request-ID"]
+
+
+def test_pending_refusals_wait_for_the_pacer_only_when_there_are_some() -> None:
+    """What the loop's poll timeout takes from the refusals: forever while none is
+    pending, the pacer's wait while some are."""
+    with selectors.DefaultSelector() as poller:
+        conns = Connections(poller)
+        pacer = Pacer(0.0, share=0.05, burst=0.01)
+        pending = refusals.PendingRefusals(conns, pacer, None)
+        pacer.spend(0.015)  # 5 ms over: 0.1 s at 5 % of each second
+        assert pending.wait(0.0) == float("inf")
+        server, client = socket.socketpair()
+        with server, client:
+            conn = Conn(None, server, ("127.0.0.1", 1), ("127.0.0.1", 8080))
+            conns.accepted(conn)
+            pending.add(conn, refusals.overloaded(1))
+            assert pending.wait(0.0) == pytest.approx(0.1, abs=1e-3)
+            conns.close_all()
