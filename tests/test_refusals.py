@@ -3,9 +3,11 @@ and how much of the client's input they and their log record quote."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import selectors
 import socket
+import threading
 import time
 from http import HTTPStatus
 
@@ -109,6 +111,54 @@ def test_refuse_writes_the_answer_and_one_bounded_record(fibo_logs: JsonCapture)
     assert record["status"] == 414 and record["request_id"] == "rid-414"
     assert record["path"] == "/prod/fibo" and record["method"] == "GET"
     assert isinstance(record["duration_ms"], float) and record["client"] == "127.0.0.1:1234"
+
+
+def test_a_refused_head_request_gets_no_body_and_a_timed_record(
+    fibo_logs: JsonCapture,
+) -> None:
+    started = time.monotonic() - 0.5  # the server began waiting for it half a second ago
+    server, client = socket.socketpair()
+    with server, client:
+        head = b"HEAD /prod/fibo?n=1?n=2 HTTP/1.1\r\nHost: x\r\n"
+        refusals.refuse(
+            server,
+            refusals.Refusal(HTTPStatus.BAD_REQUEST, "malformed request", "malformed request"),
+            refusals.Refused.of(head, "127.0.0.1:1", started),
+            None,
+        )
+        server.close()
+        status, headers, body = _split(client.recv(4096))
+        assert client.recv(4096) == b""  # nothing after the head
+    assert status.startswith("HTTP/1.1 400 ")
+    assert body == b"" and int(headers["Content-Length"]) == len(b'{"error": "malformed request"}')
+    (record,) = fibo_logs.find("request refused")
+    assert (record["method"], record["path"]) == ("HEAD", "/prod/fibo")  # up to the first ?
+    assert 500 <= record["duration_ms"] < 5000
+
+
+def test_refuse_never_blocks_on_a_client_that_does_not_read(fibo_logs: JsonCapture) -> None:
+    """The loop writes refusals itself: a client whose receive buffer is full
+    must not stop it. The answer is dropped; the record stays."""
+    server, client = socket.socketpair()
+    with server, client:
+        server.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                server.send(b"x" * 65536)
+        server.setblocking(True)  # as the worker's connections are, for its threads
+        request = refusals.Refused.of(b"GET / HTTP/1.1\r\n", "127.0.0.1:1", time.monotonic())
+        done = threading.Event()
+
+        def write() -> None:
+            refusals.refuse(server, refusals.overloaded(1), request, None)
+            done.set()
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        finished = done.wait(5)
+        server.shutdown(socket.SHUT_RDWR)  # frees a writer that did block
+        writer.join(5)
+    assert finished, "refuse() blocked on a full socket"
 
 
 def test_refuse_bounds_the_path_it_logs(fibo_logs: JsonCapture) -> None:

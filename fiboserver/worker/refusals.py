@@ -115,7 +115,7 @@ class Refused:
         return cls(
             choose_request_id(incoming_request_id(head)),
             bounded(method),
-            bounded(target.split("?", 1)[0]),
+            bounded(target.partition("?")[0]),
             client,
             started,
         )
