@@ -84,6 +84,13 @@ def test_request_line_parts() -> None:
     assert request_line(b"GARBAGE\r\n\r\n") == ("GARBAGE", "")
     assert request_line(b"\r\nGET /x HTTP/1.1\r\n\r\n") == ("GET", "/x")
     assert request_line(b"") == ("", "")
+    assert request_line(b"GET") == ("GET", "")
+    assert request_line(b"\r\n\r\nDELETE /a/b?c HTTP/1.1") == ("DELETE", "/a/b?c")
+    # Lines ended by a bare LF (the parser refuses those heads): the first line still.
+    assert request_line(b"GET /x HTTP/1.1\nHost: a b\nX: c d\r\n\r\n") == ("GET", "/x")
+    assert request_line(b"GET\nHost: a b\r\n\r\n") == ("GET", "")
+    # A line that begins with a space has no method; the record shows what came.
+    assert request_line(b" GET /x HTTP/1.1\r\n\r\n") == ("", "GET")
 
 
 def test_incoming_request_id_in_any_case() -> None:

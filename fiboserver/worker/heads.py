@@ -82,11 +82,9 @@ def request_line(head: bytes) -> tuple[str, str]:
     For log records of answers the loop gives itself; the caller bounds them.
     A missing part is an empty string.
     """
-    line = head.lstrip(b"\r\n").split(b"\r\n", 1)[0].split(b"\n", 1)[0]
-    parts = line.split(b" ", 2)
-    method = parts[0].decode("latin-1")
-    target = parts[1].decode("latin-1") if len(parts) > 1 else ""
-    return method, target
+    line = head.lstrip(b"\r\n").partition(b"\r\n")[0].partition(b"\n")[0]
+    method, _, rest = line.partition(b" ")
+    return method.decode("latin-1"), rest.partition(b" ")[0].decode("latin-1")
 
 
 def reusable(head: bytes) -> bool:
