@@ -13,16 +13,16 @@ ECHO_LIMIT = 40
 _ELLIPSIS = "..."
 
 
-def bounded(text: str, limit: int = ECHO_LIMIT) -> str:
-    """`text` if it has at most `limit` characters, else its first `limit` and '...'.
+def bounded(text: str) -> str:
+    """`text` if it has at most ECHO_LIMIT characters, else its first ECHO_LIMIT and '...'.
 
-    The ellipsis is not client input, so the quote itself keeps `limit` characters.
+    The ellipsis is not client input, so the quote itself keeps ECHO_LIMIT characters.
     """
-    if len(text) <= limit:
+    if len(text) <= ECHO_LIMIT:
         return text
-    return text[:limit] + _ELLIPSIS
+    return text[:ECHO_LIMIT] + _ELLIPSIS
 
 
-def quoted(text: str, limit: int = ECHO_LIMIT) -> str:
+def quoted(text: str) -> str:
     """`bounded(text)` as a Python literal (quotes, control characters escaped)."""
-    return repr(bounded(text, limit))
+    return repr(bounded(text))

@@ -97,8 +97,16 @@ def test_incoming_request_id_in_any_case() -> None:
     head = b"GET / HTTP/1.1\r\nHost: x\r\nx-REQUEST-id:  abc-1 \r\n\r\n"
     assert incoming_request_id(head) == "abc-1"
     assert incoming_request_id(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") is None
-    # Only a header field, never the request line.
+    # Only a header field, never the request line, nor a value that names one.
     assert incoming_request_id(b"GET /x-request-id: HTTP/1.1\r\n\r\n") is None
+    assert incoming_request_id(b"\r\nX-Request-ID: line\r\nHost: x\r\n\r\n") is None
+    assert incoming_request_id(b"GET / HTTP/1.1\r\nX-Note: X-Request-ID: a\r\n\r\n") is None
+    assert incoming_request_id(b"GET / HTTP/1.1\r\nX-Request-IDs: a\r\n\r\n") is None
+    # The first field of two; the value as sent, colons and all, without the
+    # spaces and tabs around it; a head cut short still has it.
+    two = b"GET / HTTP/1.1\r\nX-Request-ID:\tXa:1X \r\nX-Request-ID: b\r\n\r\n"
+    assert incoming_request_id(two) == "Xa:1X"
+    assert incoming_request_id(b"GET / HTTP/1.1\r\nx-request-id: cut") == "cut"
 
 
 @pytest.mark.parametrize(

@@ -71,7 +71,7 @@ def create_app(
 def _http_error(exc: HTTPException) -> BaseResponse:
     # Werkzeug's own response keeps headers such as Allow on a 405.
     response = exc.get_response()
-    response.set_data(json_response({"error": (exc.name or "error").lower()}).get_data())
+    response.set_data(json_response({"error": exc.name.lower()}).get_data())
     response.mimetype = "application/json"
     return response
 

@@ -27,7 +27,7 @@ _LINE_END = b"\r\n"
 # Probe requests are GET or HEAD of the exact path, with or without a query.
 _GET_OR_HEAD = (b"GET ", b"HEAD ")
 _PATH_ENDS = (b" ", b"?")
-_REQUEST_ID = b"\r\nx-request-id:"
+_REQUEST_ID = b"x-request-id"
 # Fields (lower case) that mean a body follows the head.
 _BODY_FIELDS = (b"content-length:", b"transfer-encoding:")
 _CONNECTION = b"connection:"
@@ -101,11 +101,10 @@ def reusable(head: bytes) -> bool:
 
 
 def incoming_request_id(head: bytes) -> str | None:
-    """The value of the head's X-Request-ID field (any case), if it has one."""
-    start = head.lower().find(_REQUEST_ID)
-    if start < 0:
-        return None
-    start += len(_REQUEST_ID)
-    end = head.find(_LINE_END, start)
-    value = head[start:] if end < 0 else head[start:end]
-    return value.strip(b" \t").decode("latin-1")
+    """The value of the head's first X-Request-ID field (its name in any case), if
+    it has one."""
+    for field in head.lstrip(_LINE_END).split(_LINE_END)[1:]:  # after the request line
+        name, colon, value = field.partition(b":")
+        if colon and name.lower() == _REQUEST_ID:
+            return value.strip(b" \t").decode("latin-1")
+    return None
