@@ -82,7 +82,7 @@ def request_line(head: bytes) -> tuple[str, str]:
     For log records of answers the loop gives itself; the caller bounds them.
     A missing part is an empty string.
     """
-    line = head.lstrip(b"\r\n").partition(b"\r\n")[0].partition(b"\n")[0]
+    line = head.lstrip(_LINE_END).partition(_LINE_END)[0].partition(b"\n")[0]
     method, _, rest = line.partition(b" ")
     return method.decode("latin-1"), rest.partition(b" ")[0].decode("latin-1")
 
