@@ -220,6 +220,8 @@ def test_usr2_shares_the_directory_and_takes_the_port_over(tmp_path: Path) -> No
         after = samples(srv.scrape())
         assert never_went_down(before, after) == []
         assert value(after, "fiboserver_workers") == 1
+        # The old master drained before it went; its live gauges went with it.
+        assert value(after, "fiboserver_draining") == 0
         os.kill(new_pid[0], signal.SIGTERM)
 
 

@@ -32,7 +32,7 @@ def refuse_new_connections(sock: socket.socket) -> None:
     (EPERM with unprivileged BPF disabled, in an unprivileged container).
     """
     code = b"".join(struct.pack("HBBI", *insn) for insn in _DROP_NEW_CONNECTIONS)
-    program = ctypes.create_string_buffer(code, len(code))
+    program = ctypes.create_string_buffer(code)
     # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
     fprog = struct.pack("HP", len(_DROP_NEW_CONNECTIONS), ctypes.addressof(program))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
