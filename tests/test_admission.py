@@ -42,6 +42,14 @@ def test_an_item_that_waited_past_the_deadline_is_shed_not_started() -> None:
     assert (started, expired) == ("in time", ["late"])
 
 
+def test_an_item_that_waited_exactly_the_deadline_still_starts() -> None:
+    adm: Admission[str] = Admission(1, deadline=1.0, initial_service=0.01)
+    adm.offer("running", 0.0)
+    adm.offer("on time", 0.25)
+    adm.done(1.25)
+    assert adm.take(1.25) == ("on time", [])  # shed only past the deadline
+
+
 def test_queue_bound_follows_the_measured_service_time() -> None:
     adm: Admission[int] = Admission(4, deadline=1.0, initial_service=0.01, weight=0.5)
     assert adm.capacity() == 400

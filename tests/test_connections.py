@@ -6,6 +6,7 @@ from __future__ import annotations
 import resource
 import selectors
 import socket
+import struct
 from collections.abc import Iterator
 
 import pytest
@@ -32,6 +33,31 @@ def test_sockets_stay_blocking_for_the_threads(conns: Connections) -> None:
         assert conn.sock.getblocking()
         assert conn.data_ready and conn.parser is None and not conn.initialized
         conns.close(conn)
+
+
+def test_client_left_sees_a_close_or_a_reset_and_nothing_else(conns: Connections) -> None:
+    conn, client = _conn(conns)
+    with client:
+        assert not conn.client_left()  # open and silent
+        client.sendall(b"GET / HTTP/1.1\r\n")
+        assert not conn.client_left()  # open, with bytes the server has not read
+        assert conn.sock.recv(64) == b"GET / HTTP/1.1\r\n"  # only peeked at
+        client.close()
+        assert conn.client_left()
+        conns.close(conn)
+    reset, peer = _tcp_pair()
+    with reset, peer:
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # an RST: the server's next read fails
+        conn = Conn(None, reset, ("127.0.0.1", 1), ("127.0.0.1", 2))
+        assert conn.client_left()
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return server, client
 
 
 def test_a_connection_waits_in_one_set_in_deadline_order(conns: Connections) -> None:
