@@ -18,6 +18,15 @@ def test_starts_while_threads_are_free_then_queues_then_sheds() -> None:
     assert adm.waiting == 20 and adm.running == 2
 
 
+def test_the_queue_bound_is_what_the_threads_start_within_the_deadline() -> None:
+    # 2 threads at 0.125 s each start 8 requests in half a second.
+    assert Admission(2, deadline=0.5, initial_service=0.125).capacity() == 8
+    # No service time to go by: nothing is shed for the queue's length.
+    unmeasured: Admission[int] = Admission(1, deadline=0.5, initial_service=0.0)
+    assert unmeasured.offer(0, 0.0) is Verdict.START
+    assert {unmeasured.offer(i, 0.0) for i in range(10_000)} == {Verdict.QUEUED}
+
+
 def test_queued_items_start_in_order_as_threads_free_up() -> None:
     adm: Admission[str] = Admission(1, deadline=1.0, initial_service=0.1)
     assert adm.offer("a", 0.0) is Verdict.START

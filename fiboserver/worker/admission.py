@@ -21,6 +21,7 @@ tests drive it with a fake one.
 from __future__ import annotations
 
 import enum
+import sys
 from collections import deque
 from typing import Generic, TypeVar
 
@@ -74,7 +75,9 @@ class Admission(Generic[T]):
 
     def capacity(self) -> int:
         """How many requests may wait: what `slots` threads start within the deadline."""
-        return int(self.slots * self.deadline / self.service) if self.service > 0 else 1 << 30
+        if self.service <= 0:  # nothing measured to bound it by
+            return sys.maxsize
+        return int(self.slots * self.deadline / self.service)
 
     def offer(self, item: T, now: float) -> Verdict:
         """Admit `item`, which arrived at `now`. START means the caller runs it now
