@@ -135,7 +135,9 @@ def test_readyz_answers_503_on_open_connection_after_sigterm(tmp_path: Path) -> 
             srv.wait_for("graceful stopping server", timeout=5)
             # The worker logs this once its loop has seen SIGTERM, which is after
             # its signal handler marked it draining.
-            srv.wait_for("worker stopping", timeout=5)
+            stopping = srv.wait_for("worker stopping", timeout=5)
+            # Which worker, and what it still holds: this kept-alive connection.
+            assert stopping["pid"] in srv.worker_pids() and stopping["connections"] == 1
             conn.request("GET", "/dev/readyz", headers={"X-Request-ID": "drain-1"})
             assert conn.sock is sock, "must be the connection opened before SIGTERM"
             resp = conn.getresponse()
