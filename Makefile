@@ -238,7 +238,11 @@ $(MUTATE_INSTALLED): $(INSTALLED)
 	$(BIN)/pip install --quiet -e '.[dev,mutate]'
 	touch $@
 
+# Which tests reach which function is recorded afresh each run (the stats file goes;
+# the verdicts stay): mutmut would record it again for new tests only, and a function
+# added or renamed since would get only those (docs/mutation.md).
 mutate: $(MUTATE_INSTALLED) ## mutation testing of fiboserver/ (mutmut), going on from a stopped run; prints the score and every survivor
+	rm -f mutants/mutmut-stats.json
 	set -f; PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTATE_ONLY)
 	set -f; $(BIN)/python -m tests.mutation.summary $(BIN)/mutmut $(MUTATE_ONLY)
 
