@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import collections
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from fiboserver.metrics.definitions import REQUEST_BUCKETS
+from tests.support.clients import exchange
 from tests.support.hosttools import require_tool
 from tests.support.metrictools import (
     DURATION,
@@ -27,7 +27,6 @@ from tests.support.metrictools import (
     wait_records,
     worker_values,
 )
-from tests.support.procinfo import HOST
 
 ROUTES = ("/dev/fibo", "/dev/healthz", "/dev/readyz")
 
@@ -84,11 +83,9 @@ def test_a_head_the_parser_refuses_is_counted_like_any_answer(tmp_path: Path) ->
     method and route of its request line."""
     with server(tmp_path, 1) as srv:
         wait_booted(srv, 1)
-        with socket.create_connection((HOST, srv.port), timeout=10) as sock:
-            sock.sendall(b"GET /dev/fibo?n=3 HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
-            answer = b""
-            while chunk := sock.recv(65536):  # the worker closes after a refusal
-                answer += chunk
+        answer, _ = exchange(
+            srv.port, b"GET /dev/fibo?n=3 HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"
+        )
         assert answer.startswith(b"HTTP/1.1 400 "), answer
         wait_records(srv, "request refused", 1)
         scraped = samples(srv.scrape())
