@@ -243,3 +243,42 @@ def test_sigterm_serves_every_connection_already_in_the_listen_queue(tmp_path: P
         assert failures == [], f"{len(failures)} of {QUEUED_CLIENTS} lost: {failures[:5]}"
         assert srv.wait(GRACEFUL_TIMEOUT + 10) == 0
     assert srv.find("server stopped")
+
+
+# Past the 0.2 s in which a stopping worker still accepts, well inside the 2 s
+# it still waits for kept-alive and not yet complete connections (docs/graceful.md).
+AFTER_LINGER = 0.5
+
+
+@pytest.mark.parametrize("held", ["kept-alive", "half a head"])
+def test_a_connection_held_at_sigterm_is_served_after_the_accept_linger(
+    tmp_path: Path, held: str
+) -> None:
+    """A stopping worker stops accepting after 0.2 s but keeps serving what it holds."""
+    head = b"GET /dev/fibo?n=10 HTTP/1.1\r\nHost: t\r\n"
+    with ServerProcess(
+        {"env": "DEV", "maxseq": 100}, tmp_path, env={"WEB_CONCURRENCY": "1"}
+    ) as srv:
+        srv.wait_for("server start", timeout=30)
+        with socket.create_connection((HOST, srv.port), timeout=10) as sock:
+            # A first exchange: the worker has accepted this connection.
+            sock.sendall(head + b"\r\n")
+            resp = http.client.HTTPResponse(sock)
+            resp.begin()
+            assert resp.status == 200 and json.loads(resp.read()) == {"result": 55}
+            if held == "half a head":
+                sock.sendall(head)
+                rest = b"\r\n"
+            else:
+                rest = head + b"\r\n"
+            srv.terminate(signal.SIGTERM)
+            stopping = srv.wait_for("worker stopping", timeout=5)
+            assert stopping["connections"] == 1
+            time.sleep(AFTER_LINGER)
+            sock.sendall(rest)
+            resp = http.client.HTTPResponse(sock)
+            resp.begin()
+            assert resp.status == 200 and json.loads(resp.read()) == {"result": 55}
+            sock.settimeout(GRACEFUL_TIMEOUT)
+            assert sock.recv(1) == b"", "the stopping worker must close the connection"
+        assert srv.wait(GRACEFUL_TIMEOUT + 10) == 0
