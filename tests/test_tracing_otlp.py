@@ -77,7 +77,7 @@ def record(sampler: Any = None) -> tuple[Recorder, list[RecordedSpan]]:
 
 
 def spans_of(ended: list[RecordedSpan]) -> list[Any]:
-    envelope = otlp.envelope({}, "fibo")
+    envelope = otlp.envelope({}, "fibo", "")
     return list(decoded(envelope.request(map(otlp.encode_span, ended))).resource_spans[0]
                 .scope_spans[0].spans)  # fmt: skip
 
@@ -206,7 +206,7 @@ def test_a_root_span_and_values_equal_across_types() -> None:
     # True == 1 == 1.0 as Python values; each must keep its own protobuf type.
     for v in (True, 1, 1.0, 1, True):
         recorder.start("root", SpanKind.INTERNAL, None, {"k": v}).end()
-    request = decoded(otlp.envelope({}, "fibo").request(map(otlp.encode_span, ended)))
+    request = decoded(otlp.envelope({}, "fibo", "").request(map(otlp.encode_span, ended)))
     spans = request.resource_spans[0].scope_spans[0].spans
     assert [s.attributes[0].value.WhichOneof("value") for s in spans] == [
         "bool_value", "int_value", "double_value", "int_value", "bool_value",

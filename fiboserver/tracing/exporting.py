@@ -89,9 +89,9 @@ def start(settings: TracingSettings) -> None:
         return
     # The exporter reads the endpoint, headers, timeout and compression from the
     # environment itself; the provider the sampler; the processor OTEL_BSP_*.
-    # No atexit shutdown of its own: the worker_exit hook shuts it down (a second
-    # shutdown would only log a warning).
-    provider = TracerProvider(resource=_resource(), shutdown_on_exit=False)
+    # The worker_exit hook shuts the provider down, which also drops the atexit
+    # shutdown the provider registers: that one is for an exit without the hook.
+    provider = TracerProvider(resource=_resource())
     processor = BatchSpanProcessor(SpanExporter(provider.resource, SCOPE))
     provider.add_span_processor(processor)
 

@@ -195,7 +195,7 @@ class Envelope:
 
     resource: bytes  # Resource message
     scope: bytes  # InstrumentationScope message
-    resource_schema_url: str = ""
+    resource_schema_url: str
 
     def request(self, spans: Iterable[bytes]) -> bytes:
         """An ExportTraceServiceRequest with `spans` (each made by `encode_span`),
@@ -212,7 +212,7 @@ class Envelope:
 def envelope(
     resource_attributes: Mapping[str, object],
     scope_name: str,
-    resource_schema_url: str = "",
+    resource_schema_url: str,
 ) -> Envelope:
     return Envelope(
         key_values(1, resource_attributes), _str_field(1, scope_name), resource_schema_url
