@@ -107,6 +107,11 @@ def test_incoming_request_id_in_any_case() -> None:
     two = b"GET / HTTP/1.1\r\nX-Request-ID:\tXa:1X \r\nX-Request-ID: b\r\n\r\n"
     assert incoming_request_id(two) == "Xa:1X"
     assert incoming_request_id(b"GET / HTTP/1.1\r\nx-request-id: cut") == "cut"
+    # Around the value only spaces and tabs are optional whitespace (RFC 9110
+    # 5.6.3): a vertical tab stays, for the id's own check to judge. Only empty
+    # lines come before the request line: a line of blanks is the request line.
+    assert incoming_request_id(b"GET / HTTP/1.1\r\nX-Request-ID: a\x0b\r\n\r\n") == "a\x0b"
+    assert incoming_request_id(b" \r\nX-Request-ID: a\r\n\r\n") == "a"
 
 
 @pytest.mark.parametrize(

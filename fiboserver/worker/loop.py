@@ -371,7 +371,6 @@ class RequestThreadWorker(GthreadWorker):
             now = time.monotonic()
             self._expire(now)
             self._refusals.write(now, None)
-        self.set_accept_enabled(False)
         self.conns.close_all()
         self.tpool.shutdown(wait=False)
         self._probe_pool.shutdown(wait=False)
