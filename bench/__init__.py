@@ -13,7 +13,8 @@ The modules, by concern:
   bign        cold F(n) against the iterative loop
   startstop   ready time, idle and loaded stop time
   memory      worker RSS over walks of large n against cache_max_bytes
-  report      targets, notes and the Markdown of latest.md; writing results
+  targets     the targets a run is judged by, each measured, met or not
+  report      notes and the Markdown of latest.md; writing results
   compare, profile, hotpath  tools for one question each (their docstrings)
   ceiling, flask_floor       the apps the service is compared with
 """

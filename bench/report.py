@@ -1,4 +1,5 @@
-"""The results: targets met or not, notes on the unmet, latest.md's Markdown, and the files."""
+"""The results: latest.md's Markdown (targets from bench.targets, notes on the
+unmet), and the files."""
 
 from __future__ import annotations
 
@@ -10,17 +11,12 @@ from typing import Any
 
 from bench import tracing_cost
 from bench.metrics_cost import BUDGET_RATIO, METRICS_OFF, METRICS_ON
-from bench.overload import overload_markdown, overload_targets
-from bench.pairs import cores_text, idle_round_share
-from bench.proxy import proxy_markdown, proxy_targets
+from bench.overload import overload_markdown
+from bench.pairs import cores_text
+from bench.proxy import proxy_markdown
 from bench.stats import median
+from bench.targets import targets
 from bench.worker_cost import WORKER_COST_BUDGET
-
-# The sections whose rounds are pairs of wrk runs on 2-worker servers.
-PAIRED = ("cached", "uncached", "metrics", "proxy", "tracing", "worker")
-# In the worker pair, "worker before" and its ceiling run an older commit's worker,
-# which does not balance connections: an idle worker there is that worker's.
-OLDER_WORKERS = {"worker": ("worker before", "ceiling")}
 
 
 def fmt_ms(x: float) -> str:
@@ -29,88 +25,6 @@ def fmt_ms(x: float) -> str:
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "**NOT met**"
-
-
-def targets(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    rows: list[tuple[str, str, bool]] = []
-    c = res.get("cached")
-    if c:
-        rows.append(
-            (
-                "cached throughput >= 0.5 x ceiling",
-                f"{c['rps_ratio']:.2f} (worst round {c['rps_ratio_worst']:.2f})",
-                c["rps_ratio"] >= 0.5,
-            )
-        )
-        rows.append(
-            (
-                "cached p99 <= 2 x ceiling p99",
-                f"{c['p99_ratio']:.2f} x (worst round {c['p99_ratio_worst']:.2f} x)",
-                c["p99_ratio"] <= 2.0,
-            )
-        )
-    mc = res.get("metrics")
-    if mc:
-        rows.append(
-            (
-                f"cached throughput, metrics on >= {BUDGET_RATIO} x metrics off",
-                f"{mc['rps_ratio']:.3f} (worst round {mc['rps_ratio_worst']:.3f}; "
-                f"{mc['cost_us_per_req']:+.1f} us/req)",
-                mc["rps_ratio"] >= BUDGET_RATIO,
-            )
-        )
-    w = res.get("worker")
-    if w:
-        rows.append(
-            (
-                f"worker's cost on the cached ratio <= {WORKER_COST_BUDGET:.0%}",
-                f"{w['cost']:.1%} ({w['ratio_before']:.3f} -> {w['ratio_after']:.3f})",
-                w["cost"] <= WORKER_COST_BUDGET,
-            )
-        )
-    rows += proxy_targets(res)
-    paired = [todays_idle_share(k, res[k]) for k in PAIRED if res.get(k)]
-    if paired:
-        idle = max(paired)
-        rows.append(("no round with a worker idle", f"{idle:.0%} of rounds at most", idle == 0))
-    rows += tracing_cost.targets(res)
-    b = res.get("big_n", {}).get("100000")
-    if b:
-        rows.append(
-            (
-                "cold F(100000) < 10 ms",
-                f"{b['fibonacci_digits_ms']:.2f} ms",
-                b["fibonacci_digits_ms"] < 10,
-            )
-        )
-        rows.append(
-            ("F(100000) >= 20 x faster than the loop", f"{b['speedup']:.0f} x", b["speedup"] >= 20)
-        )
-    s = res.get("start_stop")
-    if s:
-        rows.append(("ready < 1.5 s", f"{s['ready_s']:.2f} s", s["ready_s"] < 1.5))
-        rows.append(
-            ("idle SIGTERM -> exit < 1 s", f"{s['idle_stop_s']:.2f} s", s["idle_stop_s"] < 1.0)
-        )
-    memory = res.get("memory", [])
-    control = next((m for m in memory if not m["cache"]), None)
-    slack = res["settings"]["rss_overhead_allowance"]
-    for m in memory:
-        if not m["cache"]:
-            continue
-        # The fixed overhead: what the same walks grow a worker by with the cache off.
-        fixed = max(control["max_growth"], 0) if control else 0
-        ok = m["max_growth"] <= m["cache_max_bytes"] + fixed + slack
-        rows.append(
-            (
-                f"worker RSS growth <= cache_max_bytes {m['cache_max_bytes'] / 2**20:.0f} MiB"
-                f" + cache-off growth + {slack / 2**20:.0f} MiB",
-                f"{m['max_growth'] / 2**20:.1f} MiB (cache off: {fixed / 2**20:.1f} MiB)",
-                ok,
-            )
-        )
-    rows += overload_targets(res)
-    return rows
 
 
 def distribution(r: dict[str, Any], labels: Sequence[str]) -> list[str]:
@@ -161,10 +75,10 @@ def notes(res: dict[str, Any]) -> list[str]:
     return out
 
 
-def markdown(res: dict[str, Any]) -> str:
+def header(res: dict[str, Any]) -> list[str]:
     m = res["machine"]
     st = res["settings"]
-    lines = [
+    return [
         f"# fiboserver benchmark, {res['finished']}",
         "",
         f"Machine: {m['cores']} cores ({m['cpu_model']}), Linux {m['kernel']}, "
@@ -180,163 +94,201 @@ def markdown(res: dict[str, Any]) -> str:
         "'other load' below is what the rest of the machine used during the runs.",
         "",
     ]
+
+
+def targets_section(res: dict[str, Any]) -> list[str]:
     rows = targets(res)
-    if rows:
-        lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
-        lines += [f"| {t} | {v} | {verdict(ok)} |" for t, v, ok in rows]
-        lines.append("")
+    if not rows:
+        return []
+    return [
+        "## Targets",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        *[f"| {t} | {v} | {verdict(ok)} |" for t, v, ok in rows],
+        "",
+    ]
+
+
+def floor_paragraph(r: dict[str, Any]) -> list[str]:
+    """Where the cached section's server CPU goes: Flask, then the service's features."""
+    floor, ceil, svc = r["flask floor"], r["ceiling"], r["fiboserver"]
+    cpu_key = "server_cpu_us_per_req"
+    flask_us = floor[cpu_key] - ceil[cpu_key]
+    features_us = svc[cpu_key] - floor[cpu_key]
+    return [
+        "Ratio is fiboserver / ceiling (median of the rounds' ratios). The Flask floor "
+        "(bench/flask_floor.py: a plain Flask app, same gunicorn settings, no logging) "
+        f"reaches {floor['rps'] / ceil['rps']:.2f} of the ceiling by itself; "
+        f"fiboserver reaches {svc['rps'] / floor['rps']:.2f} of the floor. Server CPU per "
+        f"request: Flask adds {flask_us:.0f} us to the ceiling's {ceil[cpu_key]:.0f} us, "
+        "the service's features (request id, two JSON records, validation, cache) "
+        f"another {features_us:.0f} us.",
+        "",
+    ]
+
+
+def service_section(title: str, r: dict[str, Any]) -> list[str]:
+    """The cached or the uncached pair: the service, the Flask floor and the ceiling."""
+    g = r["gunicorn"]
+    lines = [
+        f"## {title}",
+        "",
+        f"gunicorn for all: worker_class {g['worker_class']}, workers {g['workers']}, "
+        f"threads {g['threads']}, keepalive {g['keepalive']}. Other load on the machine during "
+        f"the runs: at most {r['other_cores_max']:.2f} cores.",
+        "",
+        "| | req/s | p50 ms | p99 ms | server CPU us/req | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in ("fiboserver", "flask floor", "ceiling"):
+        if name in r:
+            lines.append(run_row(name, r[name]))
+    lines += [f"| **ratio** | **{r['rps_ratio']:.2f}** | | {r['p99_ratio']:.2f} x | | |", ""]
+    if "flask floor" in r:
+        lines += floor_paragraph(r)
+    return [
+        *lines,
+        *distribution(r, ("fiboserver", "ceiling")),
+        f"Service `end` log records written: {r['service_end_records']} for "
+        f"{r['service_requests']} measured requests (+ warm-up).",
+        "",
+    ]
+
+
+def run_row(name: str, s: dict[str, Any]) -> str:
+    return (
+        f"| {name} | {s['rps']:.0f} | {fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])} | "
+        f"{s['server_cpu_us_per_req']:.0f} | {s['errors']} |"
+    )
+
+
+def metrics_section(mc: dict[str, Any]) -> list[str]:
+    on, off, ceil = mc[METRICS_ON.label], mc[METRICS_OFF.label], mc["ceiling"]
+    return [
+        "## Metrics on and off, cached `n=30`",
+        "",
+        "The service with `/metrics` served (PROD config as deployed) and with "
+        "`metrics_port: 0`, the ceiling in the same rounds. Other load on the machine "
+        f"during the runs: at most {mc['other_cores_max']:.2f} cores.",
+        "",
+        "| | req/s | p50 ms | p99 ms | server CPU us/req | errors |",
+        "|---|---|---|---|---|---|",
+        *[
+            run_row(name, row)
+            for name, row in ((METRICS_ON.label, on), (METRICS_OFF.label, off), ("ceiling", ceil))
+        ],
+        "",
+        f"Metrics cost {mc['cost_us_per_req']:.1f} us of server CPU per request; "
+        f"throughput with metrics on is {mc['rps_ratio']:.3f} of metrics off (median of the "
+        f"rounds' ratios; budget >= {BUDGET_RATIO}). Cached ratio to the ceiling: "
+        f"{mc['on_ceiling_ratio']:.2f} with metrics on, {mc['off_ceiling_ratio']:.2f} off.",
+        "",
+        *distribution(mc, (METRICS_ON.label, METRICS_OFF.label, "ceiling")),
+    ]
+
+
+def big_n_section(b: dict[str, Any]) -> list[str]:
+    return [
+        "## Big n, cold (first call in a fresh interpreter), compute + serialize",
+        "",
+        "| n | digits | fibonacci_digits ms | iterative loop + str ms | speed-up |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {int(n):,} | {r['digits']:,} | {r['fibonacci_digits_ms']:.2f} | "
+            f"{r['iterative_loop_ms']:.1f} | {r['speedup']:.0f} x |"
+            for n, r in b.items()
+        ],
+        "",
+    ]
+
+
+def start_stop_section(s: dict[str, Any]) -> list[str]:
+    return [
+        "## Start and stop",
+        "",
+        "| | median s | samples s |",
+        "|---|---|---|",
+        samples_row("start -> first 200 on /readyz", s["ready_samples"]),
+        samples_row("SIGTERM -> exit, idle", s["idle_stop_samples"]),
+        samples_row("SIGTERM -> exit, under wrk load", s["loaded_stop_samples"]),
+        "",
+        f"Exit codes: idle {s['idle_exit_codes']}, under load {s['loaded_exit_codes']}.",
+        "",
+    ]
+
+
+def worker_section(w: dict[str, Any]) -> list[str]:
+    lines = [
+        "## The worker's cost, cached `n=30`",
+        "",
+        f"The service with the worker of {w['before_ref']} (gthread plus the SIGTERM "
+        "drain) and with today's, and the ceiling (at that commit), in the same rounds. "
+        f"Other load: at most {w['other_cores_max']:.2f} cores.",
+        "",
+        "| | req/s | p99 ms | server CPU us/req | ratio to the ceiling |",
+        "|---|---|---|---|---|",
+    ]
+    ratios = {"worker before": w["ratio_before"], "worker after": w["ratio_after"]}
+    for label in ("worker before", "worker after", "ceiling"):
+        m = w[label]
+        ratio = f"{ratios[label]:.3f}" if label in ratios else ""
+        lines.append(
+            f"| {label} | {m['rps']:.0f} | {m['p99_ms']:.2f} | "
+            f"{m['server_cpu_us_per_req']:.0f} | {ratio} |"
+        )
+    return [
+        *lines,
+        "",
+        f"Cost: {w['cost']:.1%} of the ratio (budget {WORKER_COST_BUDGET:.0%}).",
+        "",
+    ]
+
+
+def memory_section(memory: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Memory",
+        "",
+        "Worker RSS before and after each of three walks over distinct large n; each "
+        "walk sends every worker about twice the cache budget in digits. The cache-off "
+        "run is the control: what serving such responses grows a worker by without a cache.",
+        "",
+        "| cache | requests | n | worker | RSS before MiB | after walks 1, 2, 3 MiB | growth MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mm in memory:
+        cache = f"{mm['cache_max_bytes'] / 2**20:.0f} MiB" if mm["cache"] else "off"
+        for w in mm["workers"]:
+            walks = ", ".join(f"{x / 2**20:.1f}" for x in w["rss_after_walks"])
+            lines.append(
+                f"| {cache} | {mm['requests']} | "
+                f"{mm['n_range'][0]:,}..{mm['n_range'][1]:,} | {w['pid']} | "
+                f"{w['rss_baseline'] / 2**20:.1f} | {walks} | {w['growth'] / 2**20:.1f} |"
+            )
+    return [*lines, ""]
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """latest.md: the targets, then a section for each part the run measured."""
+    lines = header(res) + targets_section(res)
     for key, title in (
         ("cached", "Cached `n=30`"),
         ("uncached", "Uncached, random n in 0..maxseq, cache off"),
     ):
-        r = res.get(key)
-        if not r:
-            continue
-        g = r["gunicorn"]
-        lines += [
-            f"## {title}",
-            "",
-            f"gunicorn for all: worker_class {g['worker_class']}, workers {g['workers']}, "
-            f"threads {g['threads']}, keepalive {g['keepalive']}. Other load on the machine during "
-            f"the runs: at most {r['other_cores_max']:.2f} cores.",
-            "",
-            "| | req/s | p50 ms | p99 ms | server CPU us/req | errors |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name in ("fiboserver", "flask floor", "ceiling"):
-            if name not in r:
-                continue
-            s = r[name]
-            lines.append(
-                f"| {name} | {s['rps']:.0f} | {fmt_ms(s['p50_ms'])} | {fmt_ms(s['p99_ms'])} | "
-                f"{s['server_cpu_us_per_req']:.0f} | {s['errors']} |"
-            )
-        lines += [
-            f"| **ratio** | **{r['rps_ratio']:.2f}** | | {r['p99_ratio']:.2f} x | | |",
-            "",
-        ]
-        if "flask floor" in r:
-            floor, ceil, svc = r["flask floor"], r["ceiling"], r["fiboserver"]
-            cpu_key = "server_cpu_us_per_req"
-            flask_us = floor[cpu_key] - ceil[cpu_key]
-            features_us = svc[cpu_key] - floor[cpu_key]
-            lines += [
-                "Ratio is fiboserver / ceiling (median of the rounds' ratios). The Flask floor "
-                "(bench/flask_floor.py: a plain Flask app, same gunicorn settings, no logging) "
-                f"reaches {floor['rps'] / ceil['rps']:.2f} of the ceiling by itself; "
-                f"fiboserver reaches {svc['rps'] / floor['rps']:.2f} of the floor. Server CPU per "
-                f"request: Flask adds {flask_us:.0f} us to the ceiling's {ceil[cpu_key]:.0f} us, "
-                "the service's features (request id, two JSON records, validation, cache) "
-                f"another {features_us:.0f} us.",
-                "",
-            ]
-        lines += distribution(r, ("fiboserver", "ceiling"))
-        lines += [
-            f"Service `end` log records written: {r['service_end_records']} for "
-            f"{r['service_requests']} measured requests (+ warm-up).",
-            "",
-        ]
-    mc = res.get("metrics")
-    if mc:
-        on, off, ceil = mc[METRICS_ON.label], mc[METRICS_OFF.label], mc["ceiling"]
-        lines += [
-            "## Metrics on and off, cached `n=30`",
-            "",
-            "The service with `/metrics` served (PROD config as deployed) and with "
-            "`metrics_port: 0`, the ceiling in the same rounds. Other load on the machine "
-            f"during the runs: at most {mc['other_cores_max']:.2f} cores.",
-            "",
-            "| | req/s | p50 ms | p99 ms | server CPU us/req | errors |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, row in ((METRICS_ON.label, on), (METRICS_OFF.label, off), ("ceiling", ceil)):
-            lines.append(
-                f"| {name} | {row['rps']:.0f} | {fmt_ms(row['p50_ms'])} | "
-                f"{fmt_ms(row['p99_ms'])} | {row['server_cpu_us_per_req']:.0f} | {row['errors']} |"
-            )
-        lines += [
-            "",
-            f"Metrics cost {mc['cost_us_per_req']:.1f} us of server CPU per request; "
-            f"throughput with metrics on is {mc['rps_ratio']:.3f} of metrics off (median of the "
-            f"rounds' ratios; budget >= {BUDGET_RATIO}). Cached ratio to the ceiling: "
-            f"{mc['on_ceiling_ratio']:.2f} with metrics on, {mc['off_ceiling_ratio']:.2f} off.",
-            "",
-            *distribution(mc, (METRICS_ON.label, METRICS_OFF.label, "ceiling")),
-        ]
+        if res.get(key):
+            lines += service_section(title, res[key])
+    if res.get("metrics"):
+        lines += metrics_section(res["metrics"])
     lines += proxy_markdown(res)
-    b = res.get("big_n")
-    if b:
-        lines += [
-            "## Big n, cold (first call in a fresh interpreter), compute + serialize",
-            "",
-            "| n | digits | fibonacci_digits ms | iterative loop + str ms | speed-up |",
-            "|---|---|---|---|---|",
-        ]
-        for n, r in b.items():
-            lines.append(
-                f"| {int(n):,} | {r['digits']:,} | {r['fibonacci_digits_ms']:.2f} | "
-                f"{r['iterative_loop_ms']:.1f} | {r['speedup']:.0f} x |"
-            )
-        lines.append("")
-    s = res.get("start_stop")
-    if s:
-        lines += [
-            "## Start and stop",
-            "",
-            "| | median s | samples s |",
-            "|---|---|---|",
-            samples_row("start -> first 200 on /readyz", s["ready_samples"]),
-            samples_row("SIGTERM -> exit, idle", s["idle_stop_samples"]),
-            samples_row("SIGTERM -> exit, under wrk load", s["loaded_stop_samples"]),
-            "",
-            f"Exit codes: idle {s['idle_exit_codes']}, under load {s['loaded_exit_codes']}.",
-            "",
-        ]
+    if res.get("big_n"):
+        lines += big_n_section(res["big_n"])
+    if res.get("start_stop"):
+        lines += start_stop_section(res["start_stop"])
     lines += tracing_cost.markdown(res)
-    w = res.get("worker")
-    if w:
-        lines += [
-            "## The worker's cost, cached `n=30`",
-            "",
-            f"The service with the worker of {w['before_ref']} (gthread plus the SIGTERM "
-            "drain) and with today's, and the ceiling (at that commit), in the same rounds. "
-            f"Other load: at most {w['other_cores_max']:.2f} cores.",
-            "",
-            "| | req/s | p99 ms | server CPU us/req | ratio to the ceiling |",
-            "|---|---|---|---|---|",
-        ]
-        ratios = {"worker before": w["ratio_before"], "worker after": w["ratio_after"]}
-        for label in ("worker before", "worker after", "ceiling"):
-            m = w[label]
-            ratio = f"{ratios[label]:.3f}" if label in ratios else ""
-            lines.append(
-                f"| {label} | {m['rps']:.0f} | {m['p99_ms']:.2f} | "
-                f"{m['server_cpu_us_per_req']:.0f} | {ratio} |"
-            )
-        lines += ["", f"Cost: {w['cost']:.1%} of the ratio (budget {WORKER_COST_BUDGET:.0%}).", ""]
-    memory = res.get("memory", [])
-    if memory:
-        lines += [
-            "## Memory",
-            "",
-            "Worker RSS before and after each of three walks over distinct large n; each "
-            "walk sends every worker about twice the cache budget in digits. The cache-off "
-            "run is the control: what serving such responses grows a worker by without a cache.",
-            "",
-            "| cache | requests | n | worker | RSS before MiB | after walks 1, 2, 3 MiB "
-            "| growth MiB |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for mm in memory:
-            cache = f"{mm['cache_max_bytes'] / 2**20:.0f} MiB" if mm["cache"] else "off"
-            for w in mm["workers"]:
-                walks = ", ".join(f"{x / 2**20:.1f}" for x in w["rss_after_walks"])
-                lines.append(
-                    f"| {cache} | {mm['requests']} | "
-                    f"{mm['n_range'][0]:,}..{mm['n_range'][1]:,} | {w['pid']} | "
-                    f"{w['rss_baseline'] / 2**20:.1f} | {walks} | {w['growth'] / 2**20:.1f} |"
-                )
-        lines.append("")
+    if res.get("worker"):
+        lines += worker_section(res["worker"])
+    if res.get("memory"):
+        lines += memory_section(res["memory"])
     lines += overload_markdown(res)
     all_notes = [*res.get("notes", []), *notes(res)]
     if all_notes:
@@ -361,11 +313,3 @@ def write_results(out: Path, res: dict[str, Any], finished: dt.datetime, tag: st
 def render(source: Path) -> None:
     """Rewrite the Markdown next to a results JSON (after a change to markdown())."""
     source.with_suffix(".md").write_text(markdown(json.loads(source.read_text())) + "\n")
-
-
-def todays_idle_share(key: str, result: dict[str, Any]) -> float:
-    """The share of a pair's rounds in which a server running today's worker had
-    a worker (nearly) idle."""
-    older = OLDER_WORKERS.get(key, ())
-    rounds = {label: runs for label, runs in result["rounds"].items() if label not in older}
-    return idle_round_share(rounds)

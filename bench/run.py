@@ -38,9 +38,10 @@ from bench.memory import section_memory
 from bench.metrics_cost import section_metrics
 from bench.overload import section_hostile, section_overload
 from bench.proxy import section_proxy
-from bench.report import render, targets, write_results
+from bench.report import render, write_results
 from bench.servers import PROD_CONFIG, Bench
 from bench.startstop import section_start_stop
+from bench.targets import targets
 from bench.throughput import section_throughput
 from bench.tracing_cost import section_tracing
 from bench.worker_cost import WORKER_BEFORE, section_worker_cost
