@@ -87,7 +87,7 @@ def command_line() -> str:
     return " ".join([".venv/bin/python -m bench.run", *sys.argv[1:]])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -129,14 +129,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--render", metavar="JSON", help="only rewrite the Markdown next to a results JSON"
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def run_sections(bench: Bench, args: argparse.Namespace, ws: WrkSettings) -> dict[str, Any]:
+    """The result of each section `--only` names, under its name."""
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    res: dict[str, Any] = {}
+    if "cached" in sections:
+        res["cached"] = section_throughput(bench, ws, cached=True, seed=args.seed)
+    if "uncached" in sections:
+        res["uncached"] = section_throughput(bench, ws, cached=False, seed=args.seed)
+    if "metrics" in sections:
+        res["metrics"] = section_metrics(bench, ws)
+    if "proxy" in sections:
+        res["proxy"] = section_proxy(bench, ws)
+    if "tracing" in sections:
+        res["tracing"] = section_tracing(bench, ws, args.seed)
+    if "big_n" in sections:
+        res["big_n"] = section_big_n(args.big_n_samples)
+    if "start_stop" in sections:
+        res["start_stop"] = section_start_stop(bench, ws, args.start_trials, args.stop_trials)
+    if "worker" in sections:
+        res["worker"] = section_worker_cost(bench, ws, args.worker_before)
+    if "memory" in sections:
+        res["memory"] = [section_memory(bench, min(args.cache_max_bytes), cache=False)]
+        res["memory"] += [section_memory(bench, b) for b in args.cache_max_bytes]
+    if "overload" in sections:
+        res["overload"] = section_overload(bench)
+    if "hostile" in sections:
+        res["hostile"] = section_hostile(bench)
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.render:
         render(Path(args.render))
         return 0
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install -y wrk (README, Performance)", file=sys.stderr)
         return 2
-    sections = [s.strip() for s in args.only.split(",") if s.strip()]
     ws = WrkSettings(args.wrk_threads, args.connections, args.duration, args.warmup, args.rounds)
     started = dt.datetime.now(dt.UTC)
     with tempfile.TemporaryDirectory(prefix="fiboserver-bench-") as tmp:
@@ -158,31 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "notes": [],
         }
         try:
-            if "cached" in sections:
-                res["cached"] = section_throughput(bench, ws, cached=True, seed=args.seed)
-            if "uncached" in sections:
-                res["uncached"] = section_throughput(bench, ws, cached=False, seed=args.seed)
-            if "metrics" in sections:
-                res["metrics"] = section_metrics(bench, ws)
-            if "proxy" in sections:
-                res["proxy"] = section_proxy(bench, ws)
-            if "tracing" in sections:
-                res["tracing"] = section_tracing(bench, ws, args.seed)
-            if "big_n" in sections:
-                res["big_n"] = section_big_n(args.big_n_samples)
-            if "start_stop" in sections:
-                res["start_stop"] = section_start_stop(
-                    bench, ws, args.start_trials, args.stop_trials
-                )
-            if "worker" in sections:
-                res["worker"] = section_worker_cost(bench, ws, args.worker_before)
-            if "memory" in sections:
-                res["memory"] = [section_memory(bench, min(args.cache_max_bytes), cache=False)]
-                res["memory"] += [section_memory(bench, b) for b in args.cache_max_bytes]
-            if "overload" in sections:
-                res["overload"] = section_overload(bench)
-            if "hostile" in sections:
-                res["hostile"] = section_hostile(bench)
+            res |= run_sections(bench, args, ws)
         except Exception:
             for log_path in bench.logs:
                 if log_path.exists():
