@@ -167,6 +167,18 @@ def test_the_board_is_shared_with_forked_workers_and_forgets_silent_ones() -> No
     assert board.pod(1, now) == balance.Pod(others=3, other_workers=1)
 
 
+def test_a_worker_that_left_counts_for_nothing_at_any_time() -> None:
+    board = balance.Board(slots=4)
+    staying, leaving = balance.Balancer(age=1, board=board), balance.Balancer(age=2, board=board)
+    now = time.monotonic()
+    leaving.publish(5, now)
+    assert board.pod(staying.slot, now) == balance.Pod(others=5, other_workers=1)
+    leaving.leave()
+    assert board.pod(staying.slot, now) == balance.Pod(others=0, other_workers=0)
+    # A clock that started a moment ago (time.monotonic() counts from boot).
+    assert board.pod(staying.slot, 0.5) == balance.Pod(others=0, other_workers=0)
+
+
 def test_one_connection_leaves_at_a_time() -> None:
     balancer = balance.Balancer(age=1, board=balance.Board(slots=4))
     now = time.monotonic()

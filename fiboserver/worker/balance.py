@@ -49,6 +49,8 @@ REFRESH = 0.01
 
 _COUNT = struct.Struct("q")
 _STAMP = struct.Struct("d")
+# The stamp of a slot no live worker holds: older than any time.monotonic().
+_VACANT = float("-inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +91,18 @@ class Board:
         self.slots = slots
         self._map = mmap.mmap(-1, slots * (_COUNT.size + _STAMP.size))
         self._stamps_at = slots * _COUNT.size
+        for slot in range(slots):  # no worker yet
+            self.clear(slot)
 
     def write(self, slot: int, count: int, now: float) -> None:
         _COUNT.pack_into(self._map, slot * _COUNT.size, count)
+        self._stamp(slot, now)
+
+    def clear(self, slot: int) -> None:
+        """No live worker holds `slot` (it left, or none came yet): it counts for nothing."""
+        self._stamp(slot, _VACANT)
+
+    def _stamp(self, slot: int, now: float) -> None:
         _STAMP.pack_into(self._map, self._stamps_at + slot * _STAMP.size, now)
 
     def pod(self, slot: int, now: float) -> Pod:
@@ -141,4 +152,4 @@ class Balancer:
 
     def leave(self) -> None:
         """The worker exits: its slot no longer counts."""
-        self.board.write(self.slot, 0, 0.0)
+        self.board.clear(self.slot)
