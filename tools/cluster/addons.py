@@ -97,9 +97,13 @@ def _host_service(
 
 def manifests(ip: str, ca_pem: bytes) -> list[Obj]:
     """RBAC for both add-ons' client identities, their Services, the APIService."""
-    dns_user, ms_user = CLIENTS["coredns"][0], CLIENTS["metrics-server"][0]
+    return [*_coredns_objects(ip), *_metrics_server_objects(ip, ca_pem)]
+
+
+def _coredns_objects(ip: str) -> list[Obj]:
+    dns_user = CLIENTS["coredns"][0]
     watch = ["list", "watch"]
-    objs: list[Obj] = [
+    return [
         # What the kubernetes plugin watches (upstream's system:coredns role).
         role(
             "fiboserver:coredns",
@@ -129,12 +133,22 @@ def manifests(ip: str, ca_pem: bytes) -> list[Obj]:
             [("dns", "UDP", 53, DNS_PORT), ("dns-tcp", "TCP", 53, DNS_PORT)],
             cluster_ip=CLUSTER_DNS_IP,
         ),
+    ]
+
+
+def _metrics_server_objects(ip: str, ca_pem: bytes) -> list[Obj]:
+    ms_user = CLIENTS["metrics-server"][0]
+    return [
         # Scraping the kubelets (nodes/metrics) and listing what it reports on.
         role(
             "fiboserver:metrics-server",
             [
                 {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
-                {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", *watch]},
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods", "nodes"],
+                    "verbs": ["get", "list", "watch"],
+                },
             ],
         ),
         binding(
@@ -177,7 +191,6 @@ def manifests(ip: str, ca_pem: bytes) -> list[Obj]:
             },
         },
     ]
-    return objs
 
 
 def _apiservice_available() -> bool:
