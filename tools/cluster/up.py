@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 from tests.support.repo import REPO_ROOT
 from tools.cluster.addons import NAMES as ADDONS
@@ -122,16 +123,8 @@ def _write_configs(ip: str) -> None:
     (STATE / "kube-scheduler.yaml").write_text(scheduler_yaml(PKI / "scheduler.kubeconfig"))
 
 
-def _control_plane(ip: str) -> None:
-    start("etcd", [
-        ETCD.path("etcd"), "--name", NODE_NAME, "--data-dir", ETCD_DATA,
-        "--listen-client-urls", ETCD_CLIENT, "--advertise-client-urls", ETCD_CLIENT,
-        "--listen-peer-urls", ETCD_PEER, "--initial-advertise-peer-urls", ETCD_PEER,
-        "--initial-cluster", f"{NODE_NAME}={ETCD_PEER}",
-        "--listen-metrics-urls", "http://127.0.0.1:2381",
-    ])  # fmt: skip
-    wait_component("etcd", lambda: _http_ok("http://127.0.0.1:2381/health"), 60, "etcd")
-    start("kube-apiserver", [
+def _apiserver_argv(ip: str) -> list[str | Path]:
+    return [
         K("kube-apiserver"), "--etcd-servers", ETCD_CLIENT,
         # Loopback only: kubectl and every component run on this host.
         "--bind-address", "127.0.0.1", "--secure-port", str(API_PORT),
@@ -165,7 +158,19 @@ def _control_plane(ip: str) -> None:
         "--proxy-client-key-file", PKI / f"{FRONT_PROXY_CLIENT}.key",
         # Dial metrics-server's endpoint, not its ClusterIP: no kube-proxy needed.
         "--enable-aggregator-routing",
+    ]  # fmt: skip
+
+
+def _control_plane(ip: str) -> None:
+    start("etcd", [
+        ETCD.path("etcd"), "--name", NODE_NAME, "--data-dir", ETCD_DATA,
+        "--listen-client-urls", ETCD_CLIENT, "--advertise-client-urls", ETCD_CLIENT,
+        "--listen-peer-urls", ETCD_PEER, "--initial-advertise-peer-urls", ETCD_PEER,
+        "--initial-cluster", f"{NODE_NAME}={ETCD_PEER}",
+        "--listen-metrics-urls", "http://127.0.0.1:2381",
     ])  # fmt: skip
+    wait_component("etcd", lambda: _http_ok("http://127.0.0.1:2381/health"), 60, "etcd")
+    start("kube-apiserver", _apiserver_argv(ip))
     wait_component("kube-apiserver", _api_ready, 120, "kube-apiserver")
     # The API server may call the kubelet (logs, exec) with its client certificate.
     kubectl_out("create", "clusterrolebinding", "apiserver-kubelet-client",
