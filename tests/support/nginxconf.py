@@ -105,20 +105,8 @@ def _locations(routes: Sequence[Route]) -> str:
     return "\n".join(out)
 
 
-def render_nginx_conf(
-    plan: EdgePlan,
-    backends: Mapping[str, Sequence[str]],
-    secrets: Mapping[str, tuple[Path, Path]],
-    *,
-    prefix: Path,
-    http_port: int,
-    https_port: int,
-    control_port: int,
-    generation: int,
-    retry: bool = True,
-) -> str:
-    """nginx.conf for `plan`. `backends`: Service name -> "127.0.0.1:port" list (its
-    endpoints); `secrets`: TLS Secret name -> (certificate file, key file)."""
+def _upstreams(plan: EdgePlan, backends: Mapping[str, Sequence[str]]) -> list[str]:
+    """One upstream per (Service, port) the plan routes to."""
     upstreams: list[str] = []
     seen: set[str] = set()
     for r in plan.routes:
@@ -135,12 +123,19 @@ def render_nginx_conf(
             + "\n        # idle keep-alive connections per worker (see proxy_http_version)\n"
             + "        keepalive 32;\n    }"
         )
-    servers_out: list[str] = []
+    return upstreams
+
+
+def _servers(
+    plan: EdgePlan, secrets: Mapping[str, tuple[Path, Path]], http_port: int, https_port: int
+) -> list[str]:
+    """A server per host: plain HTTP, or a redirect to its TLS twin."""
+    servers: list[str] = []
     for host in plan.hosts:
         routes = [r for r in plan.routes if r.host == host]
         secret = plan.tls_hosts.get(host)
         if secret is None:
-            servers_out.append(
+            servers.append(
                 f"    server {{\n        listen 127.0.0.1:{http_port};\n"
                 f"        server_name {host};\n{_locations(routes)}\n    }}"
             )
@@ -148,25 +143,42 @@ def render_nginx_conf(
         crt, key = secrets[secret]
         # TLS host: plain HTTP only redirects (ingress-nginx's ssl-redirect, 308 keeps
         # the method). The port is spelled out because the test edge is not on 443.
-        servers_out.append(
+        servers.append(
             f"    server {{\n        listen 127.0.0.1:{http_port};\n"
             f"        server_name {host};\n"
             f"        return 308 https://$host:{https_port}$request_uri;\n    }}"
         )
-        servers_out.append(
+        servers.append(
             f"    server {{\n        listen 127.0.0.1:{https_port} ssl;\n"
             f"        server_name {host};\n"
             f"        ssl_certificate {crt};\n        ssl_certificate_key {key};\n"
             f"{_locations(routes)}\n    }}"
         )
+    return servers
+
+
+def render_nginx_conf(
+    plan: EdgePlan,
+    backends: Mapping[str, Sequence[str]],
+    secrets: Mapping[str, tuple[Path, Path]],
+    *,
+    prefix: Path,
+    http_port: int,
+    https_port: int,
+    control_port: int,
+    generation: int,
+    retry: bool = True,
+) -> str:
+    """nginx.conf for `plan`. `backends`: Service name -> "127.0.0.1:port" list (its
+    endpoints); `secrets`: TLS Secret name -> (certificate file, key file)."""
     # Workers drop root when the master has it; they write only the temp dirs.
     user = "user nobody nogroup;" if os.geteuid() == 0 else ""
     text = TEMPLATE.read_text()
     for k, v in {
         "@USER@": user,
         "@PREFIX@": str(prefix),
-        "@UPSTREAMS@": "\n".join(upstreams),
-        "@SERVERS@": "\n".join(servers_out),
+        "@UPSTREAMS@": "\n".join(_upstreams(plan, backends)),
+        "@SERVERS@": "\n".join(_servers(plan, secrets, http_port, https_port)),
         "@HTTP_PORT@": str(http_port),
         "@HTTPS_PORT@": str(https_port),
         "@CONTROL_PORT@": str(control_port),
