@@ -110,9 +110,9 @@ def worker_booted() -> None:
 
 
 def worker_exiting(worker: Any) -> None:
-    mark: mmap.mmap | None = getattr(worker, _MARK, None)
-    if mark is not None and not mark.closed:
-        mark[0] = 1
+    # pre_fork gave every worker its mark; only the master closes its copy.
+    mark: mmap.mmap = getattr(worker, _MARK)
+    mark[0] = 1
 
 
 def worker_exited(worker: Any, aborted_on_timeout: bool) -> ExitReason:
