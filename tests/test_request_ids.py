@@ -50,42 +50,81 @@ def plan(client: int) -> list[Sent]:
     ]
 
 
+def served(srv: ServerProcess, plans: list[list[Sent]]) -> list[Record]:
+    """Each plan sent by its own client on one keep-alive connection, all at once;
+    the server's records once every request has logged its `end`."""
+    barrier = threading.Barrier(len(plans))
+    failures: list[BaseException] = []
+
+    def client(sent: list[Sent]) -> None:
+        try:
+            conn = srv.connection(timeout=60)
+            barrier.wait(timeout=30)
+            for s in sent:
+                headers = {} if s.request_id is None else {"X-Request-ID": s.request_id}
+                conn.request("GET", f"/dev/fibo?{s.query}", headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                s.status, s.echoed = resp.status, resp.headers["X-Request-ID"]
+            conn.close()
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=client, args=(p,)) for p in plans]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not failures, failures[:3]
+    # `end` is written once a response is sent, maybe after the client read it.
+    deadline = time.monotonic() + 15
+    while len(srv.find("end")) < sum(map(len, plans)):
+        assert time.monotonic() < deadline, "not every request logged its `end`"
+        time.sleep(0.05)
+    return srv.find()
+
+
+def assert_own_records(s: Sent, mine: list[Record]) -> bool:
+    """What one request logged; whether it missed the cache, for the shared n."""
+    msgs = [r["msg"] for r in mine]
+    if s.n is None:
+        assert msgs == BAD, (s, msgs)
+        assert "30x" in mine[1]["errmsg"], mine[1]
+    elif s.n == SHARED_N:
+        assert msgs in (HIT, MISS), (s, msgs)
+    elif s.request_id is not None and s.request_id.endswith("req-3"):
+        assert msgs == HIT, (s, msgs)  # its own n, stored by its req-0
+    else:
+        assert msgs == MISS, (s, msgs)
+    # The cache records are about this request's n, not a neighbour's.
+    assert all(r["key"] == s.n for r in mine if r["msg"].startswith("cache")), mine
+    start, end = mine[0], mine[-1]
+    assert start["path"] == end["path"] == "/dev/fibo", mine
+    assert end["status"] == s.status and start["client"] == end["client"], mine
+    return msgs == MISS
+
+
+def in_flight_together(records: list[Record]) -> bool:
+    """Whether a request started while another one was still open."""
+    open_now = 0
+    for r in records:
+        if r.get("msg") == "start":
+            open_now += 1
+            if open_now > 1:
+                return True
+        elif r.get("msg") == "end":
+            open_now -= 1
+    return False
+
+
 def test_every_record_carries_the_id_of_its_own_request(tmp_path: Path) -> None:
     with ServerProcess(
         {"env": "DEV", "maxseq": 100000}, tmp_path, env={"WEB_CONCURRENCY": "1"}
     ) as srv:
         srv.wait_for("worker booted", timeout=30)
         plans = [plan(c) for c in range(CLIENTS)]
-        barrier = threading.Barrier(CLIENTS)
-        failures: list[BaseException] = []
-
-        def client(sent: list[Sent]) -> None:
-            try:
-                conn = srv.connection(timeout=60)  # keep-alive: one connection per client
-                barrier.wait(timeout=30)
-                for s in sent:
-                    headers = {} if s.request_id is None else {"X-Request-ID": s.request_id}
-                    conn.request("GET", f"/dev/fibo?{s.query}", headers=headers)
-                    resp = conn.getresponse()
-                    resp.read()
-                    s.status, s.echoed = resp.status, resp.headers["X-Request-ID"]
-                conn.close()
-            except BaseException as exc:
-                failures.append(exc)
-
-        threads = [threading.Thread(target=client, args=(p,)) for p in plans]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert not failures, failures[:3]
-        sent = [s for p in plans for s in p]
-        # `end` is written once a response is sent, maybe after the client read it.
-        deadline = time.monotonic() + 15
-        while len(srv.find("end")) < len(sent):
-            assert time.monotonic() < deadline, "not every request logged its `end`"
-            time.sleep(0.05)
-        records = srv.find()
+        records = served(srv, plans)
+    sent = [s for p in plans for s in p]
     ids = {s.echoed for s in sent}
 
     # Every response carries the id it was sent, or a fresh UUID4 when none was.
@@ -103,31 +142,8 @@ def test_every_record_carries_the_id_of_its_own_request(tmp_path: Path) -> None:
     assert set(by_id) == ids
     shared_misses = 0
     for s in sent:
-        mine = by_id[s.echoed]
-        msgs = [r["msg"] for r in mine]
-        if s.n is None:
-            assert msgs == BAD, (s, msgs)
-            assert "30x" in mine[1]["errmsg"], mine[1]
-        elif s.n == SHARED_N:
-            assert msgs in (HIT, MISS), (s, msgs)
-            shared_misses += msgs == MISS
-        elif s.request_id is not None and s.request_id.endswith("req-3"):
-            assert msgs == HIT, (s, msgs)  # its own n, stored by its req-0
-        else:
-            assert msgs == MISS, (s, msgs)
-        # The cache records are about this request's n, not a neighbour's.
-        assert all(r["key"] == s.n for r in mine if r["msg"].startswith("cache")), mine
-        start, end = mine[0], mine[-1]
-        assert start["path"] == end["path"] == "/dev/fibo", mine
-        assert end["status"] == s.status and start["client"] == end["client"], mine
+        missed = assert_own_records(s, by_id[s.echoed])
+        shared_misses += s.n == SHARED_N and missed
     assert 1 <= shared_misses < CLIENTS, "the shared n was never served from the cache"
-    # The worker really served requests side by side: a request started while
-    # another one was still open.
-    open_now, overlapped = 0, False
-    for r in records:
-        if r.get("msg") == "start":
-            open_now += 1
-            overlapped = overlapped or open_now > 1
-        elif r.get("msg") == "end":
-            open_now -= 1
-    assert overlapped, "no two requests were ever in flight together"
+    # The worker really served requests side by side.
+    assert in_flight_together(records), "no two requests were ever in flight together"
