@@ -13,6 +13,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,13 +108,32 @@ def container(tools: dict[str, str]) -> Iterator[str]:
     podman(tools["podman"], "rm", "-f", "-t", "0", name, check=False)
 
 
-def test_container_with_the_deployments_constraints(
-    tools: dict[str, str],
-    image: tuple[str, float, str],
-    container: str,
-    tmp_path: Path,
-) -> None:
-    pm = tools["podman"]
+@dataclass(frozen=True)
+class AsDeployed:
+    """The dev Deployment's container as `podman run` was given it."""
+
+    port: int  # the service's, published on 127.0.0.1
+    metrics_port: int  # the metrics port's, published on 127.0.0.1
+    metrics_container_port: int
+    cpus: float
+    memory: int
+    grace: int  # terminationGracePeriodSeconds
+
+
+def config_files(cm: Manifest, tmp_path: Path) -> Path:
+    """The ConfigMap's keys as files, readable by the image's user (10001)."""
+    cfg_dir = tmp_path / "config"
+    cfg_dir.mkdir()
+    for key, text in cm["data"].items():
+        (cfg_dir / key).write_text(text)
+    cfg_dir.chmod(0o755)
+    for f in cfg_dir.iterdir():
+        f.chmod(0o644)
+    return cfg_dir
+
+
+def run_as_deployed(pm: str, container: str, tag: str, tmp_path: Path) -> AsDeployed:
+    """`podman run` with the dev Deployment's limits, security context and mounts."""
     deploy, cm = overlay("dev")
     pod = deploy["spec"]["template"]["spec"]
     (c,) = pod["containers"]
@@ -124,18 +144,11 @@ def test_container_with_the_deployments_constraints(
     assert sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"]
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert mounts["config"]["readOnly"]
-    cfg_dir = tmp_path / "config"
-    cfg_dir.mkdir()
-    for key, text in cm["data"].items():
-        (cfg_dir / key).write_text(text)
-    cfg_dir.chmod(0o755)  # readable by UID 10001
-    for f in cfg_dir.iterdir():
-        f.chmod(0o644)
+    cfg_dir = config_files(cm, tmp_path)
     port = free_port()
     metrics_port = free_port()
     container_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     env = [f"--env={e['name']}={e['value']}" for e in c.get("env", [])]
-    grace = int(pod["terminationGracePeriodSeconds"])
     # The pod's memory emptyDirs (/tmp, the metrics directory) as tmpfs mounts.
     empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
     tmpfs = [f"--tmpfs={m['mountPath']}" for m in c["volumeMounts"] if m["name"] in empty_dirs]
@@ -152,7 +165,7 @@ def test_container_with_the_deployments_constraints(
         *env,
         "-p", f"127.0.0.1:{port}:{c['ports'][0]['containerPort']}",
         "-p", f"127.0.0.1:{metrics_port}:{container_ports['metrics']}",
-        image[0],
+        tag,
     )  # fmt: skip
     say(
         "e2e",
@@ -160,21 +173,19 @@ def test_container_with_the_deployments_constraints(
         f"memory {limits['memory']} ({mem} B), cpus {cpus}, config ro; "
         f"published on 127.0.0.1:{port}",
     )
-    ready = wait_http(f"http://127.0.0.1:{port}/dev/readyz", timeout=60)
-    status, body = http_get(f"http://127.0.0.1:{port}/dev/fibo?n=10")
-    assert status == 200 and json.loads(body)["result"] == 55, (status, body)
-    say("e2e", f"container: ready in {ready:.1f} s; /dev/fibo?n=10 -> {body.decode()}")
-    # Metrics on the `metrics` port, their files in the pod's emptyDir.
-    status, body = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
-    assert status == 200, (status, body[:200])
-    assert b'fiboserver_cache_requests_total{result="miss"} 1.0' in body
-    say("e2e", f"container: /metrics on {container_ports['metrics']}, {len(body)} bytes")
+    return AsDeployed(
+        port, metrics_port, container_ports["metrics"], cpus, mem,
+        int(pod["terminationGracePeriodSeconds"]),
+    )  # fmt: skip
 
+
+def assert_confined(pm: str, container: str, run: AsDeployed) -> None:
+    """Limits as given, a read-only root but /tmp, user 10001, one worker per CPU."""
     inspect = json.loads(podman(pm, "inspect", container).stdout)[0]
     hc = inspect["HostConfig"]
     assert hc["ReadonlyRootfs"] is True
-    assert hc["Memory"] == mem
-    assert hc["CpuQuota"] / hc["CpuPeriod"] == cpus
+    assert hc["Memory"] == run.memory
+    assert hc["CpuQuota"] / hc["CpuPeriod"] == run.cpus
     # Writes: only /tmp. The config mount is read-only too.
     writes = podman(
         pm, "exec", container, "python3", "-c",
@@ -187,20 +198,22 @@ def test_container_with_the_deployments_constraints(
                  "/etc/fiboserver/x": "Read-only file system"}, w  # fmt: skip
     uid = podman(pm, "exec", container, "id", "-u").stdout.strip()
     assert uid == "10001"
-
     records = check_json_only(podman(pm, "logs", container).stdout)
     workers = worker_pids(records)
-    expected = max(1, math.ceil(cpus))  # the rule: one worker per CPU of the limit
+    expected = max(1, math.ceil(run.cpus))  # the rule: one worker per CPU of the limit
     procs = podman(pm, "top", container, "pid", "args").stdout
     n_proc = sum(1 for ln in procs.splitlines()[1:] if "gunicorn" in ln)
     say(
         "e2e",
         f"container: uid {uid}, writes {w}; workers booted {len(workers)} "
-        f"(CPU limit {cpus} -> expected {expected}), gunicorn processes {n_proc}",
+        f"(CPU limit {run.cpus} -> expected {expected}), gunicorn processes {n_proc}",
     )
     assert len(workers) == expected
     assert n_proc == expected + 1  # master + workers
 
+
+def assert_stops_cleanly(pm: str, container: str, grace: int) -> None:
+    """`podman stop` (SIGTERM, then SIGKILL after the grace period): exit 0, at once."""
     t0 = time.monotonic()
     podman(pm, "stop", "-t", str(grace), container, timeout=grace + 30)
     stop_s = time.monotonic() - t0
@@ -219,6 +232,27 @@ def test_container_with_the_deployments_constraints(
     # Far inside the grace period: an idle server stops in about a second.
     assert stop_s < 15
     assert msgs.index("graceful stopping server") < msgs.index("server stopped")
+
+
+def test_container_with_the_deployments_constraints(
+    tools: dict[str, str],
+    image: tuple[str, float, str],
+    container: str,
+    tmp_path: Path,
+) -> None:
+    pm = tools["podman"]
+    run = run_as_deployed(pm, container, image[0], tmp_path)
+    ready = wait_http(f"http://127.0.0.1:{run.port}/dev/readyz", timeout=60)
+    status, body = http_get(f"http://127.0.0.1:{run.port}/dev/fibo?n=10")
+    assert status == 200 and json.loads(body)["result"] == 55, (status, body)
+    say("e2e", f"container: ready in {ready:.1f} s; /dev/fibo?n=10 -> {body.decode()}")
+    # Metrics on the `metrics` port, their files in the pod's emptyDir.
+    status, body = http_get(f"http://127.0.0.1:{run.metrics_port}/metrics")
+    assert status == 200, (status, body[:200])
+    assert b'fiboserver_cache_requests_total{result="miss"} 1.0' in body
+    say("e2e", f"container: /metrics on {run.metrics_container_port}, {len(body)} bytes")
+    assert_confined(pm, container, run)
+    assert_stops_cleanly(pm, container, run.grace)
 
 
 def play_copy(deploy: Manifest, cm: Manifest, image: str, host_port: int) -> str:
