@@ -326,6 +326,31 @@ def kube(tools: dict[str, str]) -> Iterator[list[Played]]:
         p.down()
 
 
+def assert_played_as_written(pm: str, ctr: str, deploy: Manifest, env: str) -> None:
+    """The played container got the Deployment's user, limits and read-only mounts."""
+    inspect = json.loads(podman(pm, "inspect", ctr).stdout)[0]
+    hc = inspect["HostConfig"]
+    (c,) = deploy["spec"]["template"]["spec"]["containers"]
+    limits = c["resources"]["limits"]
+    mounts = {m["Destination"]: m for m in inspect["Mounts"]}
+    facts = {
+        "user": inspect["Config"]["User"],
+        "read_only_root": hc["ReadonlyRootfs"],
+        "memory": hc["Memory"],
+        "cpus": hc["CpuQuota"] / hc["CpuPeriod"] if hc["CpuPeriod"] else None,
+        "config_mount_rw": mounts.get("/etc/fiboserver", {}).get("RW"),
+        # Effective capabilities of gunicorn (PID 1): drop ALL leaves none.
+        "cap_eff": podman(pm, "exec", ctr, "python3", "-c", CAP_EFF).stdout.strip(),
+    }
+    say("e2e", f"kube play {env}: {facts}")
+    assert facts["user"].split(":")[0] == "10001"
+    assert facts["read_only_root"] is True
+    assert facts["memory"] == int(parse_quantity(limits["memory"]))
+    assert facts["cpus"] == parse_quantity(limits["cpu"])
+    assert facts["config_mount_rw"] is False
+    assert int(facts["cap_eff"], 16) == 0
+
+
 @pytest.mark.parametrize("env", ["dev", "prod"])
 def test_kube_play_the_rendered_deployment(
     env: str,
@@ -361,27 +386,7 @@ def test_kube_play_the_rendered_deployment(
     other = "/prod" if env == "dev" else "/dev"
     assert http_get(f"http://127.0.0.1:{port}{other}/fibo?n=10")[0] == 404
 
-    inspect = json.loads(podman(pm, "inspect", ctr).stdout)[0]
-    hc = inspect["HostConfig"]
-    (c,) = deploy["spec"]["template"]["spec"]["containers"]
-    limits = c["resources"]["limits"]
-    mounts = {m["Destination"]: m for m in inspect["Mounts"]}
-    facts = {
-        "user": inspect["Config"]["User"],
-        "read_only_root": hc["ReadonlyRootfs"],
-        "memory": hc["Memory"],
-        "cpus": hc["CpuQuota"] / hc["CpuPeriod"] if hc["CpuPeriod"] else None,
-        "config_mount_rw": mounts.get("/etc/fiboserver", {}).get("RW"),
-        # Effective capabilities of gunicorn (PID 1): drop ALL leaves none.
-        "cap_eff": podman(pm, "exec", ctr, "python3", "-c", CAP_EFF).stdout.strip(),
-    }
-    say("e2e", f"kube play {env}: {facts}")
-    assert facts["user"].split(":")[0] == "10001"
-    assert facts["read_only_root"] is True
-    assert facts["memory"] == int(parse_quantity(limits["memory"]))
-    assert facts["cpus"] == parse_quantity(limits["cpu"])
-    assert facts["config_mount_rw"] is False
-    assert int(facts["cap_eff"], 16) == 0
+    assert_played_as_written(pm, ctr, deploy, env)
 
     grace = int(deploy["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
     stop_rc, seconds = p.stop(pod, grace)
