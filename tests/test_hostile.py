@@ -148,3 +148,4 @@ def test_idle_and_slowloris_connections_hold_no_thread(tmp_path: Path) -> None:
         assert status == 408 and json.loads(body) == {"error": "request head timeout"}
         assert headers["x-request-id"]
     assert len(refused) == SLOWLORIS
+    assert {r["errmsg"] for r in refused} == {"head timeout"}, refused[:2]
