@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import yaml
 
 from tests.support.drill import PRESTOP_S, PROPAGATION_S, DrillResult, Replica, rolling_update
 from tests.support.edge import Nginx
-from tests.support.edgeclients import Load, curl
+from tests.support.edgeclients import Load, LoadReport, curl
 from tests.support.hosttools import require_tool
 from tests.support.nginxconf import EdgePlan, plan_from_ingress, rendered_ingress
 from tests.support.repo import REPO_ROOT
@@ -170,6 +170,47 @@ def _retried(lines: list[str]) -> int:
     return sum(1 for ln in lines if "upstream=[" in ln and ", " in ln.split("upstream=[")[1])
 
 
+def drill_run(
+    label: str,
+    prestop: float,
+    retry: bool,
+    ngx: Nginx,
+    service: str,
+    replicas: list[Replica],
+    make_replica: Callable[[], Replica],
+    others: dict[str, list[str]],
+    tls_files: dict[str, Path],
+) -> tuple[str, DrillResult, LoadReport, int]:
+    """One rolling update of `service` under load through nginx: what it cost, and
+    how many requests nginx retried on another replica."""
+    if ngx.retry != retry:
+        ngx.retry = retry
+        ngx.set_backends({**others, service: [r.addr for r in replicas]})
+    lines_before = len(ngx.access_lines())
+    load = Load(HOST, ngx.https_port, tls_files["ca.crt"], "/dev/fibo").start()
+    try:
+        res = rolling_update(
+            ngx, service, replicas, make_replica, others, steps=10, prestop=prestop,
+            failed_so_far=load.failed,
+        )  # fmt: skip
+    finally:
+        report = load.stop()
+    retried = _retried(ngx.access_lines()[lines_before:])
+    say(
+        "e2e",
+        f"drill {label} (preStop {prestop:.0f} s, endpoint removal reaches nginx "
+        f"after {PROPAGATION_S:.0f} s): {res.steps} replacements in "
+        f"{res.seconds:.1f} s; {report.line()}; nginx retried {retried} on "
+        f"another replica; old replicas' exit codes {sorted(set(res.exit_codes))}, "
+        f"SIGTERM->exit max {max(res.stop_seconds):.2f} s; new replica ready in "
+        f"max {max(res.ready_seconds):.2f} s; failed per replacement "
+        f"{res.failed_per_step}",
+    )
+    for f in report.failures:
+        say("e2e", f"  failed: {f}")
+    return label, res, report, retried
+
+
 def test_rollout_drill(
     plan: EdgePlan,
     tls_files: dict[str, Path],
@@ -205,35 +246,12 @@ def test_rollout_drill(
             ("without preStop", 0.0, True),
             ("without preStop, proxy without retry", 0.0, False),
         )
-        results: list[tuple[str, DrillResult, Any, int]] = []
-        for label, prestop, retry in runs:
-            if ngx.retry != retry:
-                ngx.retry = retry
-                ngx.set_backends({**others, service: [r.addr for r in replicas]})
-            lines_before = len(ngx.access_lines())
-            load = Load(HOST, ngx.https_port, tls_files["ca.crt"], "/dev/fibo").start()
-            try:
-                res = rolling_update(
-                    ngx, service, replicas, make_replica, others, steps=10, prestop=prestop,
-                    failed_so_far=load.failed,
-                )  # fmt: skip
-            finally:
-                report = load.stop()
-            retried = _retried(ngx.access_lines()[lines_before:])
-            results.append((label, res, report, retried))
-            say(
-                "e2e",
-                f"drill {label} (preStop {prestop:.0f} s, endpoint removal reaches nginx "
-                f"after {PROPAGATION_S:.0f} s): {res.steps} replacements in "
-                f"{res.seconds:.1f} s; {report.line()}; nginx retried {retried} on "
-                f"another replica; old replicas' exit codes {sorted(set(res.exit_codes))}, "
-                f"SIGTERM->exit max {max(res.stop_seconds):.2f} s; new replica ready in "
-                f"max {max(res.ready_seconds):.2f} s; failed per replacement "
-                f"{res.failed_per_step}",
+        results = [
+            drill_run(
+                label, prestop, retry, ngx, service, replicas, make_replica, others, tls_files
             )
-            for f in report.failures:
-                say("e2e", f"  failed: {f}")
-
+            for label, prestop, retry in runs
+        ]
         say(
             "e2e",
             "drill summary, failed/sent (retried by nginx): "
