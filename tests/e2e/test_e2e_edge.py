@@ -86,6 +86,65 @@ def make_nginx(
         ngx.stop()
 
 
+def assert_routes(curl_bin: str, https: str, ca: list[str], resolve: list[str]) -> None:
+    """Both environments routed by path, the request id passed through, prefixes
+    matched per path element, and the certificate verified against the CA."""
+    for prefix in ("/dev", "/prod"):
+        out = curl(curl_bin, *ca, *resolve, f"{https}{prefix}/fibo?n=10")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["result"] == 55, out.stdout
+        say("e2e", f"edge: curl --cacert tls/ca.crt {prefix}/fibo?n=10 -> {out.stdout}")
+
+    # The request id a client sends comes back through the edge.
+    out = curl(
+        curl_bin, *ca, *resolve, "-D", "-", "-o", "/dev/null",
+        "-H", "X-Request-ID: e2e-edge-1", f"{https}/dev/healthz",
+    )  # fmt: skip
+    assert "x-request-id: e2e-edge-1" in out.stdout.lower(), out.stdout
+
+    # Prefix matching is per path element, as the Ingress's pathType Prefix.
+    out = curl(curl_bin, *ca, *resolve, "-o", "/dev/null", "-w", "%{http_code}",
+               f"{https}/devx/fibo?n=10")  # fmt: skip
+    assert out.stdout == "404", out
+
+    # Without the CA the certificate does not verify: curl exit 60.
+    out = curl(curl_bin, *resolve, f"{https}/dev/fibo?n=10")
+    assert out.returncode == 60, (out.returncode, out.stderr)
+    say(
+        "e2e",
+        f"edge: curl without the CA -> exit {out.returncode} ({out.stderr.splitlines()[0]})",
+    )
+
+
+def assert_http_redirect(curl_bin: str, https: str, http_port: int) -> None:
+    """Plain HTTP: a redirect to the same URL over HTTPS."""
+    http_url = f"http://{HOST}:{http_port}/dev/fibo?n=10"
+    out = curl(
+        curl_bin, "--resolve", f"{HOST}:{http_port}:127.0.0.1",
+        "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", http_url,
+    )  # fmt: skip
+    assert out.stdout == f"308 {https}/dev/fibo?n=10", out.stdout
+    say("e2e", f"edge: plain HTTP -> {out.stdout}")
+
+
+def assert_tls_versions(
+    tools: dict[str, str], https: str, ca: list[str], resolve: list[str], https_port: int
+) -> None:
+    """TLS 1.2 and 1.3 served, 1.1 refused by the server."""
+    for flags, want in ((["--tlsv1.2", "--tls-max", "1.2"], 0), (["--tlsv1.3"], 0)):
+        out = curl(tools["curl"], *ca, *resolve, *flags, f"{https}/prod/fibo?n=10")
+        assert out.returncode == want, (flags, out.stderr)
+    old = subprocess.run(
+        [tools["openssl"], "s_client", "-connect", f"127.0.0.1:{https_port}",
+         "-servername", HOST, "-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"],
+        input="", capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert old.returncode != 0
+    # The server's protocol_version alert, not a client-side refusal.
+    assert "alert protocol version" in old.stderr, old.stderr
+    say("e2e", "edge: TLS 1.2 ok, TLS 1.3 ok, TLS 1.1 -> server alert protocol version")
+
+
 def test_tls_edge_routes_like_the_ingress(
     tools: dict[str, str],
     tls_files: dict[str, Path],
@@ -112,54 +171,9 @@ def test_tls_edge_routes_like_the_ingress(
         resolve = ["--resolve", f"{HOST}:{ngx.https_port}:127.0.0.1"]
         ca = ["--cacert", str(tls_files["ca.crt"])]
 
-        for prefix in ("/dev", "/prod"):
-            out = curl(tools["curl"], *ca, *resolve, f"{https}{prefix}/fibo?n=10")
-            assert out.returncode == 0, out.stderr
-            assert json.loads(out.stdout)["result"] == 55, out.stdout
-            say("e2e", f"edge: curl --cacert tls/ca.crt {prefix}/fibo?n=10 -> {out.stdout}")
-
-        # The request id a client sends comes back through the edge.
-        out = curl(
-            tools["curl"], *ca, *resolve, "-D", "-", "-o", "/dev/null",
-            "-H", "X-Request-ID: e2e-edge-1", f"{https}/dev/healthz",
-        )  # fmt: skip
-        assert "x-request-id: e2e-edge-1" in out.stdout.lower(), out.stdout
-
-        # Prefix matching is per path element, as the Ingress's pathType Prefix.
-        out = curl(tools["curl"], *ca, *resolve, "-o", "/dev/null", "-w", "%{http_code}",
-                   f"{https}/devx/fibo?n=10")  # fmt: skip
-        assert out.stdout == "404", out
-
-        # Without the CA the certificate does not verify: curl exit 60.
-        out = curl(tools["curl"], *resolve, f"{https}/dev/fibo?n=10")
-        assert out.returncode == 60, (out.returncode, out.stderr)
-        say(
-            "e2e",
-            f"edge: curl without the CA -> exit {out.returncode} ({out.stderr.splitlines()[0]})",
-        )
-
-        # Plain HTTP: a redirect to the same URL over HTTPS.
-        http_url = f"http://{HOST}:{ngx.http_port}/dev/fibo?n=10"
-        out = curl(
-            tools["curl"], "--resolve", f"{HOST}:{ngx.http_port}:127.0.0.1",
-            "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", http_url,
-        )  # fmt: skip
-        assert out.stdout == f"308 {https}/dev/fibo?n=10", out.stdout
-        say("e2e", f"edge: plain HTTP -> {out.stdout}")
-
-        # Protocols: TLS 1.2 and 1.3 served, 1.1 refused by the server.
-        for flags, want in ((["--tlsv1.2", "--tls-max", "1.2"], 0), (["--tlsv1.3"], 0)):
-            out = curl(tools["curl"], *ca, *resolve, *flags, f"{https}/prod/fibo?n=10")
-            assert out.returncode == want, (flags, out.stderr)
-        old = subprocess.run(
-            [tools["openssl"], "s_client", "-connect", f"127.0.0.1:{ngx.https_port}",
-             "-servername", HOST, "-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"],
-            input="", capture_output=True, text=True, timeout=20,
-        )  # fmt: skip
-        assert old.returncode != 0
-        # The server's protocol_version alert, not a client-side refusal.
-        assert "alert protocol version" in old.stderr, old.stderr
-        say("e2e", "edge: TLS 1.2 ok, TLS 1.3 ok, TLS 1.1 -> server alert protocol version")
+        assert_routes(tools["curl"], https, ca, resolve)
+        assert_http_redirect(tools["curl"], https, ngx.http_port)
+        assert_tls_versions(tools, https, ca, resolve, ngx.https_port)
     finally:
         for srv in servers.values():
             srv.close()
