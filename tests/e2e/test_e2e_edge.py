@@ -225,6 +225,38 @@ def drill_run(
     return label, res, report, retried
 
 
+def assert_drill(results: list[tuple[str, DrillResult, LoadReport, int]]) -> None:
+    """With preStop nothing is lost; the two controls show the drill can fail."""
+    say(
+        "e2e",
+        "drill summary, failed/sent (retried by nginx): "
+        + "; ".join(
+            f"{label}: {rep.failed}/{rep.sent} ({retried})" for label, _, rep, retried in results
+        ),
+    )
+    for _, res, report, _ in results:
+        assert res.steps == 10
+        assert res.exit_codes == [0] * 10, res.exit_codes
+        # The load really ran through every replacement (not a near-idle drill):
+        # 100 req/s offered, fewer seen without preStop (1 s connect stalls);
+        # 10 is a generous floor for a busy machine (docs/e2e.md has the figures).
+        assert report.sent >= 10 * res.seconds, report.line()
+    (_, _, with_prestop, _), (_, _, _, rerouted), (_, _, lossy, _) = results
+    # The bar: a rolling update with preStop loses nothing.
+    assert with_prestop.failed == 0, with_prestop.failures
+    # The controls show that the drill can fail. Without preStop the old replica
+    # stops listening while nginx still sends it requests for 1 s: behind the
+    # retrying proxy, some of them had to be retried on another replica...
+    assert rerouted > 0, "without preStop, no request reached the stopping replica"
+    # ...and without retry they are lost. Odds of a false pass: every one of 10
+    # replacements would have to lose nothing. A replacement loses the requests
+    # routed to the stopped replica in that second (one connect stall per
+    # client thread); even if one in two lost none, a run of 10 would lose
+    # nothing once in 1024 runs (docs/e2e.md, "The rollout drill", has what a
+    # measured run lost).
+    assert lossy.failed > 0, "without preStop and retry, the drill lost nothing"
+
+
 def test_rollout_drill(
     plan: EdgePlan,
     tls_files: dict[str, Path],
@@ -266,35 +298,7 @@ def test_rollout_drill(
             )
             for label, prestop, retry in runs
         ]
-        say(
-            "e2e",
-            "drill summary, failed/sent (retried by nginx): "
-            + "; ".join(
-                f"{label}: {rep.failed}/{rep.sent} ({retried})"
-                for label, _, rep, retried in results
-            ),
-        )
-        for _, res, report, _ in results:
-            assert res.steps == 10
-            assert res.exit_codes == [0] * 10, res.exit_codes
-            # The load really ran through every replacement (not a near-idle drill):
-            # 100 req/s offered, fewer seen without preStop (1 s connect stalls);
-            # 10 is a generous floor for a busy machine (docs/e2e.md has the figures).
-            assert report.sent >= 10 * res.seconds, report.line()
-        (_, _, with_prestop, _), (_, _, _, rerouted), (_, _, lossy, _) = results
-        # The bar: a rolling update with preStop loses nothing.
-        assert with_prestop.failed == 0, with_prestop.failures
-        # The controls show that the drill can fail. Without preStop the old replica
-        # stops listening while nginx still sends it requests for 1 s: behind the
-        # retrying proxy, some of them had to be retried on another replica...
-        assert rerouted > 0, "without preStop, no request reached the stopping replica"
-        # ...and without retry they are lost. Odds of a false pass: every one of 10
-        # replacements would have to lose nothing. A replacement loses the requests
-        # routed to the stopped replica in that second (one connect stall per
-        # client thread); even if one in two lost none, a run of 10 would lose
-        # nothing once in 1024 runs (docs/e2e.md, "The rollout drill", has what a
-        # measured run lost).
-        assert lossy.failed > 0, "without preStop and retry, the drill lost nothing"
+        assert_drill(results)
     finally:
         for r in replicas:
             r.close()
