@@ -161,7 +161,7 @@ class Connections:
             del self._timed[conn.state][conn]
 
     def expired(self, now: float) -> Iterator[Conn]:
-        """The connections whose deadline has passed, each moved to EXPIRED: the
+        """The connections whose deadline has come, each moved to EXPIRED: the
         caller answers or closes it."""
         for state in TIMED:
             waiting = self._timed[state]
