@@ -240,6 +240,7 @@ def test_an_overloads_refusals_are_answered_each_and_logged_together(
         conns = Connections(poller)
         pending = refusals.PendingRefusals(conns, Pacer(time.monotonic()), None)
         clients = []
+        began = time.monotonic()  # before any of them arrived
         for i in range(6):
             server, client = socket.socketpair()
             clients.append(client)
@@ -252,6 +253,7 @@ def test_an_overloads_refusals_are_answered_each_and_logged_together(
             else:
                 pending.add(conn, refusals.overloaded(i))
         pending.write(time.monotonic(), keepalive=5.0)
+        waited_at_most_ms = (time.monotonic() - began) * 1000
         answers = [_split(c.recv(4096)) for c in clients]
         for c in clients:
             c.close()
@@ -262,16 +264,45 @@ def test_an_overloads_refusals_are_answered_each_and_logged_together(
         assert status.startswith("HTTP/1.1 503 ") and headers["Retry-After"] == "1"
         assert "Connection" not in headers  # kept alive: a retry needs no new connection
         assert json.loads(body) == {"error": "overloaded"}
-    assert answers[5][0].startswith("HTTP/1.1 408 ")
+    # Not an overload: closed, whatever the request allowed.
+    assert answers[5][0].startswith("HTTP/1.1 408 ") and answers[5][1]["Connection"] == "close"
     (summary,) = fibo_logs.find("requests refused")
     assert summary["level"] == "WARNING" and summary["status"] == 503 and summary["count"] == 5
     assert summary["errmsg"] == "overloaded: 4 requests waiting"
-    assert summary["duration_ms"] >= 0
+    assert 0 <= summary["duration_ms"] <= waited_at_most_ms  # the longest wait, no more
     for key, value in summary.items():
         if key not in ("ts", "level", "logger", "msg"):
             assert json_type(value) == FIELD_TYPES[key], key
     (single,) = fibo_logs.find("request refused")
     assert single["status"] == 408 and single["request_id"] == answers[5][1]["X-Request-ID"]
+
+
+def test_a_stopping_worker_closes_every_refused_connection_and_skips_the_gone() -> None:
+    """keepalive None (the drain): even a 503 closes its connection. A client that
+    left while waiting is skipped; those after it in the batch are still answered."""
+    with selectors.DefaultSelector() as poller:
+        conns = Connections(poller)
+        pending = refusals.PendingRefusals(conns, Pacer(time.monotonic()), None)
+        pairs = [socket.socketpair() for _ in range(3)]
+        for i, (server, _) in enumerate(pairs):
+            conn = Conn(None, server, ("127.0.0.1", i), ("127.0.0.1", 8080))
+            conns.accepted(conn)
+            conn.head = b"GET /prod/fibo?n=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            pending.add(conn, refusals.overloaded(i))
+            if i == 1:
+                conns.close(conn)  # its client left
+        pending.write(time.monotonic(), keepalive=None)
+        answered = []
+        for i in (0, 2):
+            client = pairs[i][1]
+            client.settimeout(5)
+            answered.append(_split(client.recv(4096)))
+            assert client.recv(1) == b"", "a stopping worker keeps no connection"
+        for _, client in pairs:
+            client.close()
+        conns.close_all()
+    for status, headers, _ in answered:
+        assert status.startswith("HTTP/1.1 503 ") and headers["Connection"] == "close"
 
 
 def test_pending_refusals_wait_for_the_pacer_only_when_there_are_some() -> None:
