@@ -82,6 +82,17 @@ def test_a_connection_waits_in_one_set_in_deadline_order(conns: Connections) -> 
     assert conns.open == 0 and conns.next_deadline() == float("inf")
 
 
+def test_expiring_looks_at_every_timed_state(conns: Connections) -> None:
+    """A head still within its time does not hide a kept-alive connection past its own."""
+    reading, c1 = _conn(conns)
+    idle, c2 = _conn(conns)
+    with c1, c2:
+        conns.wait(reading, State.HEAD, 20.0)
+        conns.wait(idle, State.IDLE, 10.0)
+        assert list(conns.expired(15.0)) == [idle]
+        conns.close_all()
+
+
 def test_close_lingering_half_closes_and_waits_for_the_client(conns: Connections) -> None:
     conn, client = _conn(conns)
     with client:
