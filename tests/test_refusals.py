@@ -34,6 +34,14 @@ def fresh_templates() -> None:
     refusals._template.cache_clear()
 
 
+def _socketpair() -> tuple[socket.socket, socket.socket]:
+    """(server, client). The client's reads time out: an answer never written fails
+    the test instead of hanging it (a mutant's run has no wall-clock limit)."""
+    server, client = socket.socketpair()
+    client.settimeout(5)
+    return server, client
+
+
 def _split(data: bytes) -> tuple[str, dict[str, str], bytes]:
     head, _, body = data.partition(b"\r\n\r\n")
     status, *fields = head.decode("latin-1").split("\r\n")
@@ -93,7 +101,7 @@ def test_other_exceptions_are_server_faults() -> None:
 
 
 def test_refuse_writes_the_answer_and_one_bounded_record(fibo_logs: JsonCapture) -> None:
-    server, client = socket.socketpair()
+    server, client = _socketpair()
     with server, client:
         head = b"GET /prod/fibo?n=" + b"1" * 9000 + b" HTTP/1.1\r\nX-Request-ID: rid-414\r\n"
         refusals.refuse(
@@ -119,7 +127,7 @@ def test_a_refused_head_request_gets_no_body_and_a_timed_record(
     # Begun a hundred thousand seconds ago (as time.monotonic() counts): a factor
     # off by 0.1 % would put the duration 100 s off.
     started = time.monotonic() - 100_000
-    server, client = socket.socketpair()
+    server, client = _socketpair()
     with server, client:
         head = b"HEAD /prod/fibo?n=1?n=2 HTTP/1.1\r\nHost: x\r\n"
         refusals.refuse(
@@ -142,7 +150,7 @@ def test_a_refused_head_request_gets_no_body_and_a_timed_record(
 def test_refuse_never_blocks_on_a_client_that_does_not_read(fibo_logs: JsonCapture) -> None:
     """The loop writes refusals itself: a client whose receive buffer is full
     must not stop it. The answer is dropped; the record stays."""
-    server, client = socket.socketpair()
+    server, client = _socketpair()
     with server, client:
         server.setblocking(False)
         with contextlib.suppress(BlockingIOError):
@@ -165,7 +173,7 @@ def test_refuse_never_blocks_on_a_client_that_does_not_read(fibo_logs: JsonCaptu
 
 
 def test_refuse_bounds_the_path_it_logs(fibo_logs: JsonCapture) -> None:
-    server, client = socket.socketpair()
+    server, client = _socketpair()
     with server, client:
         head = b"X" * 100 + b" /" + b"p" * 5000 + b" HTTP/1.1\r\nX-Request-ID: not a valid id!\r\n"
         refusals.refuse(
@@ -213,7 +221,7 @@ def test_refuse_error_answers_what_the_thread_raised(
         def observe(self, method: str, path: str, status: int, seconds: float) -> None:
             observed.append((method, path, status, seconds))
 
-    server, client = socket.socketpair()
+    server, client = _socketpair()
     with server, client:
         # No connection known (nothing read of the request): the peer alone.
         refusals.refuse_error(server, exc, None, "127.0.0.1:9", Sink())
@@ -242,7 +250,7 @@ def test_an_overloads_refusals_are_answered_each_and_logged_together(
         clients = []
         began = time.monotonic()  # before any of them arrived
         for i in range(6):
-            server, client = socket.socketpair()
+            server, client = _socketpair()
             clients.append(client)
             conn = Conn(None, server, ("127.0.0.1", i), ("127.0.0.1", 8080))
             conns.accepted(conn)
@@ -283,7 +291,7 @@ def test_a_stopping_worker_closes_every_refused_connection_and_skips_the_gone() 
     with selectors.DefaultSelector() as poller:
         conns = Connections(poller)
         pending = refusals.PendingRefusals(conns, Pacer(time.monotonic()), None)
-        pairs = [socket.socketpair() for _ in range(3)]
+        pairs = [_socketpair() for _ in range(3)]
         for i, (server, _) in enumerate(pairs):
             conn = Conn(None, server, ("127.0.0.1", i), ("127.0.0.1", 8080))
             conns.accepted(conn)
@@ -295,7 +303,6 @@ def test_a_stopping_worker_closes_every_refused_connection_and_skips_the_gone() 
         answered = []
         for i in (0, 2):
             client = pairs[i][1]
-            client.settimeout(5)
             answered.append(_split(client.recv(4096)))
             assert client.recv(1) == b"", "a stopping worker keeps no connection"
         for _, client in pairs:
@@ -314,7 +321,7 @@ def test_pending_refusals_wait_for_the_pacer_only_when_there_are_some() -> None:
         pending = refusals.PendingRefusals(conns, pacer, None)
         pacer.spend(0.015)  # 5 ms over: 0.1 s at 5 % of each second
         assert pending.wait(0.0) == float("inf")
-        server, client = socket.socketpair()
+        server, client = _socketpair()
         with server, client:
             conn = Conn(None, server, ("127.0.0.1", 1), ("127.0.0.1", 8080))
             conns.accepted(conn)
