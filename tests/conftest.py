@@ -82,6 +82,8 @@ def opensearch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenSearch]
 # Outside that phase none of this is active. When a mutant's tests run, they run
 # module by module, cheapest first (tests/mutation/order.py).
 MUTATION_SITE = Path(__file__).resolve().parent / "mutation"
+# Several times the slowest test's duration (docs/mutation.md, "What saves time").
+MUTANT_TEST_TIMEOUT = 300
 
 
 class _MutmutReach:
@@ -138,6 +140,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
         seconds = state().duration_by_test
         items[:] = cheapest_modules_first(items, lambda item: item.nodeid, seconds)
+        # mutmut limits a mutant's CPU time, not the wall clock: a test waiting for
+        # an answer the mutant never writes uses no CPU and would wait for ever.
+        # pytest-timeout (the `mutate` extra) fails it instead. Set here, not in
+        # mutmut's pytest arguments: changing those drops every verdict.
+        for item in items:
+            item.add_marker(pytest.mark.timeout(MUTANT_TEST_TIMEOUT))
 
 
 @pytest.hookimpl(wrapper=True)
