@@ -34,6 +34,16 @@ def fresh_templates() -> None:
     refusals._template.cache_clear()
 
 
+class RecordingSink:
+    """Where the worker counts what it answered (the request metrics, in a server)."""
+
+    def __init__(self) -> None:
+        self.observed: list[tuple[str, str, int, float]] = []
+
+    def observe(self, method: str, path: str, status: int, seconds: float) -> None:
+        self.observed.append((method, path, status, seconds))
+
+
 def _socketpair() -> tuple[socket.socket, socket.socket]:
     """(server, client). The client's reads time out: an answer never written fails
     the test instead of hanging it (a mutant's run has no wall-clock limit)."""
@@ -215,16 +225,12 @@ def test_parse_n_quotes_at_most_40_characters(raw: str) -> None:
 def test_refuse_error_answers_what_the_thread_raised(
     fibo_logs: JsonCapture, exc: Exception, status: int
 ) -> None:
-    observed: list[tuple[str, str, int, float]] = []
-
-    class Sink:
-        def observe(self, method: str, path: str, status: int, seconds: float) -> None:
-            observed.append((method, path, status, seconds))
-
+    sink = RecordingSink()
+    observed = sink.observed
     server, client = _socketpair()
     with server, client:
         # No connection known (nothing read of the request): the peer alone.
-        refusals.refuse_error(server, exc, None, "127.0.0.1:9", Sink())
+        refusals.refuse_error(server, exc, None, "127.0.0.1:9", sink)
         got, headers, body = _split(client.recv(4096))
     assert got.split()[1] == str(status) and json.loads(body)["error"]
     (record,) = fibo_logs.find("request refused")
@@ -244,9 +250,10 @@ def test_an_overloads_refusals_are_answered_each_and_logged_together(
     """A batch of overload 503s: every client gets its own answer and id, the log
     one `requests refused` record with their count (its keys typed as the index
     template says); a refusal of another kind in the batch keeps its own record."""
+    sink = RecordingSink()
     with selectors.DefaultSelector() as poller:
         conns = Connections(poller)
-        pending = refusals.PendingRefusals(conns, Pacer(time.monotonic()), None)
+        pending = refusals.PendingRefusals(conns, Pacer(time.monotonic()), sink)
         clients = []
         began = time.monotonic()  # before any of them arrived
         for i in range(6):
@@ -283,6 +290,9 @@ def test_an_overloads_refusals_are_answered_each_and_logged_together(
             assert json_type(value) == FIELD_TYPES[key], key
     (single,) = fibo_logs.find("request refused")
     assert single["status"] == 408 and single["request_id"] == answers[5][1]["X-Request-ID"]
+    # Each answer counted, logged together or not.
+    statuses = [(m, p, status) for m, p, status, _ in sink.observed]
+    assert statuses == [("GET", "/prod/fibo", 503)] * 5 + [("GET", "/prod/fibo", 408)]
 
 
 def test_a_stopping_worker_closes_every_refused_connection_and_skips_the_gone() -> None:
