@@ -7,8 +7,10 @@ directory and taking the port over."""
 from __future__ import annotations
 
 import collections
+import fcntl
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -93,6 +95,34 @@ def test_archiving_dead_workers_keeps_every_count(tmp_path: Path) -> None:
         "histogram_103.db",
         "histogram_archive.db",
     ]
+
+
+def test_a_dead_worker_with_histograms_only_is_archived(tmp_path: Path) -> None:
+    write_db(tmp_path / "histogram_104.db", {("h", "h_sum", ()): 1.5})
+    multiproc.archive(str(tmp_path), 104)
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["histogram_archive.db"]
+    assert scrape_dir(tmp_path)[("h_sum", ())] == 1.5
+
+
+def test_scrapes_read_side_by_side_and_archiving_waits_for_them(tmp_path: Path) -> None:
+    worker_files(tmp_path, 101, 1)
+    multiproc.collect(str(tmp_path))  # makes the lock file
+    (lock,) = [p for p in tmp_path.iterdir() if p.suffix != ".db"]
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # as a scrape in progress holds it
+        scrape = threading.Thread(target=multiproc.collect, args=(str(tmp_path),))
+        scrape.start()
+        scrape.join(5)
+        assert not scrape.is_alive(), "a scrape waited for another scrape"
+        archiving = threading.Thread(target=multiproc.archive, args=(str(tmp_path), 101))
+        archiving.start()
+        archiving.join(0.2)
+        assert archiving.is_alive(), "archiving went on during a scrape"
+    finally:
+        os.close(fd)  # releases the lock
+    archiving.join(5)
+    assert not (tmp_path / "counter_101.db").exists()
 
 
 def test_prepare_empties_locks_and_refuses_a_second_server(tmp_path: Path) -> None:

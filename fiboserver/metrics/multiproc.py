@@ -156,7 +156,7 @@ def collect(path: str) -> Iterable[Metric]:
 
     with _merge_lock(path, exclusive=False):
         files = glob.glob(os.path.join(path, "*.db"))
-        return list(MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
+        return list(MultiProcessCollector.merge(files))  # type: ignore[no-untyped-call]
 
 
 class Collector:
