@@ -110,6 +110,24 @@ def test_sigkill_of_a_worker(tmp_path: Path) -> None:
     assert not glob.glob(str(srv.metrics_dir / f"*_{victim}.db"))
 
 
+def test_the_master_goes_on_when_it_cannot_archive_a_dead_worker(tmp_path: Path) -> None:
+    """A dead worker's files that cannot be archived cost its counts, logged with
+    the reason, and nothing else: the master replaces the worker as always."""
+    with server(tmp_path, 1) as srv:
+        (victim,) = wait_booted(srv, 1)
+        srv.scrape()  # a scrape makes the lock file archiving takes
+        (lock,) = [p for p in srv.metrics_dir.iterdir() if p.suffix != ".db"]
+        lock.unlink()
+        lock.mkdir()  # the lock can no longer be opened
+        mark = len(srv.records)
+        os.kill(victim, signal.SIGKILL)
+        (failed,) = wait_records(srv, "cannot account for the worker's metrics", 1, mark)
+        wait_booted(srv, 1, start=mark)
+        assert srv.get("/dev/fibo?n=7")[0] == 200
+    assert failed["level"] == "ERROR" and failed["pid"] == victim
+    assert "IsADirectoryError" in failed["exc_info"]
+
+
 def test_exit_reasons_exited_and_timeout(tmp_path: Path) -> None:
     # timeout 2 s: a stopped worker is aborted (and then killed) within seconds.
     with server(tmp_path, 1, GUNICORN_CMD_ARGS="--timeout 2") as srv:
