@@ -235,7 +235,8 @@ class PendingRefusals:
         if not self._queue or not self.pacer.ready(now):
             return
         cpu = time.thread_time()
-        shed, longest_ms, last = 0, 0.0, None
+        waits: list[float] = []  # of the overload's refusals, in ms
+        last = None
         for _ in range(min(REFUSAL_BATCH, len(self._queue))):
             conn, refusal = self._queue.popleft()
             if conn.state is State.CLOSED:
@@ -249,8 +250,7 @@ class PendingRefusals:
             request = Refused.of(conn.head, conn.peer, conn.started)
             duration_ms = refuse(conn.sock, refusal, request, self.sink, close=not reuse)
             if refusal.overload:
-                shed += 1
-                longest_ms = max(longest_ms, duration_ms)
+                waits.append(duration_ms)
                 last = refusal
             if reuse and keepalive is not None:
                 conn.started = now
@@ -258,7 +258,7 @@ class PendingRefusals:
             else:
                 self.conns.close_lingering(conn)
         if last is not None:
-            _log_shed(last, shed, longest_ms)
+            _log_shed(last, len(waits), max(waits))
         self.pacer.spend(time.thread_time() - cpu)
 
 
