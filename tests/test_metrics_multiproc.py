@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fiboserver.metrics import multiproc
 from tests.support.metrictools import (
+    merge_lock,
     never_went_down,
     request_counts,
     samples,
@@ -107,8 +108,7 @@ def test_a_dead_worker_with_histograms_only_is_archived(tmp_path: Path) -> None:
 def test_scrapes_read_side_by_side_and_archiving_waits_for_them(tmp_path: Path) -> None:
     worker_files(tmp_path, 101, 1)
     multiproc.collect(str(tmp_path))  # makes the lock file
-    (lock,) = [p for p in tmp_path.iterdir() if p.suffix != ".db"]
-    fd = os.open(lock, os.O_RDWR)
+    fd = os.open(merge_lock(tmp_path), os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)  # as a scrape in progress holds it
         scrape = threading.Thread(target=multiproc.collect, args=(str(tmp_path),))

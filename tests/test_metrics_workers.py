@@ -21,6 +21,7 @@ from fiboserver.metrics.master import exit_reason
 from tests.support.metrictools import (
     DURATION,
     MIX,
+    merge_lock,
     never_went_down,
     request_counts,
     samples,
@@ -116,7 +117,7 @@ def test_the_master_goes_on_when_it_cannot_archive_a_dead_worker(tmp_path: Path)
     with server(tmp_path, 1) as srv:
         (victim,) = wait_booted(srv, 1)
         srv.scrape()  # a scrape makes the lock file archiving takes
-        (lock,) = [p for p in srv.metrics_dir.iterdir() if p.suffix != ".db"]
+        lock = merge_lock(srv.metrics_dir)
         lock.unlink()
         lock.mkdir()  # the lock can no longer be opened
         mark = len(srv.records)

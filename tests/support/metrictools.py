@@ -126,6 +126,13 @@ def worker_values(directory: Path, pid: int) -> dict[Key, float]:
     }
 
 
+def merge_lock(directory: Path) -> Path:
+    """The lock file scrapes and archiving take in a multiprocess directory (the one
+    file that is not a `.db`; the first scrape makes it)."""
+    (lock,) = [p for p in directory.iterdir() if p.suffix != ".db"]
+    return lock
+
+
 def never_went_down(before: dict[Key, float], after: dict[Key, float]) -> list[str]:
     """Counter and histogram samples that are lower (or gone) in `after`."""
     down = []
