@@ -81,6 +81,20 @@ LOAD_CLIENTS = 8
 N_VALUES = [0, 10, 93, 500, 1000]
 
 
+def _usr2_upgrade(srv: ServerProcess, mark: int) -> int:
+    """USR2 to the master; the pid of the new master it forks, read from its log."""
+    srv.terminate(signal.SIGUSR2)
+    srv.wait_for("server start", start=mark, timeout=30)
+    listening = srv.wait_for(
+        None, start=mark, where=lambda r: r.get("msg", "").startswith("Listening at")
+    )
+    found = re.search(r"\((\d+)\)", listening["msg"])
+    assert found is not None, listening
+    new_master = int(found.group(1))
+    assert new_master in child_pids(srv.pid)
+    return new_master
+
+
 def test_usr2_then_term_to_the_old_master_loses_no_request(tmp_path: Path) -> None:
     """The new master shares the old one's listening socket: the old one's stop must
     neither reset a queued connection nor make the kernel drop new ones."""
@@ -108,15 +122,7 @@ def test_usr2_then_term_to_the_old_master_loses_no_request(tmp_path: Path) -> No
         try:
             wait_until(lambda: counts.ok >= 50, 30, "load reaches the old master")
             mark = len(srv.records)
-            srv.terminate(signal.SIGUSR2)
-            srv.wait_for("server start", start=mark, timeout=30)
-            listening = srv.wait_for(
-                None, start=mark, where=lambda r: r.get("msg", "").startswith("Listening at")
-            )
-            found = re.search(r"\((\d+)\)", listening["msg"])
-            assert found is not None, listening
-            new_master = int(found.group(1))
-            assert new_master in child_pids(srv.pid)
+            new_master = _usr2_upgrade(srv, mark)
             wait_until(lambda: len(srv.find("worker booted", start=mark)) == 2, 30, "new workers")
             srv.terminate(signal.SIGTERM)  # the old master
             assert srv.wait(GRACEFUL_TIMEOUT + 10, log_eof=False) == 0

@@ -81,6 +81,41 @@ class Replica:
         self.server.close()
 
 
+def _retire(
+    nginx: Nginx,
+    old: Replica,
+    rest_backends: Mapping[str, list[str]],
+    result: DrillResult,
+    *,
+    prestop: float,
+    propagation: float,
+) -> None:
+    """Delete `old` as Kubernetes does: its endpoint removal reaches nginx
+    `propagation` s after the deletion, whatever the pod does meanwhile, and SIGTERM
+    follows the `prestop` sleep."""
+    deleted_at = time.monotonic()
+    removal_error: list[BaseException] = []
+
+    def remove() -> None:
+        try:
+            result.reload_seconds.append(nginx.set_backends(rest_backends))
+        except BaseException as exc:  # surfaced below
+            removal_error.append(exc)
+
+    timer = threading.Timer(propagation, remove)
+    timer.start()
+    time.sleep(max(0.0, prestop - (time.monotonic() - deleted_at)))
+    sigterm_at = time.monotonic()
+    old.sigterm()
+    rc = old.server.wait(timeout=60)
+    result.stop_seconds.append(time.monotonic() - sigterm_at)
+    result.exit_codes.append(rc)
+    timer.join()
+    if removal_error:
+        raise removal_error[0]
+    old.close()
+
+
 def rolling_update(
     nginx: Nginx,
     service: str,
@@ -112,32 +147,9 @@ def rolling_update(
         result.reload_seconds.append(nginx.set_backends(backends(replicas)))
 
         old = replicas[0]
-        remaining = replicas[1:]
-        deleted_at = time.monotonic()
-        # The endpoint removal reaches nginx `propagation` s after the deletion,
-        # whatever the pod does meanwhile.
-        removal_error: list[BaseException] = []
-
-        def remove(
-            rest: Sequence[Replica] = remaining, errors: list[BaseException] = removal_error
-        ) -> None:
-            try:
-                result.reload_seconds.append(nginx.set_backends(backends(rest)))
-            except BaseException as exc:  # surfaced below
-                errors.append(exc)
-
-        timer = threading.Timer(propagation, remove)
-        timer.start()
-        time.sleep(max(0.0, prestop - (time.monotonic() - deleted_at)))
-        sigterm_at = time.monotonic()
-        old.sigterm()
-        rc = old.server.wait(timeout=60)
-        result.stop_seconds.append(time.monotonic() - sigterm_at)
-        result.exit_codes.append(rc)
-        timer.join()
-        if removal_error:
-            raise removal_error[0]
-        old.close()
+        _retire(
+            nginx, old, backends(replicas[1:]), result, prestop=prestop, propagation=propagation
+        )
         replicas.remove(old)
         result.steps += 1
         if failed_so_far is not None:
