@@ -224,7 +224,7 @@ def shares_listeners(server: Any, parent_pid: int) -> bool:
 
 def aborted_on_timeout(worker: Any) -> bool:
     """Whether the master aborted `worker` for being silent past `timeout`."""
-    return bool(getattr(worker, "aborted", False))
+    return bool(worker.aborted)
 
 
 # --- logging ------------------------------------------------------------------------------

@@ -76,10 +76,13 @@ def test_head_and_other_paths(listener: MetricsServer) -> None:
         sock.sendall(b"HEAD /metrics HTTP/1.0\r\n\r\n")
         answer = b"".join(iter(lambda: sock.recv(65536), b""))
     assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"\r\n\r\n")
-    for path in ("/", "/metrics/", "/dev/metrics", "/favicon.ico"):
-        status, headers, body = fetch(listener, path)
+    # A scrape config's `params` arrive as a query string; the path alone decides.
+    assert fetch(listener, "/metrics?module=fibo")[0] == 200
+    for path in ("/", "/metrics/", "/dev/metrics", "/favicon.ico", "/metricsx?a=b"):
+        status, headers, body = fetch(listener, path, headers={"Accept-Encoding": "gzip"})
         assert status == 404, path
         assert headers["Content-Type"] == "application/json"
+        assert "Content-Encoding" not in headers  # the 404 body is sent as it is
         assert json.loads(body) == {"error": "not found"}
 
 

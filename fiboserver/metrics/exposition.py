@@ -69,17 +69,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(send_body=False)
 
     def _answer(self, send_body: bool) -> None:
-        encoded = False
-        if self.path.partition("?")[0] != PATH:
-            status, body, content_type = 404, b'{"error": "not found"}', "application/json"
-        else:
+        if self.path.partition("?")[0] == PATH:
             from prometheus_client.exposition import gzip_accepted
 
             status = 200
             body, content_type = self.server.render(self.headers.get("Accept", ""))
-            encoded = gzip_accepted(self.headers.get("Accept-Encoding", ""))
+            encoded: bool = gzip_accepted(self.headers.get("Accept-Encoding", ""))
             if encoded:
                 body = gzip.compress(body)
+        else:
+            status, body, content_type = 404, b'{"error": "not found"}', "application/json"
+            encoded = False
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         if encoded:
