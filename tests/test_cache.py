@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import threading
 from decimal import Decimal
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from fiboserver.app import create_app
+from fiboserver.app import create_app, heap
 from fiboserver.app.cache import LOGGED_VALUE_CHARS, FiboCache, elide
 from fiboserver.config import parse_config
 from tests.support.fibref import fib_table
@@ -90,6 +91,47 @@ def test_value_larger_than_budget_is_not_kept() -> None:
     cache.put(2, "9" * 20000)
     assert cache.size_bytes <= 5000
     assert cache.get(2) is None
+
+
+def test_an_entry_that_exactly_fills_the_budget_evicts_nothing() -> None:
+    one = unit_size()
+    cache = FiboCache(max_bytes=2 * one)
+    cache.put(5001, "7" * 1000)
+    cache.put(5002, "7" * 1000)
+    assert len(cache) == 2 and cache.size_bytes == cache.max_bytes
+
+
+def test_a_value_of_a_page_or_more_is_charged_one_page_more() -> None:
+    """The module's accounting rule: a value object of 4096 bytes or more is charged
+    4096 bytes more, for the partly used pages the C allocator keeps around it."""
+    page = 4096
+    # A compact ASCII str is a fixed header and one byte per character.
+    at_page = "7" * (page - sys.getsizeof(""))
+    assert sys.getsizeof(at_page) == page
+
+    def cost(digits: str) -> int:
+        probe = FiboCache(max_bytes=10**9)
+        probe.put(1, digits)
+        return probe.size_bytes
+
+    assert cost(at_page) - cost(at_page[:-1]) == 1 + page
+    assert cost(at_page + "7") - cost(at_page) == 1
+
+
+def test_every_entry_one_put_evicts_counts_towards_giving_pages_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Free pages go back to the system once evictions have freed 1/64 of the
+    budget: here one entry is less than that, the two one put evicts are more."""
+    released: list[int] = []
+    monkeypatch.setattr(heap, "release_free_pages", lambda: released.append(len(released)))
+    one = unit_size()
+    cache = FiboCache(max_bytes=96 * one)  # 1/64 of it is 1.5 entries
+    for n in range(5001, 5097):
+        cache.put(n, "7" * 1000)
+    assert len(cache) == 96 and released == []
+    cache.put(9000, "7" * 2000)  # costs more than one entry, less than two
+    assert len(cache) == 95 and released == [0]
 
 
 def test_init_app_registers_in_extensions() -> None:
