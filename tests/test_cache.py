@@ -99,6 +99,9 @@ def test_an_entry_that_exactly_fills_the_budget_evicts_nothing() -> None:
     cache.put(5001, "7" * 1000)
     cache.put(5002, "7" * 1000)
     assert len(cache) == 2 and cache.size_bytes == cache.max_bytes
+    single = FiboCache(max_bytes=one)
+    single.put(5001, "7" * 1000)
+    assert len(single) == 1
 
 
 def test_a_value_of_a_page_or_more_is_charged_one_page_more() -> None:
@@ -132,6 +135,21 @@ def test_every_entry_one_put_evicts_counts_towards_giving_pages_back(
     assert len(cache) == 96 and released == []
     cache.put(9000, "7" * 2000)  # costs more than one entry, less than two
     assert len(cache) == 95 and released == [0]
+
+
+def test_evictions_count_towards_giving_pages_back_across_puts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One entry evicted per put: every second put has freed 1/64 of the budget."""
+    released: list[int] = []
+    monkeypatch.setattr(heap, "release_free_pages", lambda: released.append(len(released)))
+    one = unit_size()
+    cache = FiboCache(max_bytes=96 * one)
+    for n in range(5001, 5097):
+        cache.put(n, "7" * 1000)
+    for n, after in ((6001, []), (6002, [0]), (6003, [0]), (6004, [0, 1])):
+        cache.put(n, "7" * 1000)
+        assert released == after, n
 
 
 def test_init_app_registers_in_extensions() -> None:
