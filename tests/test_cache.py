@@ -137,6 +137,18 @@ def test_every_entry_one_put_evicts_counts_towards_giving_pages_back(
     assert len(cache) == 95 and released == [0]
 
 
+def test_pages_go_back_when_evictions_reach_exactly_1_64_of_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    released: list[int] = []
+    monkeypatch.setattr(heap, "release_free_pages", lambda: released.append(len(released)))
+    one = unit_size()
+    cache = FiboCache(max_bytes=64 * one)
+    for n in range(5001, 5066):  # the 65th evicts the first
+        cache.put(n, "7" * 1000)
+    assert released == [0]
+
+
 def test_evictions_count_towards_giving_pages_back_across_puts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -10,6 +10,7 @@ import collections
 import fcntl
 import os
 import signal
+import stat
 import threading
 import time
 from pathlib import Path
@@ -108,6 +109,8 @@ def test_a_dead_worker_with_histograms_only_is_archived(tmp_path: Path) -> None:
 def test_scrapes_read_side_by_side_and_archiving_waits_for_them(tmp_path: Path) -> None:
     worker_files(tmp_path, 101, 1)
     multiproc.collect(str(tmp_path))  # makes the lock file
+    # flock needs only an open file: a user who could open it could stall archiving.
+    assert stat.S_IMODE(merge_lock(tmp_path).stat().st_mode) == 0o600
     fd = os.open(merge_lock(tmp_path), os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)  # as a scrape in progress holds it
