@@ -153,11 +153,21 @@ def test_fibo_bad_n_is_400(api: Api, raw: str) -> None:
 
 
 def test_fibo_missing_n_is_400(api: Api) -> None:
-    for path in (f"{api.prefix}/fibo", f"{api.prefix}/fibo?m=3"):
+    for path in (f"{api.prefix}/fibo", f"{api.prefix}/fibo?m=3", f"{api.prefix}/fibo?n="):
         resp = api.client.get(path)
         assert resp.status_code == 400
         check_common(resp)
-        assert isinstance(body_of(resp)["error"], str)
+        assert "query parameter n is required" in body_of(resp)["error"], path
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [("30x", "n must be a plain base-10 integer"), ("-1", "n must not be negative")],
+)
+def test_fibo_bad_n_says_what_is_wrong(api: Api, raw: str, says: str) -> None:
+    resp = api.client.get(f"{api.prefix}/fibo", query_string={"n": raw})
+    assert resp.status_code == 400
+    assert says in body_of(resp)["error"]
 
 
 def test_fibo_bad_n_logs_warning_with_request_id(api: Api, fibo_logs: JsonCapture) -> None:

@@ -147,6 +147,11 @@ def test_pages_go_back_when_evictions_reach_exactly_1_64_of_the_budget(
     for n in range(5001, 5066):  # the 65th evicts the first
         cache.put(n, "7" * 1000)
     assert released == [0]
+    # A byte short of it (the same entries, 64 bytes more budget) gives nothing back.
+    short = FiboCache(max_bytes=64 * (one + 1))
+    for n in range(5001, 5066):
+        short.put(n, "7" * 1000)
+    assert len(short) == 64 and released == [0]
 
 
 def test_evictions_count_towards_giving_pages_back_across_puts(
