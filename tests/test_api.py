@@ -97,6 +97,17 @@ def test_fibo_n_equal_to_maxseq_is_served() -> None:
     assert body_of(resp)["result"] == Decimal(fib(1000))
 
 
+def test_fibo_n_with_leading_zeros_is_that_integer(api: Api) -> None:
+    """A plain base-10 integer may start with zeros, past Python's 4300-digit limit
+    on int() too; they count for nothing against maxseq."""
+    for raw, expected in (("000", 0), ("010", 55), ("0" * 5000 + "89", fib(89))):
+        resp = api.client.get(f"{api.prefix}/fibo?n={raw}")
+        assert resp.status_code == 200, resp.get_data(as_text=True)[:200]
+        assert body_of(resp)["result"] == Decimal(expected), raw[-10:]
+    resp = api.client.get(f"{api.prefix}/fibo?n={'0' * 5000}100001")
+    assert resp.status_code == 400 and "maxseq (100000)" in body_of(resp)["error"]
+
+
 @pytest.mark.parametrize("maxseq", [0, 1000, 100000])
 def test_fibo_above_maxseq_is_400_naming_the_limit(maxseq: int) -> None:
     app = make_app(env="PROD", maxseq=maxseq)

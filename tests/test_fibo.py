@@ -37,6 +37,11 @@ def test_known_values() -> None:
     assert fibonacci_digits(93) == "12200160415121876738"  # first one past uint64
 
 
+def test_a_negative_n_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^n must be >= 0, got -1$"):
+        fibonacci_digits(-1)
+
+
 def test_every_n_up_to_2000(reference: dict[int, int]) -> None:
     wrong = []
     for n in range(2001):

@@ -62,11 +62,12 @@ def parse_n(raw: str | None, maxseq: int) -> int:
         raise ValueError(f"n must be a plain base-10 integer, got {quoted(raw)}")
     if raw.startswith("-"):
         raise ValueError(f"n must not be negative, got {bounded(raw)}")
-    # Compare lengths first: int() refuses strings of over 4300 digits.
-    significant = raw.lstrip("0")
-    if len(significant) > len(str(maxseq)) or int(raw) > maxseq:
+    # Compare lengths first, without the leading zeros: int() refuses strings of
+    # over 4300 digits, zeros included.
+    significant = raw.lstrip("0") or "0"
+    if len(significant) > len(str(maxseq)) or int(significant) > maxseq:
         raise ValueError(f"n must be <= maxseq ({maxseq}), got {bounded(raw)}")
-    return int(raw)
+    return int(significant)
 
 
 def fibo() -> Response:
