@@ -179,6 +179,17 @@ def test_a_worker_that_left_counts_for_nothing_at_any_time() -> None:
     assert board.pod(staying.slot, 0.5) == balance.Pod(others=0, other_workers=0)
 
 
+def test_the_keep_alive_rule_reads_the_others_again_after_10_ms() -> None:
+    board = balance.Board(slots=4)
+    balancer, peer = balance.Balancer(age=1, board=board), balance.Balancer(age=2, board=board)
+    peer.publish(0, 0.0)  # times chosen so that their differences are exact
+    # Two connections with an idle peer: one is above the share.
+    assert balancer.should_close(2, 0.0)
+    peer.publish(2, 0.0)  # the peer took on two
+    assert balancer.should_close(2, 0.005), "read again before 10 ms"
+    assert not balancer.should_close(2, 0.01), "not read again at 10 ms"
+
+
 def test_one_connection_leaves_at_a_time() -> None:
     balancer = balance.Balancer(age=1, board=balance.Board(slots=4))
     now = time.monotonic()
