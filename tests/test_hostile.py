@@ -10,7 +10,10 @@ is judged by behaviour only, with bounds far from a busy machine's noise; how fa
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,6 +120,23 @@ def test_a_4000_character_n_is_quoted_at_most_40_characters(
     assert record["errmsg"] == message
     end = prod.wait_for("end", start=mark, where=lambda r: r.get("request_id") == "long-n")
     assert end["status"] == 400
+
+
+def test_a_pipelined_head_that_arrives_in_two_parts_is_served(prod: ServerProcess) -> None:
+    """The next request's head, sent partly with the first request and finished
+    later, has the whole head timeout from when the first answer was sent."""
+    first = b"GET /prod/fibo?n=10 HTTP/1.1\r\nHost: t\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", prod.port), timeout=10) as sock:
+        sock.sendall(first + b"GET /prod/fibo?n=11 HTTP/1.1\r\nHost: t\r\n")
+        answers = []
+        for _ in range(2):
+            resp = http.client.HTTPResponse(sock)
+            resp.begin()
+            answers.append((resp.status, json.loads(resp.read())))
+            if len(answers) == 1:
+                time.sleep(0.5)  # well within the head timeout
+                sock.sendall(b"\r\n")
+    assert answers == [(200, {"result": 55}), (200, {"result": 89})]
 
 
 def test_idle_and_slowloris_connections_hold_no_thread(tmp_path: Path) -> None:

@@ -324,7 +324,7 @@ class RequestThreadWorker(GthreadWorker):
             if self._admission.waiting:
                 self._start_waiting(now)
         try:
-            keep_alive = bool(fut.result())
+            keep_alive: bool = bool(fut.result())
         except Exception:
             keep_alive = False
         if not keep_alive:
