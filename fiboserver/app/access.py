@@ -91,7 +91,7 @@ class AccessLog:
         request_id = choose_request_id(environ.get("HTTP_X_REQUEST_ID"))
         token = request_id_var.set(request_id)
         fields: dict[str, Any] = {
-            "method": environ.get("REQUEST_METHOD", "GET").upper(),
+            "method": environ["REQUEST_METHOD"].upper(),  # required by PEP 3333
             "path": _path(environ),
             "client": f"{environ.get('REMOTE_ADDR', '')}:{environ.get('REMOTE_PORT', '')}",
         }
