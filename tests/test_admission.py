@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fiboserver.worker.admission import Admission, Pacer, Verdict
+from fiboserver.worker.admission import Admission, Pacer, ProbeLane, Verdict
 
 
 def test_starts_while_threads_are_free_then_queues_then_sheds() -> None:
@@ -116,3 +116,14 @@ def test_pacer_saves_up_no_more_than_its_burst() -> None:
     assert pacer.ready(100.0)  # a long quiet time refills to the burst only
     pacer.spend(0.011)
     assert not pacer.ready(100.0)
+
+
+def test_the_probe_lane_holds_16_and_a_place_frees_as_a_probe_leaves() -> None:
+    # docs/worker.md: beyond 16 probes in the lane the rest are admitted like others.
+    lane = ProbeLane()
+    assert [lane.enter() for _ in range(17)] == [True] * 16 + [False]
+    lane.leave()
+    assert (lane.enter(), lane.enter()) == (True, False)
+    for _ in range(16):
+        lane.leave()
+    assert [lane.enter() for _ in range(17)] == [True] * 16 + [False]

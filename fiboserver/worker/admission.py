@@ -16,6 +16,8 @@ tests drive it with a fake one.
   second, each taking the GIL from the threads doing the real work. Refusals
   beyond the budget wait (their request already read, nothing else done) until
   the budget refills.
+- `ProbeLane` bounds how many probe requests wait for the probe thread; beyond
+  that a probe path is admitted like any other request.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ INITIAL_SERVICE = 0.010
 # point of share costs the threads and how many refusals a second it buys.
 REFUSAL_SHARE = 0.03
 REFUSAL_BURST = 0.010
+# Probe requests waiting for the probe thread beyond which a probe path is
+# admitted like any other request: a flood of probes gets no priority.
+PROBE_LANE_MAX = 16
 
 T = TypeVar("T")
 
@@ -142,3 +147,22 @@ class Pacer:
         """Seconds from `now` until some budget is left (0 if there is some)."""
         self._refill(now)
         return 0.0 if self._tokens > 0 else -self._tokens / self.share + 1e-6
+
+
+class ProbeLane:
+    """The probe thread's lane: a probe enters while fewer than `limit` are in it
+    (waiting or running), and leaves when it is answered."""
+
+    def __init__(self, limit: int = PROBE_LANE_MAX) -> None:
+        self.limit = limit
+        self.pending = 0
+
+    def enter(self) -> bool:
+        """Take a place in the lane; False when it is full."""
+        if self.pending >= self.limit:
+            return False
+        self.pending += 1
+        return True
+
+    def leave(self) -> None:
+        self.pending -= 1

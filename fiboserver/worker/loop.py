@@ -56,7 +56,7 @@ from fiboserver.lifecycle import begin_draining
 from fiboserver.serving import serving_of
 from fiboserver.worker import refusals
 from fiboserver.worker.accepting import DRAIN_BATCH, Acceptor
-from fiboserver.worker.admission import Admission, Pacer, Verdict
+from fiboserver.worker.admission import Admission, Pacer, ProbeLane, Verdict
 from fiboserver.worker.balance import Balancer
 from fiboserver.worker.connections import Conn, Connections, State, raise_open_files_limit
 from fiboserver.worker.heads import HEAD_TIMEOUT, HeadError, head_length, probe_prefixes
@@ -69,9 +69,6 @@ from fiboserver.worker.settings import unsupported_setting
 # complete connections are still waited for (gthread's STOP_KEEPALIVE_LINGER).
 DRAIN_LINGER = 0.2
 STOP_LINGER = 2.0
-# Probe requests waiting for the probe thread beyond which a probe path is
-# admitted like any other request: a flood of probes gets no priority.
-PROBE_LANE_MAX = 16
 RECV_BYTES = 8192  # gunicorn's own read size
 # How long a thread holding the GIL keeps it while another wants it (CPython's
 # default is 5 ms). Every system call of the loop lets a computing thread take
@@ -106,7 +103,7 @@ class RequestThreadWorker(GthreadWorker):
         self._probe_pool = futures.ThreadPoolExecutor(1, thread_name_prefix="probe")
         self._serving = threading.local()  # the Conn a pool thread is serving
         self._admission: Admission[Conn] = Admission(self.cfg.threads)
-        self._probes_pending = 0
+        self._probe_lane = ProbeLane()
         self._balancer = Balancer(self.age)
         super().init_process()  # creates the poller, then runs run()
 
@@ -250,8 +247,7 @@ class RequestThreadWorker(GthreadWorker):
 
     def _dispatch(self, conn: Conn, now: float) -> None:
         conn.started = now
-        if self._probes_pending < PROBE_LANE_MAX and conn.head.startswith(self._probe_heads):
-            self._probes_pending += 1
+        if conn.head.startswith(self._probe_heads) and self._probe_lane.enter():
             conn.probe = True
             self._submit(self._probe_pool, conn)
             return
@@ -318,7 +314,7 @@ class RequestThreadWorker(GthreadWorker):
         if conn.last_request:
             self._balancer.leaving -= 1
         if conn.probe:
-            self._probes_pending -= 1
+            self._probe_lane.leave()
         else:
             self._admission.done(conn.service)
             if self._admission.waiting:
