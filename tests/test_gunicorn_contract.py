@@ -139,6 +139,8 @@ def test_handle_exit_stops_the_loop_and_wakes_it(worker: _Worker) -> None:
 
 def _conn(worker: _Worker) -> tuple[gi.GthreadConn, socket.socket]:
     ours, theirs = socket.socketpair()
+    # The client's reads fail rather than wait for ever when nothing is answered.
+    theirs.settimeout(10)
     return gi.GthreadConn(worker.cfg, ours, ("127.0.0.1", 1), ("127.0.0.1", 8080)), theirs
 
 
