@@ -168,7 +168,7 @@ def test_fibo_missing_n_is_400(api: Api) -> None:
         resp = api.client.get(path)
         assert resp.status_code == 400
         check_common(resp)
-        assert "query parameter n is required" in body_of(resp)["error"], path
+        assert body_of(resp)["error"] == "query parameter n is required, e.g. ?n=10", path
 
 
 @pytest.mark.parametrize(
