@@ -93,6 +93,14 @@ def test_value_larger_than_budget_is_not_kept() -> None:
     assert cache.get(2) is None
 
 
+@pytest.fixture
+def released(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per time the cache gives free pages back (heap.release_free_pages)."""
+    calls: list[int] = []
+    monkeypatch.setattr(heap, "release_free_pages", lambda: calls.append(len(calls)))
+    return calls
+
+
 def test_an_entry_that_exactly_fills_the_budget_evicts_nothing() -> None:
     one = unit_size()
     cache = FiboCache(max_bytes=2 * one)
@@ -121,13 +129,9 @@ def test_a_value_of_a_page_or_more_is_charged_one_page_more() -> None:
     assert cost(at_page + "7") - cost(at_page) == 1
 
 
-def test_every_entry_one_put_evicts_counts_towards_giving_pages_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_every_entry_one_put_evicts_counts_towards_giving_pages_back(released: list[int]) -> None:
     """Free pages go back to the system once evictions have freed 1/64 of the
     budget: here one entry is less than that, the two one put evicts are more."""
-    released: list[int] = []
-    monkeypatch.setattr(heap, "release_free_pages", lambda: released.append(len(released)))
     one = unit_size()
     cache = FiboCache(max_bytes=96 * one)  # 1/64 of it is 1.5 entries
     for n in range(5001, 5097):
@@ -137,11 +141,7 @@ def test_every_entry_one_put_evicts_counts_towards_giving_pages_back(
     assert len(cache) == 95 and released == [0]
 
 
-def test_pages_go_back_when_evictions_reach_exactly_1_64_of_the_budget(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    released: list[int] = []
-    monkeypatch.setattr(heap, "release_free_pages", lambda: released.append(len(released)))
+def test_pages_go_back_when_evictions_reach_exactly_1_64_of_the_budget(released: list[int]) -> None:
     one = unit_size()
     cache = FiboCache(max_bytes=64 * one)
     for n in range(5001, 5066):  # the 65th evicts the first
@@ -154,12 +154,8 @@ def test_pages_go_back_when_evictions_reach_exactly_1_64_of_the_budget(
     assert len(short) == 64 and released == [0]
 
 
-def test_evictions_count_towards_giving_pages_back_across_puts(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_evictions_count_towards_giving_pages_back_across_puts(released: list[int]) -> None:
     """One entry evicted per put: every second put has freed 1/64 of the budget."""
-    released: list[int] = []
-    monkeypatch.setattr(heap, "release_free_pages", lambda: released.append(len(released)))
     one = unit_size()
     cache = FiboCache(max_bytes=96 * one)
     for n in range(5001, 5097):

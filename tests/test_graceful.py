@@ -23,7 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.clients import GRACEFUL_TIMEOUT, Counts, one_request, reference
+from tests.support.clients import (
+    GRACEFUL_TIMEOUT,
+    Counts,
+    next_json_answer,
+    one_request,
+    reference,
+)
 from tests.support.procinfo import (
     HOST,
     child_pids,
@@ -263,9 +269,7 @@ def test_a_connection_held_at_sigterm_is_served_after_the_accept_linger(
         with socket.create_connection((HOST, srv.port), timeout=10) as sock:
             # A first exchange: the worker has accepted this connection.
             sock.sendall(head + b"\r\n")
-            resp = http.client.HTTPResponse(sock)
-            resp.begin()
-            assert resp.status == 200 and json.loads(resp.read()) == {"result": 55}
+            assert next_json_answer(sock) == (200, {"result": 55})
             if held == "half a head":
                 sock.sendall(head)
                 rest = b"\r\n"
@@ -276,9 +280,7 @@ def test_a_connection_held_at_sigterm_is_served_after_the_accept_linger(
             assert stopping["connections"] == 1
             time.sleep(AFTER_LINGER)
             sock.sendall(rest)
-            resp = http.client.HTTPResponse(sock)
-            resp.begin()
-            assert resp.status == 200 and json.loads(resp.read()) == {"result": 55}
+            assert next_json_answer(sock) == (200, {"result": 55})
             sock.settimeout(GRACEFUL_TIMEOUT)
             assert sock.recv(1) == b"", "the stopping worker must close the connection"
         assert srv.wait(GRACEFUL_TIMEOUT + 10) == 0

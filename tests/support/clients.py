@@ -105,6 +105,14 @@ def exchange(port: int, data: bytes, timeout: float = 15.0) -> tuple[bytes, floa
     return b"".join(chunks), time.perf_counter() - started
 
 
+def next_json_answer(sock: socket.socket) -> tuple[int, object]:
+    """(status, decoded JSON body) of the next response on a connection the
+    caller holds (kept alive, pipelined)."""
+    resp = http.client.HTTPResponse(sock)
+    resp.begin()
+    return resp.status, json.loads(resp.read())
+
+
 def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     """(status, headers with lower-case names, body) of one raw HTTP/1.1 response."""
     head, _, body = raw.partition(b"\r\n\r\n")
