@@ -84,6 +84,8 @@ def opensearch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenSearch]
 MUTATION_SITE = Path(__file__).resolve().parent / "mutation"
 # Several times the slowest test's duration (docs/mutation.md, "What saves time").
 MUTANT_TEST_TIMEOUT = 300
+# How pytest-timeout words the failure it raises (`Failed: Timeout (>300.0s) from ...`).
+TIMEOUT_FAILURE = "from pytest-timeout"
 
 
 class _MutmutReach:
@@ -132,7 +134,7 @@ def pytest_configure(config: pytest.Config) -> None:
         _reach = _MutmutReach()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", ""):
         from mutmut.state import state
 
@@ -144,8 +146,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # an answer the mutant never writes uses no CPU and would wait for ever.
         # pytest-timeout (the `mutate` extra) fails it instead. Set here, not in
         # mutmut's pytest arguments: changing those drops every verdict.
+        # A test it failed is not run again: pytest-timeout disarms itself when
+        # a test fails, so `--reruns` would run it with no limit at all.
+        rerun_timing_misses = pytest.mark.flaky(
+            reruns=config.getoption("reruns"), rerun_except=TIMEOUT_FAILURE
+        )
         for item in items:
             item.add_marker(pytest.mark.timeout(MUTANT_TEST_TIMEOUT))
+            item.add_marker(rerun_timing_misses)
 
 
 @pytest.hookimpl(wrapper=True)
