@@ -82,6 +82,21 @@ NOTIFY_INTERVAL = 1.0
 log = logging.getLogger("fiboserver.worker")
 
 
+def keep_alive_after(fut: futures.Future[Any]) -> bool:
+    """Whether a pool thread's request leaves its connection open for the next.
+
+    gthread's request path catches what a request raises and hands it to
+    `handle_error`; a thread that raised all the same met a bug in that error
+    path. Its connection is closed, not kept waiting for a request it may never
+    read, and the log says why.
+    """
+    exc = fut.exception()
+    if exc is not None:
+        log.error("error handling request", exc_info=exc)
+        return False
+    return bool(fut.result())
+
+
 class RequestThreadWorker(GthreadWorker):
     """gthread with threads for requests only; see the module docstring."""
 
@@ -224,7 +239,7 @@ class RequestThreadWorker(GthreadWorker):
             return
         if state is State.CLOSING:
             return  # input after our last answer: dropped
-        self._feed(conn, conn.buf + data if conn.buf else data)
+        self._feed(conn, conn.buf + data)
 
     def _feed(self, conn: Conn, data: bytes) -> None:
         """`data` is what the client sent since its last request: serve it when it
@@ -319,11 +334,7 @@ class RequestThreadWorker(GthreadWorker):
             self._admission.done(conn.service)
             if self._admission.waiting:
                 self._start_waiting(now)
-        try:
-            keep_alive: bool = bool(fut.result())
-        except Exception:
-            keep_alive = False
-        if not keep_alive:
+        if not keep_alive_after(fut):
             self.conns.close_lingering(conn)
             return
         conn.started = now
