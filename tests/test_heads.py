@@ -32,20 +32,56 @@ def test_an_incomplete_head_waits_for_more(partial: bytes) -> None:
     assert head_length(partial, LINE_LIMIT) == 0
 
 
-def test_bare_lf_heads_go_to_the_parser_which_refuses_them() -> None:
-    data = b"GET / HTTP/1.0\n\n"
+@pytest.mark.parametrize(
+    "data",
+    [b"GET / HTTP/1.0\n\n", b"GET / HTTP/1.1\nHost: x", b"GET / HTTP/1.1\r\nHost: x\n", b"\n"],
+)
+def test_bare_lf_heads_go_to_the_parser_at_once_which_refuses_them(data: bytes) -> None:
     assert head_length(data, LINE_LIMIT) == len(data)
 
 
-def test_a_request_line_over_the_limit_is_refused_before_it_ends() -> None:
+def test_a_cr_waits_for_its_lf() -> None:
+    assert head_length(b"GET / HTTP/1.1\r", LINE_LIMIT) == 0
+    assert head_length(b"GET / HTTP/1.1\r\nHost: x\r\n\r", LINE_LIMIT) == 0
+
+
+def test_an_empty_head_goes_to_the_parser_which_refuses_it() -> None:
+    assert head_length(b"\r\n\r\n", LINE_LIMIT) == 4
+
+
+def refused_line(data: bytes) -> HeadError:
     with pytest.raises(HeadError) as refused:
-        head_length(b"GET /" + b"a" * LINE_LIMIT, LINE_LIMIT)
-    assert refused.value.status is HTTPStatus.REQUEST_URI_TOO_LONG
+        head_length(data, LINE_LIMIT)
+    return refused.value
+
+
+def test_a_request_line_over_the_limit_is_refused_before_it_ends() -> None:
+    refused = refused_line(b"GET /" + b"a" * LINE_LIMIT)
+    assert (refused.status, refused.error) == (
+        HTTPStatus.REQUEST_URI_TOO_LONG,
+        "request line too long",
+    )
     # ...and when it has ended, too.
-    with pytest.raises(HeadError):
-        head_length(b"GET /" + b"a" * LINE_LIMIT + b" HTTP/1.1\r\nHost: x\r\n", LINE_LIMIT)
+    refused_line(b"GET /" + b"a" * LINE_LIMIT + b" HTTP/1.1\r\nHost: x\r\n")
     # Exactly at the limit it is still waited for.
     assert head_length(b"G" * LINE_LIMIT + b"\r\n", LINE_LIMIT) == 0
+    refused_line(b"G" * (LINE_LIMIT + 1) + b"\r\n")
+
+
+def test_a_line_without_its_crlf_yet_is_measured_as_gunicorn_does() -> None:
+    # gunicorn's parser counts two bytes of what has arrived as the CRLF to come.
+    assert head_length(b"G" * (LINE_LIMIT + 2), LINE_LIMIT) == 0
+    refused_line(b"G" * (LINE_LIMIT + 3))
+
+
+def test_one_empty_line_before_the_request_line_is_not_part_of_it() -> None:
+    # RFC 9112 2.2: a server ignores it; gunicorn's parser measures the line after it.
+    assert head_length(b"\r\n" + b"G" * LINE_LIMIT + b"\r\n", LINE_LIMIT) == 0
+    refused_line(b"\r\n" + b"G" * (LINE_LIMIT + 1) + b"\r\n")
+    assert head_length(b"\r\n" + b"G" * (LINE_LIMIT + 2), LINE_LIMIT) == 0
+    refused_line(b"\r\n" + b"G" * (LINE_LIMIT + 3))
+    head = b"\r\nGET /prod/readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert head_length(head, LINE_LIMIT) == len(head)
 
 
 def test_a_head_over_the_limit_is_refused_with_431() -> None:
@@ -53,6 +89,7 @@ def test_a_head_over_the_limit_is_refused_with_431() -> None:
     with pytest.raises(HeadError) as refused:
         head_length(data, LINE_LIMIT)
     assert refused.value.status is HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+    assert refused.value.error == "request header too large"
     assert head_length(data[:MAX_HEAD_BYTES], LINE_LIMIT) == 0
 
 

@@ -122,6 +122,24 @@ def test_a_4000_character_n_is_quoted_at_most_40_characters(
     assert end["status"] == 400
 
 
+# Heads gunicorn's parser judges at once; the loop hands them over at once too.
+AT_ONCE = {
+    "a bare LF": (b"GET /prod/readyz HTTP/1.1\nHost: t\n", 400),
+    "an empty line, then a line over the limit": (b"\r\nGET /prod/fibo?n=" + b"1" * 5000, 414),
+    "an empty line, then a request": (b"\r\nGET /prod/fibo?n=10 HTTP/1.1\r\nHost: t\r\n\r\n", 200),
+}
+
+
+@pytest.mark.parametrize("case", AT_ONCE)
+def test_a_head_the_parser_can_judge_is_not_left_to_the_head_timeout(
+    prod: ServerProcess, case: str
+) -> None:
+    data, status = AT_ONCE[case]
+    with socket.create_connection((HOST, prod.port), timeout=HEAD_TIMEOUT / 2) as sock:
+        sock.sendall(data)  # and no more: the connection stays open
+        assert next_json_answer(sock)[0] == status
+
+
 def test_a_pipelined_head_that_arrives_in_two_parts_is_served(prod: ServerProcess) -> None:
     """The next request's head, sent partly with the first request and finished
     later, has the whole head timeout from when the first answer was sent."""

@@ -47,18 +47,24 @@ def head_length(buf: bytes, max_line: int, max_head: int = MAX_HEAD_BYTES) -> in
 
     Raises HeadError (414 or 431) when the request line or the head is already
     longer than gunicorn's parser would accept, so the client is answered now
-    rather than when its head timeout ends. A head ending in bare LFs counts as
-    complete: gunicorn's parser refuses those with a 400, which is the answer.
+    rather than when its head timeout ends. The request line is measured as
+    that parser measures it: after the one empty line a client may send first
+    (RFC 9112, 2.2), and, while its CRLF has not arrived, two bytes short, as if
+    that CRLF were in it. A head with a bare LF counts as complete: the parser
+    refuses it with a 400 at once, which is the answer.
     """
     end = buf.find(_HEAD_END)
     if end >= 0:
         return end + len(_HEAD_END)
-    line_end = buf.find(_LINE_END)
-    if (line_end < 0 and len(buf) > max_line + 2) or line_end > max_line:
+    start = len(_LINE_END) if buf.startswith(_LINE_END) else 0
+    line_end = buf.find(_LINE_END, start)
+    if line_end < 0:
+        line_end = len(buf) - len(_LINE_END)
+    if line_end - start > max_line:
         raise HeadError(HTTPStatus.REQUEST_URI_TOO_LONG, "request line too long")
     if len(buf) > max_head:
         raise HeadError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request header too large")
-    if b"\n\n" in buf:
+    if buf.count(b"\n") != buf.count(_LINE_END):
         return len(buf)
     return 0
 
