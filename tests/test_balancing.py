@@ -167,6 +167,17 @@ def test_the_board_is_shared_with_forked_workers_and_forgets_silent_ones() -> No
     assert board.pod(1, now) == balance.Pod(others=3, other_workers=1)
 
 
+def test_the_others_add_up_and_three_seconds_of_silence_is_gone() -> None:
+    board = balance.Board(slots=4)
+    board.write(1, 7, 100.0)  # times chosen so that their differences are exact
+    board.write(2, 5, 101.0)
+    board.write(3, 2, 102.0)
+    assert board.pod(0, 102.0) == balance.Pod(others=14, other_workers=3)
+    # docs/worker.md: a worker silent for 3 s is taken for gone.
+    assert board.pod(0, 103.0) == balance.Pod(others=7, other_workers=2)
+    assert board.pod(0, 104.5) == balance.Pod(others=2, other_workers=1)
+
+
 def test_a_worker_that_left_counts_for_nothing_at_any_time() -> None:
     board = balance.Board(slots=4)
     staying, leaving = balance.Balancer(age=1, board=board), balance.Balancer(age=2, board=board)

@@ -107,7 +107,7 @@ class Board:
 
     def pod(self, slot: int, now: float) -> Pod:
         """What every live slot but `slot` holds."""
-        counts = struct.unpack_from(f"{self.slots}q", self._map, 0)
+        counts = struct.unpack_from(f"{self.slots}q", self._map)
         stamps = struct.unpack_from(f"{self.slots}d", self._map, self._stamps_at)
         others = workers = 0
         fresh = now - STALE_AFTER
