@@ -8,6 +8,7 @@ import selectors
 import socket
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ def conns() -> Iterator[Connections]:
 
 def _conn(conns: Connections) -> tuple[Conn, socket.socket]:
     server, client = socket.socketpair()
-    conn = Conn(None, server, ("127.0.0.1", 1), ("127.0.0.1", 2))
+    conn = Conn(None, server, ("127.0.0.1", 1), ("127.0.0.1", 2), 0.0)
     conns.accepted(conn)
     return conn, client
 
@@ -33,6 +34,22 @@ def test_sockets_stay_blocking_for_the_threads(conns: Connections) -> None:
         assert conn.sock.getblocking()
         assert conn.data_ready and conn.parser is None and not conn.initialized
         conns.close(conn)
+
+
+def test_the_peer_is_the_address_accept_gave(tmp_path: Path) -> None:
+    server, client = _tcp_pair()
+    with server, client:
+        conn = Conn(None, server, server.getpeername(), server.getsockname(), 0.0)
+        assert conn.peer == f"127.0.0.1:{client.getsockname()[1]}"
+    # gunicorn may listen on a UNIX socket too (`--bind unix:PATH`): its client has no address.
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(tmp_path / "s"))
+        listener.listen()
+        with socket.socket(socket.AF_UNIX) as unix_client:
+            unix_client.connect(str(tmp_path / "s"))
+            sock, addr = listener.accept()
+            with sock:
+                assert Conn(None, sock, addr, "s", 0.0).peer == ""
 
 
 def test_client_left_sees_a_close_or_a_reset_and_nothing_else(conns: Connections) -> None:
@@ -49,7 +66,7 @@ def test_client_left_sees_a_close_or_a_reset_and_nothing_else(conns: Connections
     with reset, peer:
         peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         peer.close()  # an RST: the server's next read fails
-        conn = Conn(None, reset, ("127.0.0.1", 1), ("127.0.0.1", 2))
+        conn = Conn(None, reset, ("127.0.0.1", 1), ("127.0.0.1", 2), 0.0)
         assert conn.client_left()
 
 

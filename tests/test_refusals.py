@@ -259,7 +259,7 @@ def test_an_overloads_refusals_are_answered_each_and_logged_together(
         for i in range(6):
             server, client = _socketpair()
             clients.append(client)
-            conn = Conn(None, server, ("127.0.0.1", i), ("127.0.0.1", 8080))
+            conn = Conn(None, server, ("127.0.0.1", i), ("127.0.0.1", 8080), 0.0)
             conns.accepted(conn)
             conn.head = f"GET /prod/fibo?n={i} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
             if i == 5:
@@ -303,7 +303,7 @@ def test_a_stopping_worker_closes_every_refused_connection_and_skips_the_gone() 
         pending = refusals.PendingRefusals(conns, Pacer(time.monotonic()), None)
         pairs = [_socketpair() for _ in range(3)]
         for i, (server, _) in enumerate(pairs):
-            conn = Conn(None, server, ("127.0.0.1", i), ("127.0.0.1", 8080))
+            conn = Conn(None, server, ("127.0.0.1", i), ("127.0.0.1", 8080), 0.0)
             conns.accepted(conn)
             conn.head = b"GET /prod/fibo?n=1 HTTP/1.1\r\nHost: x\r\n\r\n"
             pending.add(conn, refusals.overloaded(i))
@@ -333,7 +333,7 @@ def test_pending_refusals_wait_for_the_pacer_only_when_there_are_some() -> None:
         assert pending.wait(0.0) == float("inf")
         server, client = _socketpair()
         with server, client:
-            conn = Conn(None, server, ("127.0.0.1", 1), ("127.0.0.1", 8080))
+            conn = Conn(None, server, ("127.0.0.1", 1), ("127.0.0.1", 8080), 0.0)
             conns.accepted(conn)
             pending.add(conn, refusals.overloaded(1))
             assert pending.wait(0.0) == pytest.approx(0.1, abs=1e-3)

@@ -105,8 +105,7 @@ class Acceptor:
                     break
                 continue
             accepted += 1
-            conn = Conn(self.cfg, sock, addr, name)
-            conn.deadline = deadline
+            conn = Conn(self.cfg, sock, addr, name, deadline)
             self.conns.accepted(conn)
             self._arrived(conn)
         return accepted

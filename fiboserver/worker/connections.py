@@ -69,14 +69,16 @@ class Conn(GthreadConn):
     passes MSG_DONTWAIT instead (fiboserver.gunicorn_internals.GthreadConn).
     """
 
-    def __init__(self, cfg: Any, sock: socket.socket, client: Any, server: Any) -> None:
+    def __init__(
+        self, cfg: Any, sock: socket.socket, client: Any, server: Any, deadline: float
+    ) -> None:
         super().__init__(cfg, sock, client, server)
         self.peer = f"{client[0]}:{client[1]}" if isinstance(client, tuple) else str(client)
         self.state = State.NEW
         self.buf = b""  # a head read so far, not complete yet
         self.head = b""  # the complete head being served (and what followed it)
         self.head_only = True  # `head` holds nothing after the head itself
-        self.deadline = 0.0  # when the loop gives up waiting for it
+        self.deadline = deadline  # when the loop gives up waiting for it (its head, first)
         self.registered = False  # with the loop's poller
         # When the server began waiting for its current request (time.monotonic()):
         # the durations of refusals are counted from here.
