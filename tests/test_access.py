@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import pytest
+from werkzeug.wrappers import Request
+
 from fiboserver.app.access import AccessLog
 from fiboserver.request_ids import HEADER as REQUEST_ID_HEADER
 from tests.support.logcapture import JsonCapture
@@ -30,8 +33,9 @@ class Body:
         self.closed += 1
 
 
-def serve(body: Iterable[bytes]) -> tuple[Any, Headers]:
-    """Run one GET through AccessLog around an app answering `body`; (result, headers)."""
+def serve(body: Iterable[bytes], path: str = "/dev/x") -> tuple[Any, Headers]:
+    """Run one GET of `path` (PATH_INFO) through AccessLog around an app answering
+    `body`; (result, headers)."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])
@@ -42,7 +46,7 @@ def serve(body: Iterable[bytes]) -> tuple[Any, Headers]:
     def start_response(status: str, headers: Headers, exc_info: Any = None) -> None:
         sent.extend(headers)
 
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/dev/x", "REMOTE_ADDR": "127.0.0.1"}
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "REMOTE_ADDR": "127.0.0.1"}
     return AccessLog(app)(environ, start_response), sent  # type: ignore[arg-type]
 
 
@@ -62,3 +66,14 @@ def test_a_body_without_close_is_fine(fibo_logs: JsonCapture) -> None:
     assert b"".join(result) == b"ok"
     result.close()
     assert [r["status"] for r in fibo_logs.find("end")] == [200]
+
+
+@pytest.mark.parametrize(
+    "path_info",
+    # WSGI carries a path's bytes as latin-1: "é" in UTF-8, then bytes that are no UTF-8.
+    ["/dev/x", "//XY//z", "", "/caf\u00c3\u00a9", "/\u00ff\u00fe"],
+)
+def test_the_records_path_is_the_one_flask_shows(fibo_logs: JsonCapture, path_info: str) -> None:
+    serve([b"ok"], path_info)[0].close()
+    (end,) = fibo_logs.find("end")
+    assert end["path"] == Request({"PATH_INFO": path_info}).path
