@@ -7,6 +7,7 @@ clean-up (a file a response streams, Flask's close callbacks) never runs.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -33,9 +34,9 @@ class Body:
         self.closed += 1
 
 
-def serve(body: Iterable[bytes], path: str = "/dev/x") -> tuple[Any, Headers]:
+def serve(body: Iterable[bytes], path: str = "/dev/x", **extra: str) -> tuple[Any, Headers]:
     """Run one GET of `path` (PATH_INFO) through AccessLog around an app answering
-    `body`; (result, headers)."""
+    `body`; (result, headers). `extra`: more WSGI keys."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])
@@ -46,7 +47,7 @@ def serve(body: Iterable[bytes], path: str = "/dev/x") -> tuple[Any, Headers]:
     def start_response(status: str, headers: Headers, exc_info: Any = None) -> None:
         sent.extend(headers)
 
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "REMOTE_ADDR": "127.0.0.1"}
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "REMOTE_ADDR": "127.0.0.1", **extra}
     return AccessLog(app)(environ, start_response), sent  # type: ignore[arg-type]
 
 
@@ -77,3 +78,33 @@ def test_the_records_path_is_the_one_flask_shows(fibo_logs: JsonCapture, path_in
     serve([b"ok"], path_info)[0].close()
     (end,) = fibo_logs.find("end")
     assert end["path"] == Request({"PATH_INFO": path_info}).path
+
+
+def test_the_client_is_address_and_port(fibo_logs: JsonCapture) -> None:
+    serve([b"ok"], REMOTE_PORT="4711")[0].close()
+    assert [r["client"] for r in fibo_logs.records] == ["127.0.0.1:4711"] * 2  # start, end
+
+
+def test_an_error_after_start_response_reaches_the_server_with_its_exc_info() -> None:
+    """PEP 3333: an app that fails after start_response calls it again with
+    `exc_info`, which the server needs (to re-raise it once headers are sent)."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        try:
+            raise RuntimeError("late")
+        except RuntimeError:
+            start_response("500 Internal Server Error", [], sys.exc_info())
+        return [b"failed"]
+
+    calls: list[tuple[str, Any]] = []
+
+    def start_response(status: str, headers: Headers, exc_info: Any = None) -> None:
+        calls.append((status, exc_info))
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/dev/x"}
+    result: Any = AccessLog(app)(environ, start_response)  # type: ignore[arg-type]
+    result.close()
+    assert [status for status, _ in calls] == ["200 OK", "500 Internal Server Error"]
+    assert calls[0][1] is None
+    assert isinstance(calls[1][1][1], RuntimeError)
