@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from werkzeug.wrappers import Request
 
+from fiboserver.app import access
 from fiboserver.app.access import AccessLog
 from fiboserver.request_ids import HEADER as REQUEST_ID_HEADER
 from tests.support.logcapture import JsonCapture
@@ -108,3 +110,13 @@ def test_an_error_after_start_response_reaches_the_server_with_its_exc_info() ->
     assert [status for status, _ in calls] == ["200 OK", "500 Internal Server Error"]
     assert calls[0][1] is None
     assert isinstance(calls[1][1][1], RuntimeError)
+
+
+def test_the_duration_is_in_milliseconds_to_the_microsecond(
+    fibo_logs: JsonCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = iter([2.0, 2.0123456])  # the request's start, then its end
+    monkeypatch.setattr(access, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    serve([b"ok"])[0].close()
+    (end,) = fibo_logs.find("end")
+    assert end["duration_ms"] == 12.346
