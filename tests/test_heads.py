@@ -23,6 +23,7 @@ def test_a_complete_head_and_what_follows_it() -> None:
     head = b"GET /prod/fibo?n=1 HTTP/1.1\r\nHost: x\r\n\r\n"
     assert head_length(head, LINE_LIMIT) == len(head)
     assert head_length(head + b"GET /next", LINE_LIMIT) == len(head)
+    assert head_length(head + head, LINE_LIMIT) == len(head)  # pipelined: the first one
 
 
 @pytest.mark.parametrize(
