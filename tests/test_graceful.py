@@ -1,4 +1,5 @@
-"""Graceful stop of the real process: SIGTERM under load, when idle, and /readyz draining.
+"""Graceful stop of the real process: SIGTERM under load, when idle, and /readyz
+draining; and a worker whose master is killed.
 
 A request whose TCP connection was established must get a complete, correct 200,
 even when SIGTERM arrives while it waits in the kernel's listen queue. A connect
@@ -33,6 +34,8 @@ from tests.support.clients import (
 from tests.support.procinfo import (
     HOST,
     child_pids,
+    process_state,
+    wait_until,
 )
 from tests.support.serverproc import ServerProcess
 
@@ -284,3 +287,37 @@ def test_a_connection_held_at_sigterm_is_served_after_the_accept_linger(
             sock.settimeout(GRACEFUL_TIMEOUT)
             assert sock.recv(1) == b"", "the stopping worker must close the connection"
         assert srv.wait(GRACEFUL_TIMEOUT + 10) == 0
+
+
+def test_a_worker_whose_master_is_killed_serves_what_it_holds_then_stops(
+    tmp_path: Path,
+) -> None:
+    """A worker left without its master (SIGKILL, OOM) stops as on SIGTERM: it
+    says so, finishes the connection it holds, and leaves."""
+    head = b"GET /dev/fibo?n=10 HTTP/1.1\r\nHost: t\r\n"
+    with ServerProcess(
+        {"env": "DEV", "maxseq": 100}, tmp_path, env={"WEB_CONCURRENCY": "1"}
+    ) as srv:
+        srv.wait_for("server start", timeout=30)
+        (worker,) = srv.wait_workers(1)
+        with socket.create_connection((HOST, srv.port), timeout=10) as sock:
+            sock.sendall(head + b"\r\n")
+            assert next_json_answer(sock) == (200, {"result": 55})
+            sock.sendall(head)
+            srv.terminate(signal.SIGKILL)
+            assert srv.wait(10, log_eof=False) == -signal.SIGKILL
+            # gunicorn's worker sees its parent gone within one turn of its loop (1 s).
+            stopping = srv.wait_for("worker stopping", timeout=5)
+            assert (stopping["pid"], stopping["connections"]) == (worker, 1)
+            sock.sendall(b"\r\n")
+            assert next_json_answer(sock) == (200, {"result": 55})
+            sock.settimeout(GRACEFUL_TIMEOUT)
+            assert sock.recv(1) == b"", "the stopping worker must close the connection"
+        wait_until(lambda: exited(worker), GRACEFUL_TIMEOUT, "the worker's exit")
+
+
+def exited(pid: int) -> bool:
+    try:
+        return process_state(pid) == "Z"  # orphaned: whoever adopted it has not reaped it yet
+    except FileNotFoundError:
+        return True
