@@ -232,7 +232,7 @@ MUTATE_JOBS ?= 2
 MUTATE_ONLY ?=
 MUTATE_INSTALLED := $(VENV)/.installed-mutate
 
-.PHONY: mutate mutate-fresh
+.PHONY: mutate mutate-save mutate-fresh
 
 $(MUTATE_INSTALLED): $(INSTALLED)
 	$(BIN)/pip install --quiet -e '.[dev,mutate]'
@@ -241,14 +241,23 @@ $(MUTATE_INSTALLED): $(INSTALLED)
 # Which tests reach which function is recorded afresh each run (the stats file goes;
 # the verdicts stay): mutmut would record it again for new tests only, and a function
 # added or renamed since would get only those (docs/mutation.md).
+# The verdicts go on across machines too: tests/mutation/verdicts.json keeps them with
+# their functions' hashes, written back into an empty mutants/ before a run and saved
+# after it (tests/mutation/verdicts.py).
+MUTATE_RESTORE ?= yes
 mutate: $(MUTATE_INSTALLED) ## mutation testing of fiboserver/ (mutmut), going on from a stopped run; prints the score and every survivor
 	rm -f mutants/mutmut-stats.json
+	if [ "$(MUTATE_RESTORE)" = yes ]; then $(BIN)/python -m tests.mutation.verdicts restore; fi
 	set -f; PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTATE_ONLY)
+	$(BIN)/python -m tests.mutation.verdicts save
 	set -f; $(BIN)/python -m tests.mutation.summary $(BIN)/mutmut $(MUTATE_ONLY)
 
-mutate-fresh: $(MUTATE_INSTALLED) ## `make mutate` from nothing: every verdict of earlier runs dropped
+mutate-save: $(MUTATE_INSTALLED) ## keep the verdicts of a run stopped with Ctrl-C in tests/mutation/verdicts.json
+	$(BIN)/python -m tests.mutation.verdicts save
+
+mutate-fresh: $(MUTATE_INSTALLED) ## `make mutate` from nothing: every verdict of earlier runs, kept ones too, dropped
 	rm -rf mutants
-	$(MAKE) mutate
+	$(MAKE) mutate MUTATE_RESTORE=no
 
 # --- logs to Kibana (issue 5; README "Logs in Kibana") ------------------------------
 # KIBANA_URL: e.g. after `kubectl -n logging port-forward svc/kibana 5601:5601`.
