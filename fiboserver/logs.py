@@ -37,6 +37,14 @@ logging.logMultiprocessing = False
 PIPELINE_KEYS = frozenset({"time", "@timestamp", "log", "stream", "_p", "kubernetes"})
 
 
+def client_name(address: object) -> str:
+    """A peer as every record's `client` names it: `host:port` for an IP
+    peer, the socket path of a UNIX one (from accept(), usually empty)."""
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return address.decode(errors="replace") if isinstance(address, bytes) else str(address)
+
+
 # (second, its text): the date part changes once a second, records come by the
 # thousand. One tuple, read and replaced whole, so threads never see half of it.
 _last_second: tuple[int, str] = (-1, "")

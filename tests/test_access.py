@@ -87,6 +87,13 @@ def test_the_client_is_address_and_port(fibo_logs: JsonCapture) -> None:
     assert [r["client"] for r in fibo_logs.records] == ["127.0.0.1:4711"] * 2  # start, end
 
 
+def test_a_unix_socket_client_is_named_as_the_worker_names_it(fibo_logs: JsonCapture) -> None:
+    # gunicorn's environ for a `--bind unix:PATH` client: the address accept()
+    # gave (empty for an unnamed client socket), and no REMOTE_PORT.
+    serve([b"ok"], REMOTE_ADDR="")[0].close()
+    assert [r["client"] for r in fibo_logs.records] == ["", ""]
+
+
 def test_an_error_after_start_response_reaches_the_server_with_its_exc_info() -> None:
     """PEP 3333: an app that fails after start_response calls it again with
     `exc_info`, which the server needs (to re-raise it once headers are sent)."""

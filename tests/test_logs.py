@@ -8,7 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fiboserver.logs import GunicornMetricFields, JsonFormatter, request_id_var, rfc3339_utc
+from fiboserver.logs import (
+    GunicornMetricFields,
+    JsonFormatter,
+    client_name,
+    request_id_var,
+    rfc3339_utc,
+)
 
 
 def formatted(msg: str, **extra: Any) -> dict[str, Any]:
@@ -76,3 +82,10 @@ def test_what_orjson_refuses_is_still_written() -> None:
 
 def test_non_ascii_input_keeps_its_characters() -> None:
     assert formatted("x", path="/prod/fibo?n=é€😀")["path"] == "/prod/fibo?n=é€😀"
+
+
+def test_a_client_is_named_by_its_address_and_port_or_its_socket_path() -> None:
+    assert client_name(("10.1.2.3", 40112)) == "10.1.2.3:40112"
+    assert client_name(("::1", 8080, 0, 0)) == "::1:8080"  # IPv6: accept() gives 4 fields
+    assert client_name("") == ""  # a UNIX socket's unnamed client
+    assert client_name(b"\x00abstract") == "\x00abstract"  # Linux's abstract namespace

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 
-from fiboserver.logs import request_id_var
+from fiboserver.logs import client_name, request_id_var
 from fiboserver.metrics.definitions import RequestMetrics
 from fiboserver.request_ids import HEADER as REQUEST_ID_HEADER
 from fiboserver.request_ids import choose_request_id
@@ -33,6 +33,14 @@ def _path(environ: WSGIEnvironment) -> str:
         # WSGI carries the raw bytes as latin-1; Werkzeug decodes them as UTF-8.
         path = path.encode("latin-1").decode(errors="replace")
     return "/" + path.lstrip("/")
+
+
+def _client(environ: WSGIEnvironment) -> str:
+    """The client as the worker's own records name it. gunicorn gives a UNIX
+    socket's peer a REMOTE_ADDR (its path, usually empty) and no REMOTE_PORT."""
+    addr = environ.get("REMOTE_ADDR", "")
+    port = environ.get("REMOTE_PORT")
+    return client_name(addr if port is None else (addr, port))
 
 
 class _Closing:
@@ -93,7 +101,7 @@ class AccessLog:
         fields: dict[str, Any] = {
             "method": environ["REQUEST_METHOD"].upper(),  # required by PEP 3333
             "path": _path(environ),
-            "client": f"{environ.get('REMOTE_ADDR', '')}:{environ.get('REMOTE_PORT', '')}",
+            "client": _client(environ),
         }
         tracing = self.tracing
         trace = tracing.begin(environ, fields["method"], fields["path"]) if tracing else None

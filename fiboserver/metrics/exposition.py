@@ -24,6 +24,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from fiboserver.logs import client_name
+
 log = logging.getLogger("fiboserver.metrics")
 
 PATH = "/metrics"
@@ -116,7 +118,7 @@ class _Server(ThreadingHTTPServer):
             log.warning(
                 "metrics request failed",
                 exc_info=True,
-                extra={"client": f"{client_address[0]}:{client_address[1]}"},
+                extra={"client": client_name(client_address)},
             )
 
 

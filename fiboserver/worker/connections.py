@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from fiboserver.gunicorn_internals import GthreadConn
+from fiboserver.logs import client_name
 
 # How long a closed connection's unread input is still read and dropped, so the
 # kernel does not answer it with a reset that can destroy our last answer.
@@ -73,7 +74,7 @@ class Conn(GthreadConn):
         self, cfg: Any, sock: socket.socket, client: Any, server: Any, deadline: float
     ) -> None:
         super().__init__(cfg, sock, client, server)
-        self.peer = f"{client[0]}:{client[1]}" if isinstance(client, tuple) else str(client)
+        self.peer = client_name(client)
         self.state = State.NEW
         self.buf = b""  # a head read so far, not complete yet
         self.head = b""  # the complete head being served (and what followed it)
