@@ -1,6 +1,7 @@
 """Hostile clients (README "The API" and "Graceful start and stop"; docs/worker.md):
-idle and slow connections hold no thread, and what the HTTP layer refuses is
-answered in the API's shape with a log record.
+idle and slow connections hold no thread, what the HTTP layer refuses is
+answered in the API's shape with a log record, and a worker out of file
+descriptors waits for one rather than spinning.
 
 Real gunicorn, real sockets, 127.0.0.1 only. The attack (tests/support/attackers.py)
 is judged by behaviour only, with bounds far from a busy machine's noise; how fast
@@ -10,7 +11,10 @@ is judged by behaviour only, with bounds far from a busy machine's noise; how fa
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import resource
 import socket
 import time
 from collections.abc import Iterator
@@ -21,7 +25,7 @@ import pytest
 from tests.support.attackers import IDLE, SLOWLORIS, run_attacks
 from tests.support.clients import exchange, next_json_answer, parse_response
 from tests.support.hosttools import require_tool
-from tests.support.procinfo import HOST
+from tests.support.procinfo import HOST, cpu_seconds, wait_until
 from tests.support.serverproc import ServerProcess
 from tests.support.testlog import say
 
@@ -182,3 +186,49 @@ def test_idle_and_slowloris_connections_hold_no_thread(tmp_path: Path) -> None:
         assert headers["x-request-id"]
     assert len(refused) == SLOWLORIS
     assert {r["errmsg"] for r in refused} == {"head timeout"}, refused[:2]
+
+
+# Connections that fill the worker's descriptors, each with part of a head: none
+# is idle, so none may be closed to make room.
+HELD = 3
+# A worker that waits uses next to no CPU; one that spins on the readable
+# listener uses all it is given. Counted in CPU time, which a busy machine does
+# not inflate.
+WAITING_CPU = 0.25
+
+
+def test_a_worker_out_of_descriptors_waits_for_one_instead_of_spinning(tmp_path: Path) -> None:
+    head = b"GET /prod/fibo?n=10 HTTP/1.1\r\nHost: t\r\n"
+    with ServerProcess(
+        {"env": "PROD", "maxseq": 100}, tmp_path, env={"WEB_CONCURRENCY": "1"}
+    ) as srv:
+        srv.wait_for("worker booted", timeout=30)
+        (worker,) = srv.worker_pids()
+
+        def open_fds() -> int:
+            return len(os.listdir(f"/proc/{worker}/fd"))
+
+        idle_fds = open_fds()
+        assert srv.get("/prod/fibo?n=10")[0] == 200  # the worker's metric files are open
+        wait_until(lambda: open_fds() == idle_fds, 5, "that connection closed")
+        hard = resource.prlimit(worker, resource.RLIMIT_NOFILE)[1]
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, (idle_fds + HELD, hard))
+        with contextlib.ExitStack() as stack:
+            held = [
+                stack.enter_context(socket.create_connection((HOST, srv.port), timeout=5))
+                for _ in range(HELD)
+            ]
+            for sock in held:
+                sock.sendall(head)
+            wait_until(lambda: open_fds() == idle_fds + HELD, 5, "the held connections accepted")
+            late = stack.enter_context(socket.create_connection((HOST, srv.port), timeout=5))
+            late.sendall(head + b"\r\n")  # queued: the worker has no descriptor for it
+            before = cpu_seconds(worker)
+            time.sleep(1.0)
+            used = cpu_seconds(worker) - before
+            assert used < WAITING_CPU, f"{used:.2f} s of CPU in 1 s out of descriptors"
+            # One held request completes; kept alive, it is idle and gives up its
+            # descriptor to the queued connection, which is served.
+            held[0].sendall(b"\r\n")
+            assert next_json_answer(held[0]) == (200, {"result": 55})
+            assert next_json_answer(late) == (200, {"result": 55})

@@ -1,8 +1,8 @@
 """What the kernel says about loopback ports and processes, for tests and bench/ alike.
 
 Read without side effects: free and listening ports on 127.0.0.1; a process's
-children, state and pending signals (/proc/<pid>); a listener's accept queue and a
-port's established connections (/proc/net/tcp, tcp6), and which process holds the
+children, state, CPU time and pending signals (/proc/<pid>); a listener's accept
+queue and a port's established connections (/proc/net/tcp, tcp6), and which process holds the
 server's end of a connection. Plus ``wait_until``, the one
 polling loop. ``serverproc.ServerProcess`` uses them for the server it starts.
 
@@ -115,6 +115,12 @@ def process_state(pid: int) -> str:
     """The state letter of /proc/<pid>/stat: R, S, D, T (stopped), Z, ..."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat.rsplit(")", 1)[1].split()[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time `pid` has used, user and system (utime and stime of /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pending_signals(pid: int) -> set[int]:
