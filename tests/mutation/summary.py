@@ -5,7 +5,8 @@ and prints the counts per status, the score (caught / tested) and the surviving
 mutants; given name patterns (a shard, `make mutate MUTATE_ONLY=...`), only
 theirs. Exit status 1 when a survivor is not judged harmless in
 docs/mutation.md, where each one has its reason: a new survivor is either
-killed by a new test or explained there. Otherwise 3 while mutants of a
+killed by a new test or explained there. Rows there that name no mutant of
+today's tree (of the whole tree, not a shard) are listed, to be removed. Otherwise 3 while mutants of a
 stopped run are still untested ("not checked": `make mutate` goes on with
 them), so that a part of the tree does not pass for all of it.
 """
@@ -73,6 +74,12 @@ def main(mutmut: str, only: list[str]) -> int:
           f"{len(not_killed) - len(unexplained)}")  # fmt: skip
     for mutant in unexplained:
         print(f"  {status[mutant]}: {mutant}    (mutmut show {mutant})")
+    stale = sorted(harmless - set(status)) if not only else []
+    if stale:
+        # A function changed or moved since: its mutants have new names or are gone.
+        print(f"\nrows of docs/mutation.md naming no mutant of today's tree: {len(stale)}")
+        for mutant in stale:
+            print(f"  {mutant}")
     if untested:
         print(f"\n{untested} of {len(status)} mutants not tested yet: `make mutate` goes on")
     return 1 if unexplained else 3 if untested else 0
