@@ -5,10 +5,11 @@ and prints the counts per status, the score (caught / tested) and the surviving
 mutants; given name patterns (a shard, `make mutate MUTATE_ONLY=...`), only
 theirs. Exit status 1 when a survivor is not judged harmless in
 docs/mutation.md, where each one has its reason: a new survivor is either
-killed by a new test or explained there. Rows there that name no mutant of
-today's tree (of the whole tree, not a shard) are listed, to be removed. Otherwise 3 while mutants of a
+killed by a new test or explained there. Otherwise 3 while mutants of a
 stopped run are still untested ("not checked": `make mutate` goes on with
-them), so that a part of the tree does not pass for all of it.
+them), so that a part of the tree does not pass for all of it. Rows of
+docs/mutation.md that name no mutant of today's tree (the whole tree's, not a
+shard's) are listed, to be removed.
 """
 
 from __future__ import annotations
