@@ -24,17 +24,20 @@ def _report_hits(path: str) -> None:
     except ImportError:  # another program's interpreter (checkov's venv, ...)
         return
     seen: set[str] = set()
+    # Opened once, at the first hit (in the master, before it forks): a worker
+    # that has run out of descriptors on purpose (tests/test_hostile.py) still
+    # records what it reaches there.
+    fd = -1
 
     def record(name: str, caller: str | None = None) -> None:
+        nonlocal fd
         if name in seen:
             return
         seen.add(name)
+        if fd < 0:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         # One short O_APPEND write per line: lines of concurrent workers never mix.
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, f"{name}\n".encode())
-        finally:
-            os.close(fd)
+        os.write(fd, f"{name}\n".encode())
 
     trampoline.record_trampoline_hit = record  # type: ignore[attr-defined,unused-ignore]
 
