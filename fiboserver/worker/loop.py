@@ -60,6 +60,7 @@ from fiboserver.worker.admission import Admission, Pacer, ProbeLane, Verdict
 from fiboserver.worker.balance import Balancer
 from fiboserver.worker.connections import Conn, Connections, State, raise_open_files_limit
 from fiboserver.worker.heads import HEAD_TIMEOUT, HeadError, head_length, probe_prefixes
+from fiboserver.worker.heartbeat import Heartbeat
 from fiboserver.worker.refusals import PendingRefusals, Refusal
 from fiboserver.worker.settings import unsupported_setting
 
@@ -75,9 +76,6 @@ RECV_BYTES = 8192  # gunicorn's own read size
 # the GIL, and the loop waits up to this long to get it back: at 5 ms a few
 # such waits make a probe slow under load. docs/worker.md has the measurements.
 SWITCH_INTERVAL = 0.001
-# The heartbeat the master checks against `timeout` (30 s) is a utime() call:
-# once a second is plenty, once per loop turn is thousands under load.
-NOTIFY_INTERVAL = 1.0
 
 log = logging.getLogger("fiboserver.worker")
 
@@ -151,13 +149,12 @@ class RequestThreadWorker(GthreadWorker):
         self._max_line = self.cfg.limit_request_line
         self.watch_wakeups()
         self.set_accept_enabled(True)
-        notified = 0.0
+        heartbeat = Heartbeat()
         keepalive = self.cfg.keepalive
         while self.alive:
             now = time.monotonic()
-            if now - notified >= NOTIFY_INTERVAL:
+            if heartbeat.due(now):
                 self.notify()
-                notified = now
             # Computed once a turn, looked at after it: a connection that starts
             # waiting during the turn waits past the earliest of those already waiting.
             due = self.conns.next_deadline()
