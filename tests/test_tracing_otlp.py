@@ -215,6 +215,16 @@ def test_a_root_span_and_values_equal_across_types() -> None:
     assert len({s.trace_id for s in spans}) == 5
 
 
+def test_a_span_whose_attributes_were_seen_before_has_them_all() -> None:
+    recorder, ended = record()
+    attributes = {"http.request.method": "GET", "url.path": "/prod/fibo", "n": 10, "cached": [1]}
+    for _ in range(2):  # the second span's encodings are the kept ones
+        recorder.start("again", SpanKind.SERVER, None, attributes).end()
+    first, second = spans_of(ended)
+    assert {kv.key: value(kv.value) for kv in first.attributes} == attributes
+    assert {kv.key: value(kv.value) for kv in second.attributes} == attributes
+
+
 def test_a_span_not_sampled_has_its_ids_and_is_not_exported() -> None:
     # The caller's "not sampled" is followed; the ids are there for the log records.
     recorder, ended = record()
