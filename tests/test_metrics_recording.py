@@ -14,6 +14,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fiboserver.app.access import AccessLog
+from fiboserver.app.cache import FiboCache
 from fiboserver.metrics.definitions import RequestMetrics
 from tests.support.logcapture import JsonCapture
 from tests.support.metrictools import DURATION, Recorded, app_with
@@ -137,6 +138,22 @@ def test_cache_lookups_stores_and_evictions(recorded: Recorded, fibo_logs: JsonC
     # One computation per miss, none per hit.
     assert recorded.value("fiboserver_fibo_compute_seconds_count") == misses
     assert 0 < recorded.value("fiboserver_fibo_compute_seconds_sum") < 1
+
+
+def test_one_store_that_evicts_two_entries_counts_two(recorded: Recorded) -> None:
+    def charged(n: int, digits: str) -> int:
+        probe = FiboCache(max_bytes=1 << 20)
+        probe.put(n, digits)
+        return probe.size_bytes
+
+    # Room for F(10) and F(11) exactly: F(500) (105 digits) then needs both gone.
+    budget = charged(10, "55") + charged(11, "89")
+    app = app_with(recorded, cache_max_bytes=budget)
+    client = app.test_client()
+    for n in (10, 11, 500):
+        assert client.get(f"/dev/fibo?n={n}", buffered=True).status_code == 200
+    assert len(app.extensions["fibo_cache"]) == 1
+    assert recorded.value("fiboserver_cache_evictions_total") == 2
 
 
 def test_computations_are_timed_without_a_cache(recorded: Recorded) -> None:
