@@ -154,6 +154,18 @@ def test_pages_go_back_when_evictions_reach_exactly_1_64_of_the_budget(released:
     assert len(short) == 64 and released == [0]
 
 
+def test_after_pages_go_back_the_count_starts_from_nothing(released: list[int]) -> None:
+    """1/64 of this budget is one entry and a byte: the second eviction gives
+    pages back, then the third (one entry since) does not, the fourth does."""
+    one = unit_size()
+    cache = FiboCache(max_bytes=64 * (one + 1))
+    for n in range(5001, 5065):
+        cache.put(n, "7" * 1000)
+    for n, after in ((6001, []), (6002, [0]), (6003, [0]), (6004, [0, 1])):
+        cache.put(n, "7" * 1000)
+        assert released == after, n
+
+
 def test_evictions_count_towards_giving_pages_back_across_puts(released: list[int]) -> None:
     """One entry evicted per put: every second put has freed 1/64 of the budget."""
     one = unit_size()
