@@ -131,6 +131,21 @@ def test_a_requests_span_and_its_computations_decode_field_by_field() -> None:
     assert root.status.code == 2
 
 
+def test_a_computation_that_fails_has_its_error_type_and_raises_it() -> None:
+    recorder, ended = record()
+    ACTIVE.exporting(recorder, lambda: None)
+    try:
+        with pytest.raises(MemoryError), computation(10**9):
+            raise MemoryError
+    finally:
+        ACTIVE.shut_down()
+    (span,) = spans_of(ended)
+    assert (span.name, span.status.code) == ("fibonacci", 2)  # STATUS_CODE_ERROR
+    assert {kv.key: value(kv.value) for kv in span.attributes} == {
+        "fibo.n": 10**9, "error.type": "MemoryError",
+    }  # fmt: skip
+
+
 def test_a_span_and_its_child_decode_field_by_field() -> None:
     recorder, ended = record()
     server = recorder.start(
