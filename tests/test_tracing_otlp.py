@@ -232,7 +232,9 @@ def test_a_root_span_and_values_equal_across_types() -> None:
 
 def test_a_span_whose_attributes_were_seen_before_has_them_all() -> None:
     recorder, ended = record()
-    attributes = {"http.request.method": "GET", "url.path": "/prod/fibo", "n": 10, "cached": [1]}
+    attributes: dict[str, Any] = {
+        "http.request.method": "GET", "url.path": "/prod/fibo", "n": 10, "cached": [1],
+    }  # fmt: skip
     for _ in range(2):  # the second span's encodings are the kept ones
         recorder.start("again", SpanKind.SERVER, None, attributes).end()
     first, second = spans_of(ended)
