@@ -34,7 +34,7 @@ from tests.support.clients import (
 from tests.support.procinfo import (
     HOST,
     child_pids,
-    process_state,
+    has_exited,
     wait_until,
 )
 from tests.support.serverproc import ServerProcess
@@ -313,11 +313,4 @@ def test_a_worker_whose_master_is_killed_serves_what_it_holds_then_stops(
             assert next_json_answer(sock) == (200, {"result": 55})
             sock.settimeout(GRACEFUL_TIMEOUT)
             assert sock.recv(1) == b"", "the stopping worker must close the connection"
-        wait_until(lambda: exited(worker), GRACEFUL_TIMEOUT, "the worker's exit")
-
-
-def exited(pid: int) -> bool:
-    try:
-        return process_state(pid) == "Z"  # orphaned: whoever adopted it has not reaped it yet
-    except FileNotFoundError:
-        return True
+        wait_until(lambda: has_exited(worker), GRACEFUL_TIMEOUT, "the worker's exit")

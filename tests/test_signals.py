@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.support.clients import GRACEFUL_TIMEOUT, Counts, one_request, reference
-from tests.support.procinfo import child_pids, process_state, wait_until
+from tests.support.procinfo import child_pids, has_exited, wait_until
 from tests.support.serverproc import ServerProcess
 
 
@@ -142,11 +142,7 @@ def test_usr2_then_term_to_the_old_master_loses_no_request(tmp_path: Path) -> No
         mark = len(srv.records)
         os.kill(new_master, signal.SIGTERM)
         srv.wait_for("server stopped", start=mark, timeout=GRACEFUL_TIMEOUT + 10)
-        wait_until(
-            lambda: not Path(f"/proc/{new_master}").exists() or process_state(new_master) == "Z",
-            10,
-            "the new master exits",
-        )
+        wait_until(lambda: has_exited(new_master), 10, "the new master exits")
 
     print(f"\nUSR2 upgrade: ok={counts.ok} failed={counts.failed} refused={counts.refused}")
     assert counts.failures == [], counts.failures[:10]

@@ -117,6 +117,15 @@ def process_state(pid: int) -> str:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
+def has_exited(pid: int) -> bool:
+    """Whether `pid` has exited: gone, or a zombie not reaped yet (an orphan's
+    new parent may take its time)."""
+    try:
+        return process_state(pid) == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time `pid` has used, user and system (utime and stime of /proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
